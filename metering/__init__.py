@@ -1,0 +1,13 @@
+"""Metering: trial quotas and prepaid credits on Redis, the usage stream, and the SQL ledger."""
+
+from . import metrics
+from .flusher import Flusher
+from .ledger import Base, CreditEntry, Event, UsageEvent, add_credit, balance, snapshot, utcnow
+from .meter import PAID, TRIAL, CallSpec, Meter, Reservation
+from .money import MoneyError, format_usd, split, to_micro
+
+__all__ = [
+    "PAID", "TRIAL", "Base", "CallSpec", "CreditEntry", "Event", "Flusher", "Meter", "MoneyError",
+    "Reservation", "UsageEvent", "add_credit", "balance", "format_usd", "metrics", "snapshot",
+    "split", "to_micro", "utcnow",
+]

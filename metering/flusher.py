@@ -1,0 +1,114 @@
+"""Moves usage events from the Redis stream into the SQL ledger, exactly once.
+
+A consumer group tracks delivery: an event is acknowledged (and deleted) only after the ledger
+transaction that holds it committed, and the event id is the ledger's primary key, so a crash
+between the two re-delivers an event that the ledger then ignores. Events left pending by a
+dead flusher are claimed after ``claim_idle_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+import redis
+from sqlalchemy import Engine
+
+from . import metrics
+from .ledger import Event, write_events
+
+log = logging.getLogger(__name__)
+
+
+class Flusher:
+    def __init__(
+        self, client: redis.Redis, engine: Engine, *, namespace: str = "am:",
+        group: str = "ledger", consumer: str | None = None, batch: int = 500,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.redis = client
+        self.engine = engine
+        self.stream = f"{namespace}usage"
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = batch
+        self.claim_idle_ms = claim_idle_ms
+        self._group_ready = False
+
+    def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def flush_once(self, block_ms: int | None = None) -> int:
+        """Flush one batch: this consumer's pending, then stale claims, then new events."""
+        self._ensure_group()
+        written = 0
+        mine = self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: "0"}, count=self.batch
+        )
+        written += self._process(_messages(mine))
+        reply = self.redis.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+        )
+        claimed = reply[1] if len(reply) > 1 else []
+        written += self._process([(mid, f) for mid, f in claimed if f])
+        new = self.redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
+        )
+        written += self._process(_messages(new))
+        return written
+
+    def drain(self) -> int:
+        """Flush until the stream holds nothing for this group; returns events written."""
+        total = 0
+        while True:
+            n = self.flush_once()
+            total += n
+            if n == 0 and not self.lag():
+                return total
+
+    def lag(self) -> int:
+        """Events in the stream not yet in the ledger."""
+        self._ensure_group()
+        return int(self.redis.xlen(self.stream))
+
+    def _process(self, messages: list[tuple[Any, dict[Any, Any]]]) -> int:
+        if not messages:
+            return 0
+        events = [Event.from_fields(fields) for _, fields in messages]
+        new = write_events(self.engine, events)
+        ids = [mid for mid, _ in messages]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xack(self.stream, self.group, *ids)
+        pipe.xdel(self.stream, *ids)
+        pipe.execute()
+        metrics.EVENTS_FLUSHED.inc(new)
+        return len(messages)
+
+    def run(self, stop: threading.Event, *, block_ms: int = 250) -> None:
+        """Flush until ``stop`` is set; errors are logged and retried with backoff."""
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                self.flush_once(block_ms=block_ms)
+                backoff = 0.1
+            except Exception:  # Redis or the database is down: keep the events, retry
+                log.exception("ledger flush failed; retrying in %.1fs", backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+
+def _messages(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    out: list[tuple[Any, dict[Any, Any]]] = []
+    for _stream, msgs in reply or []:
+        out.extend((mid, fields) for mid, fields in msgs if fields)
+    return out

@@ -1,0 +1,165 @@
+"""The SQL ledger: usage events and credit entries, the source of truth for money.
+
+Redis counters are a cache of these tables; every balance is a sum over ``credit_entries``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Engine, Index, Integer, String, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every aimarket table (one metadata, one migration history)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UsageEvent(Base):
+    """One answered call, written once by the flusher; the request id is the primary key."""
+
+    __tablename__ = "usage_events"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(Integer)
+    api_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    listing_id: Mapped[int] = mapped_column(Integer)
+    listing_version_id: Mapped[int] = mapped_column(Integer)
+    seller_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # trial | paid
+    price: Mapped[int] = mapped_column(BigInteger)  # micro-units charged to the buyer
+    seller_share: Mapped[int] = mapped_column(BigInteger)
+    platform_fee: Mapped[int] = mapped_column(BigInteger)
+    latency_us: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    flushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (
+        Index("ix_usage_account_time", "account_id", "created_at"),
+        Index("ix_usage_seller_time", "seller_id", "created_at"),
+        Index("ix_usage_listing", "listing_id"),
+    )
+
+
+class CreditEntry(Base):
+    """A signed movement of prepaid credit; ``reference`` makes every movement happen once."""
+
+    __tablename__ = "credit_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(Integer, index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(32))  # grant | usage | checkout | refund
+    reference: Mapped[str] = mapped_column(String(128), unique=True)
+    note: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A usage event as it travels through the Redis stream."""
+
+    id: str
+    account_id: int
+    api_key_id: int | None
+    listing_id: int
+    listing_version_id: int
+    seller_id: int
+    kind: str
+    price: int
+    seller_share: int
+    platform_fee: int
+    latency_us: int
+    ts_ms: int
+
+    def fields(self) -> dict[str, str]:
+        return {k: "" if v is None else str(v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_fields(cls, raw: dict[Any, Any]) -> Event:
+        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+             for k, v in raw.items()}
+        return cls(
+            id=f["id"], account_id=int(f["account_id"]),
+            api_key_id=int(f["api_key_id"]) if f.get("api_key_id") else None,
+            listing_id=int(f["listing_id"]), listing_version_id=int(f["listing_version_id"]),
+            seller_id=int(f["seller_id"]), kind=f["kind"], price=int(f["price"]),
+            seller_share=int(f["seller_share"]), platform_fee=int(f["platform_fee"]),
+            latency_us=int(f["latency_us"]), ts_ms=int(f["ts_ms"]),
+        )
+
+
+def _insert(engine: Engine, table: Any) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def write_events(engine: Engine, events: Iterable[Event]) -> int:
+    """Write usage events and their credit debits in one transaction; duplicates are ignored.
+
+    Returns how many events were new. Safe to call again with the same events.
+    """
+    rows = [
+        {**{k: v for k, v in e.__dict__.items() if k != "ts_ms"},
+         "created_at": datetime.fromtimestamp(e.ts_ms / 1000, UTC), "flushed_at": utcnow()}
+        for e in events
+    ]
+    if not rows:
+        return 0
+    debits = [
+        {"account_id": r["account_id"], "amount": -r["price"], "reason": "usage",
+         "reference": f"usage:{r['id']}", "note": "", "created_at": r["created_at"]}
+        for r in rows if r["price"] > 0
+    ]
+    with engine.begin() as conn:
+        stmt = _insert(engine, UsageEvent.__table__).on_conflict_do_nothing(index_elements=["id"])
+        new = conn.execute(stmt.returning(UsageEvent.__table__.c.id), rows).fetchall()
+        if debits:
+            dstmt = _insert(engine, CreditEntry.__table__).on_conflict_do_nothing(
+                index_elements=["reference"]
+            )
+            conn.execute(dstmt, debits)
+    return len(new)
+
+
+def add_credit(
+    engine: Engine, account_id: int, amount: int, *, reason: str, reference: str, note: str = ""
+) -> bool:
+    """Record a credit movement once per ``reference``; False when it was already recorded."""
+    with engine.begin() as conn:
+        stmt = _insert(engine, CreditEntry.__table__).on_conflict_do_nothing(
+            index_elements=["reference"]
+        )
+        res = conn.execute(stmt, {
+            "account_id": account_id, "amount": amount, "reason": reason,
+            "reference": reference, "note": note, "created_at": utcnow(),
+        })
+        return bool(res.rowcount)
+
+
+def balance(engine: Engine, account_id: int) -> int:
+    """The account's credit balance according to the ledger."""
+    with engine.connect() as conn:
+        total = conn.execute(
+            select(func.coalesce(func.sum(CreditEntry.amount), 0)).where(
+                CreditEntry.account_id == account_id
+            )
+        ).scalar_one()
+    return int(total)
+
+
+def snapshot(engine: Engine, account_id: int) -> tuple[int, dict[int, int]]:
+    """(credit balance, trial calls used per listing) for rebuilding Redis counters."""
+    with engine.connect() as conn:
+        trials = conn.execute(
+            select(UsageEvent.listing_id, func.count())
+            .where(UsageEvent.account_id == account_id, UsageEvent.kind == "trial")
+            .group_by(UsageEvent.listing_id)
+        ).all()
+    return balance(engine, account_id), {int(lid): int(n) for lid, n in trials}

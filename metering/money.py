@@ -1,0 +1,46 @@
+"""Money as integer micro-units (1e-6 USD): parsing, formatting, and the seller/platform split."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+MICRO = 1_000_000
+
+
+class MoneyError(ValueError):
+    """A decimal amount that is not a valid amount of money."""
+
+
+def to_micro(amount: Decimal | str | int) -> int:
+    """Exact conversion of a USD decimal ("0.002") to micro-units; refuses sub-micro amounts."""
+    if isinstance(amount, float):
+        raise MoneyError("money is never a float; send a decimal string such as \"10.00\"")
+    try:
+        value = Decimal(str(amount)) if not isinstance(amount, Decimal) else amount
+    except InvalidOperation as exc:
+        raise MoneyError(f"{amount!r} is not a decimal amount") from exc
+    if not value.is_finite():
+        raise MoneyError(f"{amount!r} is not a finite amount")
+    micro = value * MICRO
+    if micro != micro.to_integral_value():
+        raise MoneyError(f"{amount} has more than 6 decimal places")
+    return int(micro)
+
+
+def format_usd(micro: int) -> str:
+    """Micro-units as a USD decimal string with at least 2 and at most 6 decimals."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    digits = f"{frac:06d}".rstrip("0")
+    return f"{sign}{whole}.{digits.ljust(2, '0')}"
+
+
+def split(price: int, fee_bps: int) -> tuple[int, int]:
+    """(seller share, platform fee) of a charge; they always add up to ``price`` exactly.
+
+    The fee is rounded down, so rounding never takes from the seller.
+    """
+    if not 0 <= fee_bps <= 10_000:
+        raise MoneyError("platform fee must be between 0 and 10000 basis points")
+    fee = price * fee_bps // 10_000
+    return price - fee, fee

@@ -1,0 +1,86 @@
+"""The FastAPI application: the one composition root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from . import demo, errors, gateway
+from .config import Settings
+from .models import Account
+from .routes import accounts, admin, keys, models, usage
+from .security import hash_password
+from .services import Services
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap_admin(svc: Services) -> None:
+    s = svc.settings
+    if not (s.admin_email and s.admin_password):
+        return
+    email = s.admin_email.lower()
+    with svc.sessions() as db:
+        account = db.execute(select(Account).where(Account.email == email)).scalar_one_or_none()
+        if account is None:
+            db.add(Account(email=email, name="admin", role="admin",
+                           password_hash=hash_password(s.admin_password.get_secret_value())))
+        elif account.role != "admin":
+            account.role = "admin"
+        db.commit()
+
+
+def seed_demo(svc: Services) -> None:
+    with svc.sessions() as db:
+        demo.seed(db, svc.settings.data_dir)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = await Services.start(settings)
+        app.state.services = svc
+        try:
+            await run_in_threadpool(bootstrap_admin, svc)
+            if settings.seed_demo:
+                await run_in_threadpool(seed_demo, svc)
+            svc.start_flusher()
+            app.state.ready = True
+            yield
+        finally:
+            app.state.ready = False
+            await svc.close()
+
+    app = FastAPI(
+        title="aimarket", version="0.1.0", lifespan=lifespan,
+        description="AI-model marketplace with hosted, pay-per-call inference.",
+    )
+    app.state.ready = False
+    errors.install(app)
+    for router in (accounts.router, keys.router, models.router, admin.router, usage.router):
+        app.include_router(router)
+    app.include_router(gateway.router)
+    if settings.unmetered_route:
+        app.include_router(gateway.unmetered)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        svc: Services = app.state.services
+        await svc.redis.ping()
+        return {"status": "ok", "backend": svc.backend.name}
+
+    @app.get("/metrics", tags=["ops"])
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,56 @@
+"""The one Settings object (environment prefix ``AIMARKET_``), passed down from the CLI/app."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of an aimarket server. Unset URLs mean the embedded default."""
+
+    model_config = SettingsConfigDict(env_prefix="AIMARKET_", extra="ignore")
+
+    data_dir: Path = Field(Path(".aimarket"), description="Models, SQLite, embedded Redis data")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+    redis_url: str | None = Field(None, description="Redis URL; default an embedded Valkey server")
+    redis_namespace: str = Field("am:", description="Prefix of every Redis key aimarket writes")
+    serving_backend: Literal["local"] = Field("local", description="Engine that runs models")
+    platform_fee_bps: int = Field(2000, ge=0, le=10_000, description="Platform fee, basis points")
+    admin_email: str | None = Field(None, description="Bootstrap admin account e-mail")
+    admin_password: SecretStr | None = Field(None, description="Bootstrap admin password")
+    secret_key: SecretStr | None = Field(
+        None, description="Signs access tokens; generated into data_dir when unset"
+    )
+    access_token_minutes: int = Field(1440, ge=1, description="Access token lifetime")
+    max_upload_mb: int = Field(200, ge=1, description="Largest accepted model upload")
+    seed_demo: bool = Field(True, description="Seed the demo catalog on start")
+    key_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a worker trusts a cached API key (revocation delay)"
+    )
+    flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
+    unmetered_route: bool = Field(
+        False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"
+    )
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'aimarket.db').resolve()}"
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    def signing_key(self) -> str:
+        """The token signing key: configured, or created once in the data dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value()
+        path = self.data_dir / "secret_key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()

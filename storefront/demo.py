@@ -1,0 +1,147 @@
+"""The demo catalog: real models trained at start from scikit-learn's bundled datasets."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from serving import Manifest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import listings
+from .models import Account, Listing
+from .security import hash_password
+
+log = logging.getLogger(__name__)
+
+DEMO_SELLER = "demo-seller@aimarket.local"
+MODERATOR = "moderator@aimarket.local"
+
+
+def _clf_onnx(clf: Any, X: np.ndarray) -> bytes:
+    from skl2onnx import to_onnx
+
+    model = to_onnx(clf, X[:1].astype(np.float32), options={id(clf): {"zipmap": False}})
+    return model.SerializeToString()  # type: ignore[no-any-return]
+
+
+def digits() -> tuple[bytes, dict[str, Any]]:
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0)
+    clf.fit(X.astype(np.float32), y)
+    return _clf_onnx(clf, X), {
+        "title": "Handwritten digits",
+        "description": "Classifies 8x8 grayscale handwritten digits (0-9). A small MLP trained "
+                       "on scikit-learn's digits dataset; send dark ink on a light background.",
+        "category": "vision", "task": "image-classification",
+        "inputs": [{"name": "X", "dtype": "float32", "shape": [-1, 64]}],
+        "outputs": [{"name": "label", "dtype": "int64", "shape": [-1]},
+                    {"name": "probabilities", "dtype": "float32", "shape": [-1, 10]}],
+        "labels": [str(i) for i in range(10)],
+        "preprocessing": {"size": [8, 8], "mode": "L", "scale": 0.0625, "invert": True},
+        "pricing": {"per_call": "0.002", "trial_calls": 5, "export_price": "19.00"},
+    }
+
+
+def iris() -> tuple[bytes, dict[str, Any]]:
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    data = load_iris()
+    clf = LogisticRegression(max_iter=500).fit(data.data, data.target)
+    return _clf_onnx(clf, data.data), {
+        "title": "Iris species",
+        "description": "Tells setosa, versicolor and virginica irises apart from four flower "
+                       "measurements in centimetres. Logistic regression on the iris dataset.",
+        "category": "botany", "task": "tabular-classification",
+        "inputs": [{"name": "X", "dtype": "float32", "shape": [-1, 4]}],
+        "outputs": [{"name": "label", "dtype": "int64", "shape": [-1]},
+                    {"name": "probabilities", "dtype": "float32", "shape": [-1, 3]}],
+        "labels": [str(n) for n in data.target_names],
+        "feature_names": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+        "pricing": {"per_call": "0.001", "trial_calls": 10, "export_price": "5.00"},
+    }
+
+
+def wine() -> tuple[bytes, dict[str, Any]]:
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import RandomForestClassifier
+
+    data = load_wine()
+    clf = RandomForestClassifier(n_estimators=50, max_depth=6, random_state=0)
+    clf.fit(data.data, data.target)
+    return _clf_onnx(clf, data.data), {
+        "title": "Wine cultivar",
+        "description": "Identifies which of three cultivars a wine comes from, from 13 results "
+                       "of its chemical analysis. Random forest on the UCI wine dataset.",
+        "category": "food", "task": "tabular-classification",
+        "inputs": [{"name": "X", "dtype": "float32", "shape": [-1, 13]}],
+        "outputs": [{"name": "label", "dtype": "int64", "shape": [-1]},
+                    {"name": "probabilities", "dtype": "float32", "shape": [-1, 3]}],
+        "labels": ["class_0", "class_1", "class_2"],
+        "feature_names": list(data.feature_names),
+        "pricing": {"per_call": "0.0015", "trial_calls": 10, "export_price": "8.00"},
+    }
+
+
+def diabetes() -> tuple[bytes, dict[str, Any]]:
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+
+    data = load_diabetes()
+    reg = Ridge(alpha=0.1).fit(data.data, data.target)
+    model = to_onnx(reg, data.data[:1].astype(np.float32))
+    return model.SerializeToString(), {
+        "title": "Diabetes progression",
+        "description": "Predicts a quantitative measure of diabetes progression one year after "
+                       "baseline from ten standardized features. Ridge regression.",
+        "category": "health", "task": "tabular-regression",
+        "inputs": [{"name": "X", "dtype": "float32", "shape": [-1, 10]}],
+        "outputs": [{"name": "variable", "dtype": "float32", "shape": [-1, 1]}],
+        "feature_names": list(data.feature_names),
+        "pricing": {"per_call": "0.001", "trial_calls": 20, "export_price": "4.00"},
+    }
+
+
+DEMOS: dict[str, Callable[[], tuple[bytes, dict[str, Any]]]] = {
+    "handwritten-digits": digits, "iris-species": iris, "wine-cultivar": wine,
+    "diabetes-progression": diabetes,
+}
+
+
+def system_account(db: Session, email: str, role: str, name: str) -> Account:
+    account = db.execute(select(Account).where(Account.email == email)).scalar_one_or_none()
+    if account is None:
+        # A random password nobody knows: the account cannot log in.
+        account = Account(email=email, name=name, role=role,
+                          password_hash=hash_password(secrets.token_urlsafe(32)))
+        db.add(account)
+        db.commit()
+    return account
+
+
+def seed(db: Session, data_dir: Any) -> list[tuple[Listing, Any]]:
+    """Publish and approve each demo model not yet present. Returns what it approved."""
+    seller = system_account(db, DEMO_SELLER, "seller", "aimarket demo")
+    moderator = system_account(db, MODERATOR, "admin", "aimarket moderator")
+    approved = []
+    for slug, build in DEMOS.items():
+        if db.execute(select(Listing.id).where(Listing.slug == slug)).first() is not None:
+            continue
+        data, manifest = build()
+        published = listings.publish(
+            db, data_dir, seller, data, Manifest.model_validate(manifest), slug=slug
+        )
+        listing, lv = listings.pending_version(db, published.slug, published.version)
+        listings.decide(db, listing, lv, moderator, "approve", "demo catalog, seeded at start")
+        approved.append((listing, lv))
+        log.info("seeded demo model %s", slug)
+    return approved

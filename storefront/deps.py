@@ -1,0 +1,62 @@
+"""FastAPI dependencies as Annotated aliases: the services, a DB session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from serving import Forbidden, Unauthorized
+from sqlalchemy.orm import Session
+
+from .models import Account
+from .security import read_token
+from .services import Services
+
+oauth2 = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_db(svc: ServicesDep) -> Iterator[Session]:
+    with svc.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def current_account(
+    svc: ServicesDep, db: SessionDep, token: Annotated[str | None, Depends(oauth2)]
+) -> Account:
+    if not token:
+        raise Unauthorized(
+            "log in first: send 'Authorization: Bearer <access token>' from /v1/auth/token",
+            code="not_authenticated",
+        )
+    account = db.get(Account, read_token(token, key=svc.signing_key))
+    if account is None:
+        raise Unauthorized("account no longer exists", code="invalid_token")
+    return account
+
+
+CurrentAccount = Annotated[Account, Depends(current_account)]
+
+
+def _role(*roles: str):  # type: ignore[no-untyped-def]
+    def check(account: CurrentAccount) -> Account:
+        if account.role not in roles:
+            raise Forbidden(f"this needs a {' or '.join(roles)} account", code="wrong_role")
+        return account
+    return check
+
+
+Seller = Annotated[Account, Depends(_role("seller", "admin"))]
+Buyer = Annotated[Account, Depends(_role("buyer", "seller", "admin"))]
+Admin = Annotated[Account, Depends(_role("admin"))]

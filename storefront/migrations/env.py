@@ -1,0 +1,15 @@
+"""Alembic environment: the engine comes from the application, never from an ini file."""
+
+from alembic import context
+from metering import Base
+
+import storefront.models  # noqa: F401  (registers the marketplace tables on Base.metadata)
+
+engine = context.config.attributes["engine"]
+with engine.begin() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    context.run_migrations()

@@ -1,0 +1,79 @@
+"""The marketplace's tables (the ledger's live in ``metering.ledger`` on the same metadata)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from metering import Base, utcnow
+from sqlalchemy import (
+    BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+ROLES = ("buyer", "seller", "admin")
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    name: Mapped[str] = mapped_column(String(120), default="")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(120), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Listing(Base):
+    __tablename__ = "listings"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(80), unique=True)
+    seller_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    title: Mapped[str] = mapped_column(String(120))
+    description: Mapped[str] = mapped_column(Text, default="")
+    category: Mapped[str] = mapped_column(String(60), index=True)
+    task: Mapped[str] = mapped_column(String(40), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|listed|delisted
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ListingVersion(Base):
+    __tablename__ = "listing_versions"
+    __table_args__ = (UniqueConstraint("listing_id", "version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    listing_id: Mapped[int] = mapped_column(ForeignKey("listings.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    manifest_json: Mapped[str] = mapped_column(Text)
+    price: Mapped[int] = mapped_column(BigInteger)  # micro-units per paid call
+    trial_calls: Mapped[int] = mapped_column(Integer)
+    export_price: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    opset: Mapped[int] = mapped_column(Integer)
+    latency_us: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="pending_review")
+    review_reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Review(Base):
+    """Audit log of moderation decisions."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    listing_version_id: Mapped[int] = mapped_column(ForeignKey("listing_versions.id"), index=True)
+    admin_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    decision: Mapped[str] = mapped_column(String(16))  # approve | reject
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

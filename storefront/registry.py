@@ -1,0 +1,86 @@
+"""Live listing versions as the paid-call path needs them, cached in-process with a short TTL."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving import Backend, Manifest, ModelRef, NotFound
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from .models import Listing, ListingVersion
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    listing_id: int
+    version_id: int
+    slug: str
+    version: int
+    seller_id: int
+    price: int
+    trial_calls: int
+    manifest: Manifest
+    ref: ModelRef
+
+
+def model_path(data_dir: Path, sha256: str) -> Path:
+    """Where the content-addressed model with this digest lives."""
+    return data_dir / "models" / sha256[:2] / f"{sha256}.onnx"
+
+
+class Registry:
+    """slug (and optional version) -> LiveVersion; deploys on first use in this worker."""
+
+    def __init__(self, engine: Engine, backend: Backend, data_dir: Path, ttl: float = 5.0) -> None:
+        self.engine = engine
+        self.backend = backend
+        self.data_dir = data_dir
+        self.ttl = ttl
+        self._cache: dict[tuple[str, int | None], tuple[float, LiveVersion]] = {}
+
+    async def get(self, slug: str, version: int | None = None) -> LiveVersion:
+        hit = self._cache.get((slug, version))
+        now = time.monotonic()
+        if hit is not None and hit[0] > now and self.backend.is_deployed(hit[1].ref.key):
+            return hit[1]
+        live = await run_in_threadpool(self._load, slug, version)
+        if live is None:
+            what = f"{slug} version {version}" if version is not None else slug
+            raise NotFound(f"no live model '{what}'", code="model_not_found")
+        await self.backend.deploy(live.ref)
+        self._cache[(slug, version)] = (now + self.ttl, live)
+        return live
+
+    def invalidate(self, slug: str) -> None:
+        for k in [k for k in self._cache if k[0] == slug]:
+            del self._cache[k]
+
+    def _load(self, slug: str, version: int | None) -> LiveVersion | None:
+        with Session(self.engine) as s:
+            q = (
+                select(Listing, ListingVersion)
+                .join(ListingVersion, ListingVersion.listing_id == Listing.id)
+                .where(Listing.slug == slug, Listing.status == "listed",
+                       ListingVersion.status == "live")
+            )
+            if version is not None:
+                q = q.where(ListingVersion.version == version)
+            row = s.execute(q.order_by(ListingVersion.version.desc()).limit(1)).first()
+        if row is None:
+            return None
+        listing, lv = row
+        return to_live(listing, lv, self.data_dir)
+
+
+def to_live(listing: Listing, lv: ListingVersion, data_dir: Path) -> LiveVersion:
+    return LiveVersion(
+        listing_id=listing.id, version_id=lv.id, slug=listing.slug, version=lv.version,
+        seller_id=listing.seller_id, price=lv.price, trial_calls=lv.trial_calls,
+        manifest=Manifest.model_validate_json(lv.manifest_json),
+        ref=ModelRef(key=f"{listing.slug}@{lv.version}",
+                     path=model_path(data_dir, lv.model_sha256), sha256=lv.model_sha256),
+    )

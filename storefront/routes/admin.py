@@ -1,0 +1,93 @@
+"""Moderation (approve / reject with a reason) and credit grants."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+from metering import MoneyError, add_credit, format_usd, to_micro
+from pydantic import BaseModel, Field
+from serving import InvalidInput, NotFound
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from .. import listings
+from ..deps import Admin, ServicesDep, SessionDep
+from ..models import Account
+from ..registry import to_live
+
+router = APIRouter(tags=["admin"])
+
+
+class Decision(BaseModel):
+    version: int | None = Field(None, ge=1)
+    reason: str = Field("", max_length=2000)
+
+
+class Rejection(Decision):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.get("/v1/admin/review-queue")
+def queue(admin: Admin, db: SessionDep) -> dict[str, Any]:
+    return {"items": listings.review_queue(db)}
+
+
+@router.post("/v1/admin/models/{slug}/approve")
+async def approve(
+    slug: str, admin: Admin, svc: ServicesDep, body: Decision | None = None
+) -> dict[str, Any]:
+    body = body or Decision()
+    with svc.sessions() as db:
+        listing, lv = await run_in_threadpool(listings.pending_version, db, slug, body.version)
+        live = to_live(listing, lv, svc.settings.data_dir)
+        await svc.backend.deploy(live.ref)  # deploy first: a version that cannot run is not live
+        await run_in_threadpool(listings.decide, db, listing, lv, admin, "approve", body.reason)
+    svc.registry.invalidate(slug)
+    return {"slug": slug, "version": lv.version, "status": "live"}
+
+
+@router.post("/v1/admin/models/{slug}/reject")
+def reject(slug: str, body: Rejection, admin: Admin, db: SessionDep) -> dict[str, Any]:
+    listing, lv = listings.pending_version(db, slug, body.version)
+    listings.decide(db, listing, lv, admin, "reject", body.reason)
+    return {"slug": slug, "version": lv.version, "status": "rejected", "reason": body.reason}
+
+
+class Grant(BaseModel):
+    account_email: str = Field(max_length=254)
+    amount: str = Field(max_length=32, description="USD as a decimal string, e.g. \"10.00\"")
+    reference: str | None = Field(None, max_length=100, description="idempotency reference")
+    note: str = Field("", max_length=500)
+
+
+@router.post("/v1/admin/credits", status_code=201)
+async def grant_credits(body: Grant, admin: Admin, svc: ServicesDep) -> dict[str, Any]:
+    try:
+        amount = to_micro(body.amount)
+    except MoneyError as exc:
+        raise InvalidInput(str(exc), code="invalid_amount") from exc
+    if not 0 < amount <= 1_000_000 * 1_000_000:
+        raise InvalidInput("amount must be positive and at most 1000000.00", code="invalid_amount")
+
+    def find() -> Account | None:
+        with svc.sessions() as db:
+            return db.execute(
+                select(Account).where(Account.email == body.account_email.lower())
+            ).scalar_one_or_none()
+
+    account = await run_in_threadpool(find)
+    if account is None:
+        raise NotFound(f"no account '{body.account_email}'", code="account_not_found")
+    reference = f"grant:{body.reference or uuid.uuid4().hex}"
+
+    async def record() -> bool:
+        return await run_in_threadpool(
+            add_credit, svc.engine, account.id, amount, reason="grant", reference=reference,
+            note=body.note or f"granted by {admin.email}",
+        )
+
+    balance = await svc.meter.add_credits(account.id, amount, record)
+    return {"account_email": account.email, "amount": format_usd(amount),
+            "credits": format_usd(balance), "reference": reference}

@@ -1,0 +1,98 @@
+"""The running app's parts, built once at start-up from Settings (the composition)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import redis
+import redis.asyncio as aioredis
+from metering import Flusher, Meter, snapshot
+from serving import Backend, make_backend
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from .config import Settings
+from .db import make_engine, migrate, session_factory
+from .embedded import EmbeddedRedis
+from .keys import KeyCache
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    redis: aioredis.Redis
+    redis_sync: redis.Redis
+    meter: Meter
+    backend: Backend
+    registry: Registry
+    keys: KeyCache
+    flusher: Flusher
+    signing_key: str
+    embedded: EmbeddedRedis | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Services:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.sqlalchemy_url)
+        await run_in_threadpool(migrate, engine)
+        embedded = None
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedRedis(settings.data_dir)
+            url = await run_in_threadpool(embedded.start)
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=1, max_connections=256,
+            retry_on_timeout=False,
+        )
+        sync_client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
+
+        async def load_snapshot(account_id: int) -> tuple[int, dict[int, int]]:
+            return await run_in_threadpool(snapshot, engine, account_id)
+
+        meter = Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
+                      namespace=settings.redis_namespace)
+        backend = make_backend(settings.serving_backend)
+        svc = cls(
+            settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
+            redis_sync=sync_client, meter=meter, backend=backend,
+            registry=Registry(engine, backend, settings.data_dir),
+            keys=KeyCache(engine, settings.key_cache_seconds),
+            flusher=Flusher(sync_client, engine, namespace=settings.redis_namespace),
+            signing_key=settings.signing_key(), embedded=embedded,
+        )
+        return svc
+
+    def start_flusher(self) -> None:
+        self._thread = threading.Thread(
+            target=self.flusher.run, args=(self._stop,),
+            kwargs={"block_ms": self.settings.flush_interval_ms}, name="ledger-flusher",
+            daemon=True,
+        )
+        self._thread.start()
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
+            # A last flush so a clean stop leaves nothing behind in Redis.
+            try:
+                await asyncio.to_thread(self.flusher.drain)
+            except Exception:
+                log.exception("final ledger flush failed; events stay in Redis for next start")
+        await self.backend.close()
+        await self.redis.aclose()
+        self.redis_sync.close()
+        self.engine.dispose()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
