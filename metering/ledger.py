@@ -133,14 +133,13 @@ def add_credit(
 ) -> bool:
     """Record a credit movement once per ``reference``; False when it was already recorded."""
     with engine.begin() as conn:
-        stmt = _insert(engine, CreditEntry.__table__).on_conflict_do_nothing(
-            index_elements=["reference"]
-        )
-        res = conn.execute(stmt, {
+        table = CreditEntry.__table__
+        stmt = _insert(engine, table).on_conflict_do_nothing(index_elements=["reference"])
+        res = conn.execute(stmt.returning(table.c.id), {
             "account_id": account_id, "amount": amount, "reason": reason,
             "reference": reference, "note": note, "created_at": utcnow(),
         })
-        return bool(res.rowcount)
+        return res.first() is not None
 
 
 def balance(engine: Engine, account_id: int) -> int:

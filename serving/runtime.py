@@ -13,6 +13,7 @@ from onnx import TensorProto
 
 from .errors import InvalidInput
 from .manifest import Manifest
+from .sniff import refuse_non_onnx
 
 ONNX_TO_NP: dict[int, str] = {
     TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.FLOAT16: "float16",
@@ -53,6 +54,7 @@ def inspect_model(data: bytes, manifest: Manifest, *, runs: int = 20) -> ModelRe
 
     Raises InvalidInput (code ``invalid_model``) naming what is wrong.
     """
+    refuse_non_onnx(data)
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf raises DecodeError and others

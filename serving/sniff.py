@@ -1,0 +1,60 @@
+"""Recognise model files that are not ONNX by their bytes (never by name), and say how to
+convert them. Nothing here deserialises anything."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+
+from .errors import InvalidInput
+
+_TORCH = "export it with torch.onnx.export(model, example_input, 'model.onnx')"
+_SKLEARN = "convert it with skl2onnx (skl2onnx.to_onnx(model, X_sample))"
+_KERAS = "convert it with tf2onnx (python -m tf2onnx.convert)"
+
+
+def refuse_non_onnx(data: bytes) -> None:
+    """Raise InvalidInput (code ``not_onnx``) when ``data`` is a known non-ONNX format."""
+    found = _identify(data)
+    if found is not None:
+        what, how = found
+        raise InvalidInput(
+            f"the file is {what}, not ONNX. Only ONNX models are accepted: {how}.",
+            code="not_onnx", details={"detected": what},
+        )
+
+
+def _identify(data: bytes) -> tuple[str, str] | None:
+    head = data[:16]
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "a Python pickle (e.g. joblib / scikit-learn)", _SKLEARN
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return _zip_kind(data)
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "a Keras / HDF5 file", _KERAS
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip archive", "upload the .onnx file itself"
+    if head.startswith(b"GGUF"):
+        return "a GGUF (llama.cpp) file", "upload an ONNX export of the model"
+    if len(data) >= 10:
+        (n,) = struct.unpack("<Q", data[:8])
+        if 2 <= n < min(len(data), 100_000_000) and data[8:9] == b"{":
+            return "a safetensors file (weights without a graph)", _TORCH
+    if data[:1] in (b"(", b"]", b"}") and data[-1:] == b".":
+        return "a Python pickle (protocol 0/1)", _SKLEARN
+    return None
+
+
+def _zip_kind(data: bytes) -> tuple[str, str]:
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return "a zip archive", "upload the .onnx file itself"
+    if any(n.endswith("data.pkl") or n.endswith("/version") for n in names):
+        return "a PyTorch checkpoint (a zip holding data.pkl)", _TORCH
+    if any(n.endswith("saved_model.pb") for n in names):
+        return "a TensorFlow SavedModel archive", _KERAS
+    if any(n.endswith(".pkl") or n.endswith(".joblib") for n in names):
+        return "a zip archive holding pickles", _SKLEARN
+    return "a zip archive", "upload the .onnx file itself"

@@ -1,0 +1,152 @@
+"""Metering on the real Redis servers: races, holds, hydration from the ledger, the flusher."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from metering import CallSpec, Flusher, Meter, add_credit, balance, snapshot
+from storefront.db import make_engine, migrate
+
+
+@pytest.fixture(scope="module")
+def engine(stack):
+    e = make_engine(stack["db"].replace("postgresql://", "postgresql+psycopg://"))
+    migrate(e)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture
+async def meter(stack, engine):
+    client = aioredis.Redis.from_url(stack["redis"], max_connections=512)
+
+    async def load(account_id):
+        return await asyncio.to_thread(snapshot, engine, account_id)
+
+    yield Meter(client, fee_bps=2000, load_snapshot=load, namespace=stack["ns"] + "m:")
+    await client.aclose()
+
+
+def account() -> int:
+    return random.randint(10**6, 10**9)
+
+
+def call(acct: int, *, price: int = 2000, trial: int = 0, listing: int = 1) -> CallSpec:
+    return CallSpec(request_id=uuid.uuid4().hex, account_id=acct, api_key_id=1,
+                    listing_id=listing, listing_version_id=1, seller_id=7, price=price,
+                    trial_calls=trial)
+
+
+async def test_trial_race_gives_exactly_the_trial(meter):
+    acct = account()
+    results = await asyncio.gather(*(meter.reserve(call(acct, trial=5)) for _ in range(200)))
+    kinds = [r.kind for r in results if r.ok]
+    assert kinds == ["trial"] * 5
+    assert sum(not r.ok for r in results) == 195
+
+
+async def test_credits_never_go_negative_under_concurrency(meter, engine):
+    acct = account()
+    granted = 1_000_000
+
+    async def record():
+        return await asyncio.to_thread(add_credit, engine, acct, granted, reason="grant",
+                                       reference=f"grant:{uuid.uuid4().hex}")
+
+    await meter.add_credits(acct, granted, record)
+    prices = [random.randint(1, 10_000) for _ in range(500)]
+    results = await asyncio.gather(*(meter.reserve(call(acct, price=p)) for p in prices))
+    spent = sum(r.cost for r in results if r.ok)
+    assert 0 <= granted - spent == await meter.credits(acct)
+    assert all(r.credits_remaining >= 0 for r in results)
+    refused = [p for p, r in zip(prices, results, strict=True) if not r.ok]
+    assert all(p > granted - spent for p in refused) or not refused
+
+
+async def test_release_gives_back_exactly_what_was_held(meter, engine):
+    acct = account()
+
+    async def record():
+        return await asyncio.to_thread(add_credit, engine, acct, 10_000, reason="grant",
+                                       reference=f"grant:{uuid.uuid4().hex}")
+
+    await meter.add_credits(acct, 10_000, record)
+    trial = await meter.reserve(call(acct, trial=1))
+    paid = await meter.reserve(call(acct, trial=1, price=3000))
+    assert (trial.kind, paid.kind, paid.credits_remaining) == ("trial", "paid", 7000)
+    await meter.release(paid)
+    await meter.release(trial)
+    assert await meter.credits(acct) == 10_000
+    again = await meter.reserve(call(acct, trial=1))
+    assert again.kind == "trial"  # the released trial call is available again
+
+
+async def test_replayed_grant_is_applied_once(meter, engine):
+    acct = account()
+    ref = f"grant:{uuid.uuid4().hex}"
+
+    async def record():
+        return await asyncio.to_thread(add_credit, engine, acct, 5000, reason="grant",
+                                       reference=ref)
+
+    assert await meter.add_credits(acct, 5000, record) == 5000
+    assert await meter.add_credits(acct, 5000, record) == 5000
+    assert balance(engine, acct) == 5000
+
+
+async def test_counters_are_rebuilt_from_the_ledger_when_redis_lost_them(meter, engine, stack):
+    acct = account()
+
+    async def record():
+        return await asyncio.to_thread(add_credit, engine, acct, 50_000, reason="grant",
+                                       reference=f"grant:{uuid.uuid4().hex}")
+
+    await meter.add_credits(acct, 50_000, record)
+    res = [await meter.reserve(call(acct, trial=2, price=1000)) for _ in range(3)]
+    for r in res:
+        await meter.commit(r, latency_us=10)
+    flusher = Flusher(redis.Redis.from_url(stack["redis"]), engine,
+                      namespace=stack["ns"] + "m:", consumer="t")
+    flusher.drain()
+    # Redis forgets the account (as after a failover without persistence)
+    await meter.redis.delete(*meter._keys(acct), meter._trial_key(acct, 1))
+    after = await meter.reserve(call(acct, trial=2, price=1000))
+    assert after.kind == "paid"  # the two trial calls are remembered by the ledger
+    assert after.credits_remaining == 50_000 - 1000 - 1000
+
+
+async def test_flusher_writes_each_event_once_even_when_redelivered(meter, engine, stack):
+    acct = account()
+    ns = stack["ns"] + "f:"
+    client = aioredis.Redis.from_url(stack["redis"])
+    m = Meter(client, fee_bps=2000, load_snapshot=meter._load_snapshot, namespace=ns)
+    for _ in range(20):
+        r = await m.reserve(call(acct, trial=100))
+        await m.commit(r, latency_us=5)
+    sync = redis.Redis.from_url(stack["redis"])
+    dead = Flusher(sync, engine, namespace=ns, consumer="dead", claim_idle_ms=0)
+    dead._ensure_group()
+    # a flusher reads a batch and dies before acknowledging it
+    sync.xreadgroup(dead.group, "dead", {dead.stream: ">"}, count=8)
+    live = Flusher(sync, engine, namespace=ns, consumer="live", claim_idle_ms=0)
+    assert live.drain() == 20
+    # the dead consumer's batch, written again by a replay, changes nothing
+    from metering.ledger import Event, write_events
+
+    assert write_events(engine, [Event.from_fields({**_fake_fields(acct)})]) == 1
+    assert write_events(engine, [Event.from_fields({**_fake_fields(acct)})]) == 0
+    _, trials = snapshot(engine, acct)
+    assert trials == {1: 21}
+    assert sync.xlen(live.stream) == 0
+    await client.aclose()
+
+
+def _fake_fields(acct: int) -> dict[str, str]:
+    return {"id": f"fixed-{acct}", "account_id": str(acct), "api_key_id": "", "listing_id": "1",
+            "listing_version_id": "1", "seller_id": "7", "kind": "trial", "price": "0",
+            "seller_share": "0", "platform_fee": "0", "latency_us": "1", "ts_ms": "1700000000000"}

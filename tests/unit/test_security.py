@@ -1,0 +1,37 @@
+import pytest
+from serving import Unauthorized
+from storefront.security import (
+    hash_password, issue_token, new_api_key, read_token, split_api_key, verify_password,
+)
+
+
+def test_passwords_are_hashed_with_argon2_and_verify():
+    h = hash_password("correct horse")
+    assert h.startswith("$argon2") and "correct horse" not in h
+    assert verify_password("correct horse", h)
+    assert not verify_password("wrong", h)
+    assert not verify_password("anything", None)
+
+
+def test_api_key_is_shown_once_and_stored_as_hash():
+    secret, prefix, digest = new_api_key()
+    parsed = split_api_key(secret)
+    assert parsed is not None and parsed[0] == prefix
+    assert parsed[1] not in digest and len(digest) == 64
+
+
+@pytest.mark.parametrize("raw", ["", "amk", "amk_short_x", "sk_123456789012_x", "amk_123456789012_"])
+def test_malformed_keys_are_rejected(raw):
+    assert split_api_key(raw) is None
+
+
+def test_tokens_round_trip_and_reject_tampering():
+    t = issue_token(42, key="k" * 32, minutes=5)
+    assert read_token(t, key="k" * 32) == 42
+    with pytest.raises(Unauthorized):
+        read_token(t, key="other" * 8)
+    with pytest.raises(Unauthorized):
+        read_token(t[:-2] + "xx", key="k" * 32)
+    expired = issue_token(42, key="k" * 32, minutes=-1)
+    with pytest.raises(Unauthorized, match="expired"):
+        read_token(expired, key="k" * 32)
