@@ -84,5 +84,35 @@ def publish(
     typer.echo(json.dumps(r.json(), indent=2))
 
 
+@app.command()
+def example(
+    name: Annotated[str, typer.Argument(help="digits | iris | wine | diabetes")] = "digits",
+    out_dir: Annotated[Path, typer.Option(help="Where to write the files")] = Path("."),
+    title: Annotated[str, typer.Option(help="Listing title in the manifest")] = "My digits",
+) -> None:
+    """Write a real example model (MODEL.onnx), its manifest (MODEL.yaml) and a v2 request
+    body (request.json): everything a seller needs to try publishing."""
+    import yaml
+
+    from . import demo
+
+    builders = {"digits": demo.digits, "iris": demo.iris, "wine": demo.wine,
+                "diabetes": demo.diabetes}
+    if name not in builders:
+        raise typer.BadParameter(f"choose one of {', '.join(builders)}")
+    data, manifest = builders[name]()
+    manifest["title"] = title
+    manifest["pricing"] = {**manifest["pricing"], "trial_calls": 3}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.onnx").write_bytes(data)
+    (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    width = manifest["inputs"][0]["shape"][1]
+    row = demo.sample_row(name)
+    body = {"inputs": [{"name": "X", "shape": [1, width], "datatype": "FP32", "data": row}]}
+    (out_dir / "request.json").write_text(json.dumps(body))
+    typer.echo(f"wrote {out_dir / (name + '.onnx')}, {out_dir / (name + '.yaml')}, "
+               f"{out_dir / 'request.json'}")
+
+
 def main() -> None:
     app()

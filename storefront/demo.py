@@ -111,6 +111,15 @@ def diabetes() -> tuple[bytes, dict[str, Any]]:
     }
 
 
+def sample_row(name: str) -> list[float]:
+    """The first example of the dataset a demo model was trained on."""
+    from sklearn import datasets
+
+    loader = {"digits": datasets.load_digits, "iris": datasets.load_iris,
+              "wine": datasets.load_wine, "diabetes": datasets.load_diabetes}[name]
+    return [float(v) for v in loader().data[0]]
+
+
 DEMOS: dict[str, Callable[[], tuple[bytes, dict[str, Any]]]] = {
     "handwritten-digits": digits, "iris-species": iris, "wine-cultivar": wine,
     "diabetes-progression": diabetes,
