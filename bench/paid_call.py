@@ -87,7 +87,7 @@ def main() -> None:
         sys.exit("needs wrk: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="aimarket-bench-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIMARKET_")}
+    env = dict(os.environ)  # AIMARKET_* settings pass through (e.g. INLINE_INFER_US)
     env.update(AIMARKET_DATA_DIR=str(tmp / "data"), AIMARKET_UNMETERED_ROUTE="true",
                AIMARKET_ADMIN_EMAIL="admin@bench.local", AIMARKET_ADMIN_PASSWORD="bench-pass")
     log = (tmp / "server.log").open("wb")
@@ -104,16 +104,16 @@ def main() -> None:
             except httpx.HTTPError:
                 time.sleep(0.2)
         print(f"aimarket up ready in {time.monotonic() - t0:.1f} s (demo catalog seeded)")
-        c.post("/v1/accounts", json={"email": "b@bench.local", "password": "bench-pass",
+        c.post("/v1/accounts", json={"email": "buyer@example.com", "password": "bench-pass",
                                      "role": "buyer"})
 
         def login(user: str) -> dict[str, str]:
             r = c.post("/v1/auth/token", data={"username": user, "password": "bench-pass"})
             return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
-        key = c.post("/v1/keys", headers=login("b@bench.local")).json()["key"]
+        key = c.post("/v1/keys", headers=login("buyer@example.com")).json()["key"]
         c.post("/v1/admin/credits", headers=login("admin@bench.local"),
-               json={"account_email": "b@bench.local", "amount": "100000.00"})
+               json={"account_email": "buyer@example.com", "amount": "100000.00"})
         auth = {"Authorization": f"Bearer {key}"}
         slug = "handwritten-digits"
         for _ in range(10):  # use up the trial: every measured call is a paid call
@@ -130,7 +130,7 @@ def main() -> None:
                 args.connections, tmp),
             "raw onnxruntime in-process, batch 1": raw_ort(model, min(args.seconds, 5)),
         }
-        before = c.get("/v1/usage", headers=login("b@bench.local")).json()
+        before = c.get("/v1/usage", headers=login("buyer@example.com")).json()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, Index, Integer, String, func, insert, select
+from sqlalchemy import BigInteger, DateTime, Engine, Index, Integer, String, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -83,8 +83,10 @@ class Event:
 
     @classmethod
     def from_fields(cls, raw: dict[Any, Any]) -> Event:
-        f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-             for k, v in raw.items()}
+        def text(x: Any) -> str:
+            return x.decode() if isinstance(x, bytes) else str(x)
+
+        f = {text(k): text(v) for k, v in raw.items()}
         return cls(
             id=f["id"], account_id=int(f["account_id"]),
             api_key_id=int(f["api_key_id"]) if f.get("api_key_id") else None,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from . import scripts
+from .autopipe import AutoPipeline
 from .ledger import Event
 from .money import split
 
@@ -59,9 +62,21 @@ class Meter:
         self.ns = namespace
         self.stream = f"{namespace}usage"
         self._load_snapshot = load_snapshot
-        self._reserve = client.register_script(scripts.RESERVE)
+        self._pipe = AutoPipeline(client)
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
+        self._reserve_sha = hashlib.sha1(scripts.RESERVE.encode()).hexdigest()
+
+    async def _reserve(self, keys: list[str], args: list[int]) -> list[int]:
+        try:
+            return await self._pipe.execute(  # type: ignore[no-any-return]
+                "EVALSHA", self._reserve_sha, len(keys), *keys, *args
+            )
+        except NoScriptError:  # a restarted Redis forgot its scripts
+            await self.redis.script_load(scripts.RESERVE)
+            return await self._pipe.execute(  # type: ignore[no-any-return]
+                "EVALSHA", self._reserve_sha, len(keys), *keys, *args
+            )
 
     def _keys(self, account_id: int) -> tuple[str, str]:
         return f"{self.ns}h:{account_id}", f"{self.ns}c:{account_id}"
@@ -93,7 +108,8 @@ class Meter:
             seller_id=c.seller_id, kind=res.kind, price=res.cost, seller_share=share,
             platform_fee=fee, latency_us=latency_us, ts_ms=int(time.time() * 1000),
         )
-        await self.redis.xadd(self.stream, event.fields())  # type: ignore[arg-type]
+        fields = [part for kv in event.fields().items() for part in kv]
+        await self._pipe.execute("XADD", self.stream, "*", *fields)
 
     async def release(self, res: Reservation) -> None:
         """Give back what reserve() took: the call failed and is not charged."""
@@ -101,9 +117,9 @@ class Meter:
             return
         c = res.call
         if res.kind == TRIAL:
-            await self.redis.decr(self._trial_key(c.account_id, c.listing_id))
+            await self._pipe.execute("DECR", self._trial_key(c.account_id, c.listing_id))
         else:
-            await self.redis.incrby(self._keys(c.account_id)[1], c.price)
+            await self._pipe.execute("INCRBY", self._keys(c.account_id)[1], c.price)
 
     async def hydrate(self, account_id: int) -> bool:
         """Rebuild an account's counters from the ledger unless they are already in Redis."""

@@ -22,10 +22,10 @@ from .runtime import ModelReport, inspect_model, sample_inputs
 from .tasks import postprocess, prepare
 
 
-def make_backend(name: str) -> Backend:
+def make_backend(name: str, *, inline_us: int = 0) -> Backend:
     """The serving backend called ``name``."""
     if name == "local":
-        return LocalBackend()
+        return LocalBackend(inline_us=inline_us)
     raise ValueError(f"unknown serving backend {name!r}; available: local")
 
 

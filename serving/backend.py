@@ -16,6 +16,7 @@ class ModelRef:
     key: str  # stable deployment name, "<slug>@<version>"
     path: Path  # the content-addressed .onnx file
     sha256: str
+    latency_us: int = 0  # measured batch-1 latency at review; 0 when unknown
 
 
 class Backend(Protocol):

@@ -16,11 +16,12 @@ from .runtime import new_session
 
 
 class _Loaded:
-    __slots__ = ("session", "output_names")
+    __slots__ = ("session", "output_names", "inline")
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, inline: bool) -> None:
         self.session = session
         self.output_names = [o.name for o in session.get_outputs()]
+        self.inline = inline
 
 
 class LocalBackend:
@@ -28,8 +29,11 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, *, threads: int | None = None) -> None:
+    def __init__(self, *, threads: int | None = None, inline_us: int = 0) -> None:
+        """``inline_us``: models measured faster than this many microseconds per batch-1 call
+        run on the event loop itself; a thread hop costs more than such a model."""
         self._models: dict[str, _Loaded] = {}
+        self._inline_us = inline_us
         # onnxruntime releases the GIL while it runs, so threads give real parallelism.
         self._pool = ThreadPoolExecutor(
             max_workers=threads or os.cpu_count() or 2, thread_name_prefix="ort"
@@ -40,7 +44,8 @@ class LocalBackend:
             return
         loop = asyncio.get_running_loop()
         session = await loop.run_in_executor(self._pool, new_session, str(ref.path))
-        self._models.setdefault(ref.key, _Loaded(session))
+        inline = 0 < ref.latency_us <= self._inline_us
+        self._models.setdefault(ref.key, _Loaded(session, inline))
 
     async def undeploy(self, key: str) -> None:
         self._models.pop(key, None)
@@ -52,9 +57,12 @@ class LocalBackend:
         loaded = self._models.get(key)
         if loaded is None:
             raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self._pool, loaded.session.run, None, inputs)
+            if loaded.inline:
+                results = loaded.session.run(None, inputs)
+            else:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._pool, loaded.session.run, None, inputs)
         except InvalidArgument as exc:
             raise InvalidInput(f"the model refused the input: {exc}") from exc
         except Exception as exc:

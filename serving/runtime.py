@@ -81,7 +81,9 @@ def inspect_model(data: bytes, manifest: Manifest, *, runs: int = 20) -> ModelRe
     try:
         sess = new_session(data)
     except Exception as exc:
-        raise InvalidInput(f"onnxruntime cannot load the model: {exc}", code="invalid_model") from exc
+        raise InvalidInput(
+            f"onnxruntime cannot load the model: {exc}", code="invalid_model"
+        ) from exc
     feeds = sample_inputs(manifest, batch=1)
     times = []
     for _ in range(runs):

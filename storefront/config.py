@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         5.0, ge=0, description="How long a worker trusts a cached API key (revocation delay)"
     )
+    inline_infer_us: int = Field(
+        200, ge=0,
+        description="Models measured faster than this (µs, batch 1) run on the event loop; "
+        "0 runs every model on the thread pool",
+    )
     flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
     unmetered_route: bool = Field(
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from serving import Manifest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from serving import Manifest
 
 from . import listings
 from .models import Account, Listing

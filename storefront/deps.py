@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
-from serving import Forbidden, Unauthorized
 from sqlalchemy.orm import Session
+
+from serving import Forbidden, Unauthorized
 
 from .models import Account
 from .security import read_token

@@ -9,9 +9,10 @@ import orjson
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from serving import AimarketError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+
+from serving import AimarketError
 
 log = logging.getLogger(__name__)
 

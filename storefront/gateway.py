@@ -20,13 +20,21 @@ import numpy as np
 import orjson
 import redis.exceptions
 from fastapi import APIRouter, Request
+from starlette.responses import Response
+
 from metering import CallSpec, format_usd
 from metering.metrics import CALLS, ERRORS, LATENCY, REJECTIONS, RELEASED
 from serving import (
-    AimarketError, InvalidInput, Manifest, PaymentRequired, ServiceUnavailable,
-    decode_v2_request, encode_v2_response, postprocess, prepare,
+    AimarketError,
+    InvalidInput,
+    Manifest,
+    PaymentRequired,
+    ServiceUnavailable,
+    decode_v2_request,
+    encode_v2_response,
+    postprocess,
+    prepare,
 )
-from starlette.responses import Response
 
 from .errors import error_response
 from .registry import LiveVersion

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from serving import Unauthorized
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+
+from serving import Unauthorized
 
 from .models import ApiKey
 from .security import hash_secret, same_hash, split_api_key

@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from metering import UsageEvent, format_usd, to_micro
-from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, inspect_model
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
+
+from metering import UsageEvent, format_usd, to_micro
+from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, inspect_model
 
 from .models import Account, Listing, ListingVersion, Review
 from .registry import model_path
@@ -253,7 +254,8 @@ def detail(db: Session, slug: str) -> dict[str, Any]:
 
 def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:
     rows = db.execute(
-        select(Listing, ListingVersion).join(ListingVersion, ListingVersion.listing_id == Listing.id)
+        select(Listing, ListingVersion)
+        .join(ListingVersion, ListingVersion.listing_id == Listing.id)
         .where(Listing.seller_id == seller.id)
         .order_by(Listing.slug, ListingVersion.version.desc())
     ).all()

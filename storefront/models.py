@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from metering import Base, utcnow
 from sqlalchemy import (
-    BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+
+from metering import Base, utcnow
 
 ROLES = ("buyer", "seller", "admin")
 

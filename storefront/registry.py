@@ -6,10 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from serving import Backend, Manifest, ModelRef, NotFound
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+
+from serving import Backend, Manifest, ModelRef, NotFound
 
 from .models import Listing, ListingVersion
 
@@ -82,5 +83,6 @@ def to_live(listing: Listing, lv: ListingVersion, data_dir: Path) -> LiveVersion
         seller_id=listing.seller_id, price=lv.price, trial_calls=lv.trial_calls,
         manifest=Manifest.model_validate_json(lv.manifest_json),
         ref=ModelRef(key=f"{listing.slug}@{lv.version}",
-                     path=model_path(data_dir, lv.model_sha256), sha256=lv.model_sha256),
+                     path=model_path(data_dir, lv.model_sha256), sha256=lv.model_sha256,
+                     latency_us=lv.latency_us),
     )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import jwt
 from pwdlib import PasswordHash
+
 from serving import Unauthorized
 
 _hasher = PasswordHash.recommended()

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio as aioredis
-from metering import Flusher, Meter, snapshot
-from serving import Backend, make_backend
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+
+from metering import Flusher, Meter, snapshot
+from serving import Backend, make_backend
 
 from .config import Settings
 from .db import make_engine, migrate, session_factory
@@ -62,7 +63,7 @@ class Services:
 
         meter = Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
                       namespace=settings.redis_namespace)
-        backend = make_backend(settings.serving_backend)
+        backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us)
         svc = cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
             redis_sync=sync_client, meter=meter, backend=backend,

@@ -104,6 +104,7 @@ def settings(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  
 def client(settings):  # type: ignore[no-untyped-def]
     """The real app (migrations, Redis, demo catalog, flusher) behind a TestClient."""
     from fastapi.testclient import TestClient
+
     from storefront.app import create_app
 
     with TestClient(create_app(settings)) as c:

@@ -1,9 +1,9 @@
 """Alembic environment: the engine comes from the application, never from an ini file."""
 
 from alembic import context
-from metering import Base
 
 import storefront.models  # noqa: F401  (registers the marketplace tables on Base.metadata)
+from metering import Base
 
 engine = context.config.attributes["engine"]
 with engine.begin() as connection:

@@ -7,9 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, EmailStr, Field
-from serving import Conflict, Unauthorized
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+
+from serving import Conflict, Unauthorized
 
 from ..deps import CurrentAccount, ServicesDep, SessionDep
 from ..models import Account

@@ -6,11 +6,12 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter
-from metering import MoneyError, add_credit, format_usd, to_micro
 from pydantic import BaseModel, Field
-from serving import InvalidInput, NotFound
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
+
+from metering import MoneyError, add_credit, format_usd, to_micro
+from serving import InvalidInput, NotFound
 
 from .. import listings
 from ..deps import Admin, ServicesDep, SessionDep

@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
-from serving import NotFound
 from sqlalchemy import select
+
+from serving import NotFound
 
 from ..deps import Buyer, ServicesDep, SessionDep
 from ..models import ApiKey

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from serving import BadRequest, InvalidInput, PayloadTooLarge, parse_manifest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+
+from serving import BadRequest, InvalidInput, PayloadTooLarge, parse_manifest
 
 from .. import listings
 from ..deps import Seller, ServicesDep, SessionDep

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from metering import UsageEvent, balance, format_usd
 from sqlalchemy import case, func, select
+
+from metering import UsageEvent, balance, format_usd
 
 from ..deps import Buyer, Seller, ServicesDep, SessionDep
 from ..models import Listing

@@ -7,14 +7,19 @@ import io
 import pickle
 
 import numpy as np
-import onnx
 import pytest
 import yaml
 from onnx import TensorProto, helper
 from PIL import Image
 
 from tests.helpers import (
-    DIGIT_ZERO, admin_token, bearer, grant, new_key, signup, v2_body,
+    DIGIT_ZERO,
+    admin_token,
+    bearer,
+    grant,
+    new_key,
+    signup,
+    v2_body,
 )
 
 
@@ -96,7 +101,8 @@ def test_the_whole_journey(client, digits_model):
     assert earn == {"calls": 6, "trial_calls": 2, "paid_calls": 4, "revenue": "0.01",
                     "seller_share": "0.008", "platform_fee": "0.002"}
     listed = client.get("/v1/models", params={"q": "Journey"}).json()
-    assert [i["slug"] for i in listed["items"]] == [slug] and listed["items"][0]["calls_served"] == 6
+    assert [i["slug"] for i in listed["items"]] == [slug]
+    assert listed["items"][0]["calls_served"] == 6
 
 
 def test_failed_and_invalid_calls_are_never_charged(client):
@@ -279,7 +285,7 @@ def _fails_at_batch_2() -> tuple[bytes, dict]:
                 "inputs": [{"name": "X", "dtype": "float32", "shape": [-1, 4]}],
                 "outputs": [{"name": "Y", "dtype": "float32", "shape": [-1, 4]}],
                 "pricing": {"per_call": "0.5", "trial_calls": 0}}
-    return onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString(), manifest
+    return model.SerializeToString(), manifest
 
 
 def test_a_model_failure_is_not_charged(client):

@@ -9,6 +9,7 @@ import uuid
 import pytest
 import redis
 import redis.asyncio as aioredis
+
 from metering import CallSpec, Flusher, Meter, add_credit, balance, snapshot
 from storefront.db import make_engine, migrate
 

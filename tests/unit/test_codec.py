@@ -4,9 +4,9 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+
 from serving import InvalidInput, decode_v2_request, encode_v2_response, parse_manifest, prepare
 from serving.tasks import postprocess
-
 from tests.unit.test_manifest import DIGITS_YAML
 
 M = parse_manifest(DIGITS_YAML)

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from serving import InvalidInput, parse_manifest
 
 DIGITS_YAML = """

@@ -1,6 +1,7 @@
 from decimal import Decimal
 
 import pytest
+
 from metering import MoneyError, format_usd, split, to_micro
 
 

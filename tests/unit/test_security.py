@@ -1,7 +1,13 @@
 import pytest
+
 from serving import Unauthorized
 from storefront.security import (
-    hash_password, issue_token, new_api_key, read_token, split_api_key, verify_password,
+    hash_password,
+    issue_token,
+    new_api_key,
+    read_token,
+    split_api_key,
+    verify_password,
 )
 
 
@@ -20,7 +26,9 @@ def test_api_key_is_shown_once_and_stored_as_hash():
     assert parsed[1] not in digest and len(digest) == 64
 
 
-@pytest.mark.parametrize("raw", ["", "amk", "amk_short_x", "sk_123456789012_x", "amk_123456789012_"])
+@pytest.mark.parametrize(
+    "raw", ["", "amk", "amk_short_x", "sk_123456789012_x", "amk_123456789012_"]
+)
 def test_malformed_keys_are_rejected(raw):
     assert split_api_key(raw) is None
 
