@@ -52,7 +52,8 @@ def wrk(url: str, headers: dict[str, str], seconds: int, connections: int, tmp: 
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50": _ms(out, "50%"), "p99": _ms(out, "99%"),
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "requests": total, "p50": _ms(out, "50%"), "p99": _ms(out, "99%"),
             "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
@@ -130,7 +131,13 @@ def main() -> None:
                 args.connections, tmp),
             "raw onnxruntime in-process, batch 1": raw_ort(model, min(args.seconds, 5)),
         }
-        before = c.get("/v1/usage", headers=login("buyer@example.com")).json()
+        paid_200 = results["paid (auth + Redis reserve/commit)"]["requests"] + 5
+        usage_at = time.monotonic()
+        while True:  # the flush is asynchronous: wait until the ledger stops moving
+            before = c.get("/v1/usage", headers=login("buyer@example.com")).json()
+            if before["total"]["paid_calls"] >= paid_200 or time.monotonic() - usage_at > 10:
+                break
+            time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
@@ -144,8 +151,10 @@ def main() -> None:
     print(f"\npaid / unmetered throughput: {paid['rps'] / free['rps']:.2f}")
     print(f"paid / raw onnxruntime throughput: {paid['rps'] / ort['rps']:.4f}")
     print(f"paid p50 - unmetered p50: {paid['p50'] - free['p50']:.3f} ms")
-    print(f"ledger after the run: {before['total']['paid_calls']} paid calls flushed, "
-          f"spend {before['total']['spend']} USD")
+    print(f"ledger: {before['total']['paid_calls']} paid calls; wrk counted {paid_200} answers "
+          f"(incl. 5 warm-up; wrk does not count the <= {args.connections} calls in flight at "
+          f"its deadline), spend {before['total']['spend']} USD, "
+          f"credits left {before['credits']} (ledger {before['ledger_balance']})")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
