@@ -3,11 +3,11 @@
 from . import metrics
 from .flusher import Flusher
 from .ledger import Base, CreditEntry, Event, UsageEvent, add_credit, balance, snapshot, utcnow
-from .meter import PAID, TRIAL, CallSpec, Meter, Reservation
+from .meter import PAID, REFUSALS, TRIAL, UNAVAILABLE, CallSpec, Meter, Reservation, Snapshot
 from .money import MoneyError, format_usd, split, to_micro
 
 __all__ = [
-    "PAID", "TRIAL", "Base", "CallSpec", "CreditEntry", "Event", "Flusher", "Meter", "MoneyError",
-    "Reservation", "UsageEvent", "add_credit", "balance", "format_usd", "metrics", "snapshot",
-    "split", "to_micro", "utcnow",
+    "PAID", "REFUSALS", "TRIAL", "UNAVAILABLE", "Base", "CallSpec", "CreditEntry", "Event",
+    "Flusher", "Meter", "MoneyError", "Reservation", "Snapshot", "UsageEvent", "add_credit",
+    "balance", "format_usd", "metrics", "snapshot", "split", "to_micro", "utcnow",
 ]

@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 _Item = tuple[tuple[Any, ...], asyncio.Future[Any]]
 
@@ -52,10 +53,14 @@ class AutoPipeline:
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the connection failed: every caller gets the error
+            if isinstance(exc, Exception):
+                # Drop every pooled connection: after a Redis restart they are all dead, and
+                # the next calls should reconnect rather than fail one stale socket at a time.
+                await self._client.connection_pool.disconnect()
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc if isinstance(exc, Exception) else
-                                      ConnectionError("redis pipeline cancelled"))
+                                      RedisConnectionError("redis pipeline cancelled"))
             if not isinstance(exc, Exception):
                 raise
             return

@@ -12,12 +12,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import redis
 from sqlalchemy import Engine
 
-from . import metrics
+from . import metrics, scripts
 from .ledger import Event, write_events
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 class Flusher:
     def __init__(
         self, client: redis.Redis, engine: Engine, *, namespace: str = "am:",
-        group: str = "ledger", consumer: str | None = None, batch: int = 500,
-        claim_idle_ms: int = 30_000,
+        group: str = "ledger", consumer: str | None = None, batch: int = 2000,
+        claim_idle_ms: int = 30_000, hold_timeout_s: float = 120.0,
     ) -> None:
         self.redis = client
         self.engine = engine
@@ -36,6 +37,10 @@ class Flusher:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
+        self.hold_timeout_s = hold_timeout_s
+        self.holds, self.holdq = f"{namespace}holds", f"{namespace}holdq"
+        self._sweep = client.register_script(scripts.SWEEP)
+        self._last_sweep = 0.0
         self._group_ready = False
 
     def _ensure_group(self) -> None:
@@ -66,6 +71,15 @@ class Flusher:
         )
         written += self._process(_messages(new))
         return written
+
+    def sweep(self) -> int:
+        """Refund holds older than ``hold_timeout_s``: calls whose worker died mid-call."""
+        cutoff = int((time.time() - self.hold_timeout_s) * 1000)
+        n = int(self._sweep([self.holds, self.holdq], [cutoff, 500]))  # type: ignore[arg-type]
+        if n:
+            metrics.RELEASED.labels("swept").inc(n)
+            log.warning("refunded %d reservations of calls that never finished", n)
+        return n
 
     def drain(self) -> int:
         """Flush until the stream holds nothing for this group; returns events written."""
@@ -100,11 +114,15 @@ class Flusher:
         while not stop.is_set():
             try:
                 self.flush_once(block_ms=block_ms)
+                if time.monotonic() - self._last_sweep > 1.0:
+                    self.sweep()
+                    self._last_sweep = time.monotonic()
+                metrics.FLUSH_LAG.set(self.lag())
                 backoff = 0.1
             except Exception:  # Redis or the database is down: keep the events, retry
                 log.exception("ledger flush failed; retrying in %.1fs", backoff)
                 stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, 1.0)
 
 
 def _messages(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:

@@ -155,12 +155,29 @@ def balance(engine: Engine, account_id: int) -> int:
     return int(total)
 
 
-def snapshot(engine: Engine, account_id: int) -> tuple[int, dict[int, int]]:
-    """(credit balance, trial calls used per listing) for rebuilding Redis counters."""
+def snapshot(engine: Engine, account_id: int, now: datetime | None = None) -> Any:
+    """The ledger's view of an account for rebuilding its Redis counters: credit balance,
+    trial calls used per listing, and each key's spend this UTC day and month."""
+    from .meter import Snapshot
+
+    now = now or utcnow()
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    day, month = f"{now:%Y%m%d}", f"{now:%Y%m}"
     with engine.connect() as conn:
         trials = conn.execute(
             select(UsageEvent.listing_id, func.count())
             .where(UsageEvent.account_id == account_id, UsageEvent.kind == "trial")
             .group_by(UsageEvent.listing_id)
         ).all()
-    return balance(engine, account_id), {int(lid): int(n) for lid, n in trials}
+        def spent_since(start: datetime) -> list[Any]:
+            return list(conn.execute(
+                select(UsageEvent.api_key_id, func.sum(UsageEvent.price))
+                .where(UsageEvent.account_id == account_id, UsageEvent.kind == "paid",
+                       UsageEvent.created_at >= start)
+                .group_by(UsageEvent.api_key_id)
+            ).all())
+
+        by_key = {f"m:{k}:{month}": int(v) for k, v in spent_since(month_start)}
+        by_key.update({f"d:{k}:{day}": int(v) for k, v in spent_since(day_start)})
+    return Snapshot(balance(engine, account_id), {int(lid): int(n) for lid, n in trials}, by_key)

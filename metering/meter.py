@@ -1,24 +1,43 @@
-"""Reservations on Redis: reserve before inference, commit or release after it."""
+"""Reservations on Redis: reserve before inference, commit or release after it.
+
+One Lua script decides a call (rate limits, trial quota, spend caps, prepaid credit) and
+records a hold; commit turns the hold into a usage event on the stream; release (or the
+sweeper, for holds of calls that died) refunds it. Commands from concurrent calls share round
+trips through an auto-pipeline.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
 from .autopipe import AutoPipeline
 from .ledger import Event
 from .money import split
 
-Snapshot = tuple[int, dict[int, int]]  # credit balance, trial calls used per listing
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the ledger says about an account, to rebuild its Redis counters."""
+
+    credits: int
+    trials: dict[int, int] = field(default_factory=dict)  # listing id -> trial calls used
+    spend: dict[str, int] = field(default_factory=dict)  # "d:<key>:<yyyymmdd>" -> micro-units
+
+
 SnapshotLoader = Callable[[int], Awaitable[Snapshot]]
 
 TRIAL, PAID = "trial", "paid"
+# Reserve outcomes that refuse the call, by the metric label and error they map to.
+REFUSALS = {0: "credits", 3: "rate", 4: "cap_day", 5: "cap_month"}
 
 
 @dataclass(frozen=True)
@@ -33,25 +52,42 @@ class CallSpec:
     seller_id: int
     price: int  # micro-units per paid call
     trial_calls: int
+    key_rps: float = 0  # 0: no limit
+    key_burst: int = 0
+    listing_rps: float = 0
+    listing_burst: int = 0
+    cap_day: int | None = None  # micro-units per UTC day and key
+    cap_month: int | None = None
 
 
 @dataclass(frozen=True)
 class Reservation:
-    """The outcome of reserve(): ``ok`` with a kind, or refused for lack of credit."""
+    """The outcome of reserve(): ``ok`` with a kind, or refused with a ``refusal`` reason."""
 
     call: CallSpec
     ok: bool
     kind: str  # trial | paid | "" when refused
     trial_remaining: int
     credits_remaining: int
+    refusal: str = ""  # credits | rate | cap_day | cap_month
+    rate_limit: int = -1  # burst of the tighter bucket; -1 when unlimited
+    rate_remaining: int = -1
+    rate_reset_ms: int = 0
+    retry_after_ms: int = 0
 
     @property
     def cost(self) -> int:
         return self.call.price if self.kind == PAID else 0
 
 
+def day_month(ts: float | None = None) -> tuple[str, str]:
+    t = time.gmtime(ts)
+    return f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}", f"{t.tm_year:04d}{t.tm_mon:02d}"
+
+
 class Meter:
-    """Trial quotas and prepaid credits kept in Redis, rebuilt from the ledger when missing."""
+    """Trial quotas, rate limits, spend caps and prepaid credits kept in Redis, rebuilt from
+    the ledger when missing."""
 
     def __init__(
         self, client: aioredis.Redis, *, fee_bps: int, load_snapshot: SnapshotLoader,
@@ -61,45 +97,68 @@ class Meter:
         self.fee_bps = fee_bps
         self.ns = namespace
         self.stream = f"{namespace}usage"
+        self.holds, self.holdq = f"{namespace}holds", f"{namespace}holdq"
         self._load_snapshot = load_snapshot
         self._pipe = AutoPipeline(client)
+        self._sha = {
+            name: hashlib.sha1(getattr(scripts, name).encode()).hexdigest()
+            for name in ("RESERVE", "COMMIT", "RELEASE")
+        }
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
-        self._reserve_sha = hashlib.sha1(scripts.RESERVE.encode()).hexdigest()
+        self._sweep = client.register_script(scripts.SWEEP)
+        self._demo = client.register_script(scripts.DEMO_QUOTA)
 
-    async def _reserve(self, keys: list[str], args: list[int]) -> list[int]:
-        try:
-            return await self._pipe.execute(  # type: ignore[no-any-return]
-                "EVALSHA", self._reserve_sha, len(keys), *keys, *args
-            )
-        except NoScriptError:  # a restarted Redis forgot its scripts
-            await self.redis.script_load(scripts.RESERVE)
-            return await self._pipe.execute(  # type: ignore[no-any-return]
-                "EVALSHA", self._reserve_sha, len(keys), *keys, *args
-            )
-
+    # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
         return f"{self.ns}h:{account_id}", f"{self.ns}c:{account_id}"
 
     def _trial_key(self, account_id: int, listing_id: int) -> str:
         return f"{self.ns}t:{account_id}:{listing_id}"
 
-    async def reserve(self, call: CallSpec) -> Reservation:
-        """Take one trial call or hold the price from credit, atomically."""
-        marker, credit = self._keys(call.account_id)
-        keys = [marker, self._trial_key(call.account_id, call.listing_id), credit]
-        args = [call.trial_calls, call.price]
-        status, trial_left, credits = await self._reserve(keys, args)
-        if status == -1:
-            await self.hydrate(call.account_id)
-            status, trial_left, credits = await self._reserve(keys, args)
-        if status in (1, 2):
-            kind = TRIAL if status == 1 else PAID
-            return Reservation(call, True, kind, int(trial_left), int(credits))
-        return Reservation(call, False, "", 0, int(credits))
+    def _spend_keys(self, key_id: int | None, ts: float | None = None) -> tuple[str, str]:
+        day, month = day_month(ts)
+        return f"{self.ns}s:d:{key_id}:{day}", f"{self.ns}s:m:{key_id}:{month}"
 
-    async def commit(self, res: Reservation, *, latency_us: int) -> None:
-        """Record the answered call as a usage event on the durable stream."""
+    async def _script(self, name: str, keys: list[str], args: list[object]) -> object:
+        try:
+            return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
+        except NoScriptError:  # a restarted Redis forgot its scripts
+            await self.redis.script_load(getattr(scripts, name))
+            return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
+    # -- the hot path ------------------------------------------------------------------------
+    async def reserve(self, call: CallSpec) -> Reservation:
+        """Rate-limit, then take one trial call or hold the price from credit, atomically."""
+        marker, credit = self._keys(call.account_id)
+        day, month = self._spend_keys(call.api_key_id)
+        keys = [
+            marker, self._trial_key(call.account_id, call.listing_id), credit,
+            f"{self.ns}rl:k:{call.api_key_id}",
+            f"{self.ns}rl:kl:{call.api_key_id}:{call.listing_id}",
+            day, month, self.holds, self.holdq,
+        ]
+        args: list[object] = [
+            call.trial_calls, call.price, call.key_rps, call.key_burst, call.listing_rps,
+            call.listing_burst, -1 if call.cap_day is None else call.cap_day,
+            -1 if call.cap_month is None else call.cap_month, call.request_id,
+        ]
+        reply = await self._script("RESERVE", keys, args)
+        if reply[0] == -1:  # type: ignore[index]
+            await self.hydrate(call.account_id)
+            reply = await self._script("RESERVE", keys, args)
+        status, trial_left, credits, limit, left, reset, wait = map(int, reply)  # type: ignore[call-overload]
+        ok = status in (1, 2)
+        return Reservation(
+            call, ok, (TRIAL if status == 1 else PAID) if ok else "", trial_left, credits,
+            refusal=REFUSALS.get(status, ""), rate_limit=limit, rate_remaining=left,
+            rate_reset_ms=reset, retry_after_ms=wait,
+        )
+
+    async def commit(self, res: Reservation, *, latency_us: int) -> bool:
+        """Turn the hold into a usage event on the durable stream; False if the hold was
+        already refunded (the call took longer than the sweeper allows): then nothing is
+        charged and the call must not be answered as served."""
         c = res.call
         share, fee = split(res.cost, self.fee_bps)
         event = Event(
@@ -109,26 +168,38 @@ class Meter:
             platform_fee=fee, latency_us=latency_us, ts_ms=int(time.time() * 1000),
         )
         fields = [part for kv in event.fields().items() for part in kv]
-        await self._pipe.execute("XADD", self.stream, "*", *fields)
+        done = await self._script("COMMIT", [self.holds, self.holdq, self.stream],
+                                  [c.request_id, *fields])
+        return bool(done)
 
-    async def release(self, res: Reservation) -> None:
+    async def release(self, res: Reservation) -> bool:
         """Give back what reserve() took: the call failed and is not charged."""
         if not res.ok:
-            return
-        c = res.call
-        if res.kind == TRIAL:
-            await self._pipe.execute("DECR", self._trial_key(c.account_id, c.listing_id))
-        else:
-            await self._pipe.execute("INCRBY", self._keys(c.account_id)[1], c.price)
+            return False
+        return bool(await self._script("RELEASE", [self.holds, self.holdq],
+                                       [res.call.request_id]))
 
+    async def sweep(self, older_than_s: float, limit: int = 500) -> int:
+        """Refund holds of calls that never committed nor released (their worker died)."""
+        cutoff = int((time.time() - older_than_s) * 1000)
+        return int(await self._sweep([self.holds, self.holdq], [cutoff, limit]))
+
+    # -- the ledger side ---------------------------------------------------------------------
     async def hydrate(self, account_id: int) -> bool:
         """Rebuild an account's counters from the ledger unless they are already in Redis."""
         marker, credit = self._keys(account_id)
         if await self.redis.exists(marker):
             return False
-        balance, trials = await self._load_snapshot(account_id)
-        keys = [marker, credit] + [self._trial_key(account_id, lid) for lid in trials]
-        return bool(await self._hydrate(keys, [balance, *trials.values()]))
+        snap = await self._load_snapshot(account_id)
+        keys = [marker, credit]
+        values: list[int] = [snap.credits]
+        for lid, used in snap.trials.items():
+            keys.append(self._trial_key(account_id, lid))
+            values.append(used)
+        for name, spent in snap.spend.items():
+            keys.append(f"{self.ns}s:{name}")
+            values.append(spent)
+        return bool(await self._hydrate(keys, values))
 
     async def add_credits(
         self, account_id: int, amount: int, record: Callable[[], Awaitable[bool]]
@@ -146,9 +217,20 @@ class Meter:
         new = await self._add_credits([marker, credit], [amount])
         if new is None:  # Redis lost the counters meanwhile: the rebuild reads the ledger
             return await self.credits(account_id)
-        return int(new)
+        return int(new)  # type: ignore[arg-type]
 
     async def credits(self, account_id: int) -> int:
         """Current spendable credit (after holds of calls in flight)."""
         await self.hydrate(account_id)
         return int(await self.redis.get(self._keys(account_id)[1]) or 0)
+
+    async def demo_call(self, visitor: str, limit_per_day: int) -> tuple[bool, int]:
+        """Count one anonymous demo call for ``visitor`` today: (allowed, remaining)."""
+        day, _ = day_month()
+        key = f"{self.ns}demo:{day}:{visitor}"
+        allowed, left = await self._demo([key], [limit_per_day])  # type: ignore[misc]
+        return bool(allowed), int(left)
+
+
+# What a caller sees when Redis cannot be reached (a call then fails closed).
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)

@@ -1,26 +1,122 @@
-"""Lua scripts run atomically inside Redis: the hot path's one round trip per decision."""
+"""Lua scripts run atomically inside Redis: each hot-path decision is one script call.
 
-# KEYS: hydrated marker, trial-used counter, credit balance
-# ARGV: trial limit, price (micro-units)
-# -> {status, trial_remaining, credits}; status -1 needs hydration, 0 insufficient credit,
-#    1 reserved a trial call, 2 reserved a paid call.
-RESERVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0} end
-local limit = tonumber(ARGV[1])
-local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-local credits = tonumber(redis.call('GET', KEYS[3]) or '0')
-if used < limit then
-  redis.call('INCR', KEYS[2])
-  return {1, limit - used - 1, credits}
-end
-local price = tonumber(ARGV[2])
-if credits < price then return {0, 0, credits} end
-return {2, 0, redis.call('DECRBY', KEYS[3], price)}
+Holds: every successful reservation records a hold (hash ``holds`` + sorted set ``holdq`` by
+time) naming what to give back. Commit deletes the hold and appends the usage event in one
+script; release and the sweeper (holds older than the longest call) refund it in one script.
+So a reservation is either committed as exactly one usage event or refunded, never both.
 """
 
-# KEYS: hydrated marker, credit balance, then one trial-used key per listing
-# ARGV: credit balance, then one trial-used count per listing key
-# Sets the account's counters from the ledger unless another caller already did.
+# Refund one hold, shared by RELEASE and SWEEP. Hold value: kind|price|trial|credit|day|month
+_REFUND = """
+local function refund(holds, holdq, rid)
+  local meta = redis.call('HGET', holds, rid)
+  if not meta then return 0 end
+  local f = {}
+  for part in string.gmatch(meta, '([^|]*)|?') do f[#f + 1] = part end
+  local price = tonumber(f[2])
+  if f[1] == 'trial' then
+    redis.call('DECR', f[3])
+  else
+    redis.call('INCRBY', f[4], price)
+    if f[5] ~= '' then redis.call('DECRBY', f[5], price) end
+    if f[6] ~= '' then redis.call('DECRBY', f[6], price) end
+  end
+  redis.call('HDEL', holds, rid)
+  redis.call('ZREM', holdq, rid)
+  return 1
+end
+"""
+
+# KEYS: 1 hydrated marker, 2 trial-used, 3 credit, 4 key bucket, 5 key x listing bucket,
+#       6 key spend today, 7 key spend this month, 8 holds, 9 holdq
+# ARGV: 1 trial limit, 2 price, 3 key rps, 4 key burst, 5 listing rps, 6 listing burst,
+#       7 day cap (-1 none), 8 month cap (-1 none), 9 request id
+# -> {status, trial_left, credits, rl_limit, rl_remaining, rl_reset_ms, retry_after_ms}
+# status: -1 needs hydration, 0 insufficient credit, 1 trial, 2 paid, 3 rate limited,
+#         4 daily spend cap, 5 monthly spend cap
+RESERVE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0, 0, 0, 0, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- GCRA rate limits: a bucket allows `burst` calls at once, refilled at `rps`
+local function gcra(key, rps, burst)
+  if rps <= 0 then return true, -1, -1, 0, 0, nil end
+  local interval = 1000.0 / rps
+  local tau = interval * burst
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  if new_tat - tau > now then
+    return false, burst, 0, math.ceil(tat - now), math.ceil(new_tat - tau - now), nil
+  end
+  local left = math.floor((tau - (new_tat - now)) / interval)
+  return true, burst, left, math.ceil(new_tat - now), 0, new_tat
+end
+local ok1, lim1, left1, reset1, wait1, tat1 = gcra(KEYS[4], tonumber(ARGV[3]), tonumber(ARGV[4]))
+local ok2, lim2, left2, reset2, wait2, tat2 = gcra(KEYS[5], tonumber(ARGV[5]), tonumber(ARGV[6]))
+-- report the tighter of the two buckets
+local limit, left, reset = lim1, left1, reset1
+if lim2 >= 0 and (lim1 < 0 or left2 < left1) then limit, left, reset = lim2, left2, reset2 end
+if not (ok1 and ok2) then
+  return {3, 0, 0, limit, 0, reset, math.max(wait1, wait2)}
+end
+if tat1 then redis.call('SET', KEYS[4], tat1, 'PX', math.ceil(tat1 - now) + 1000) end
+if tat2 then redis.call('SET', KEYS[5], tat2, 'PX', math.ceil(tat2 - now) + 1000) end
+
+local trial_limit = tonumber(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+local credits = tonumber(redis.call('GET', KEYS[3]) or '0')
+local rid = ARGV[9]
+if used < trial_limit then
+  redis.call('INCR', KEYS[2])
+  redis.call('HSET', KEYS[8], rid, 'trial|0|' .. KEYS[2] .. '|||')
+  redis.call('ZADD', KEYS[9], now, rid)
+  return {1, trial_limit - used - 1, credits, limit, left, reset, 0}
+end
+local price = tonumber(ARGV[2])
+local day_cap, month_cap = tonumber(ARGV[7]), tonumber(ARGV[8])
+if day_cap >= 0 and tonumber(redis.call('GET', KEYS[6]) or '0') + price > day_cap then
+  return {4, 0, credits, limit, left, reset, 0}
+end
+if month_cap >= 0 and tonumber(redis.call('GET', KEYS[7]) or '0') + price > month_cap then
+  return {5, 0, credits, limit, left, reset, 0}
+end
+if credits < price then return {0, 0, credits, limit, left, reset, 0} end
+credits = redis.call('DECRBY', KEYS[3], price)
+redis.call('INCRBY', KEYS[6], price)
+redis.call('PEXPIRE', KEYS[6], 172800000)
+redis.call('INCRBY', KEYS[7], price)
+redis.call('PEXPIRE', KEYS[7], 3024000000)
+redis.call('HSET', KEYS[8], rid,
+  'paid|' .. price .. '|' .. KEYS[2] .. '|' .. KEYS[3] .. '|' .. KEYS[6] .. '|' .. KEYS[7])
+redis.call('ZADD', KEYS[9], now, rid)
+return {2, 0, credits, limit, left, reset, 0}
+"""
+
+# KEYS: holds, holdq, usage stream; ARGV: request id, then the event's field/value pairs
+# -> 1 committed, 0 the hold is gone (released or swept): nothing is recorded
+COMMIT = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('XADD', KEYS[3], '*', unpack(ARGV, 2))
+return 1
+"""
+
+# KEYS: holds, holdq; ARGV: request id -> 1 refunded, 0 nothing held
+RELEASE = _REFUND + "return refund(KEYS[1], KEYS[2], ARGV[1])"
+
+# KEYS: holds, holdq; ARGV: holds older than this (ms since epoch), how many at most
+SWEEP = _REFUND + """
+local n = 0
+for _, rid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
+  n = n + refund(KEYS[1], KEYS[2], rid)
+end
+return n
+"""
+
+# KEYS: 1 hydrated marker, 2 credit balance, then trial-used keys, then spend keys
+# ARGV: credit balance, then one value per further key
 HYDRATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
@@ -33,4 +129,14 @@ return 1
 ADD_CREDITS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('INCRBY', KEYS[2], ARGV[1])
+"""
+
+# KEYS: visitor's counter for today; ARGV: daily limit -> {allowed 0/1, remaining}
+DEMO_QUOTA = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local limit = tonumber(ARGV[1])
+if used >= limit then return {0, 0} end
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], 172800000)
+return {1, limit - used - 1}
 """

@@ -50,6 +50,13 @@ class Pricing(_Strict):
     export_price: Money | None = None
 
 
+class RateLimit(_Strict):
+    """Calls per second (and burst) one API key may make to this listing."""
+
+    rps: float = Field(gt=0, le=100_000)
+    burst: int = Field(ge=1, le=100_000)
+
+
 class Manifest(_Strict):
     title: str = Field(min_length=1, max_length=120)
     description: str = Field(default="", max_length=5000)
@@ -62,6 +69,7 @@ class Manifest(_Strict):
     feature_names: list[str] | None = None
     pricing: Pricing
     max_batch: int = Field(default=64, ge=1, le=4096)
+    rate_limit: RateLimit | None = None
 
     @model_validator(mode="after")
     def _task_fields(self) -> Manifest:

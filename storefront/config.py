@@ -37,6 +37,19 @@ class Settings(BaseSettings):
         description="Models measured faster than this (µs, batch 1) run on the event loop; "
         "0 runs every model on the thread pool",
     )
+    rate_limit_rps: float = Field(
+        100, gt=0, description="Default calls/s per API key (its owner may change it)"
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="Default burst per API key")
+    max_rate_limit_rps: float = Field(
+        10_000, gt=0, description="Highest rate a key owner may set on a key"
+    )
+    hold_timeout_s: float = Field(
+        120, gt=0, description="Refund reservations older than this (s)"
+    )
+    demo_calls_per_day: int = Field(
+        20, ge=0, description="Anonymous demo calls per visitor per day"
+    )
     flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
     unmetered_route: bool = Field(
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"

@@ -11,6 +11,7 @@ answered 200.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import redis.exceptions
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from metering import CallSpec, format_usd
+from metering import CallSpec, Reservation, format_usd
 from metering.metrics import CALLS, ERRORS, LATENCY, REJECTIONS, RELEASED
 from serving import (
     AimarketError,
@@ -30,6 +31,7 @@ from serving import (
     Manifest,
     PaymentRequired,
     ServiceUnavailable,
+    TooManyRequests,
     decode_v2_request,
     encode_v2_response,
     postprocess,
@@ -37,6 +39,7 @@ from serving import (
 )
 
 from .errors import error_response
+from .keys import KeyPrincipal
 from .registry import LiveVersion
 from .services import Services
 
@@ -97,20 +100,13 @@ async def paid_call(
                 request_id=request_id, account_id=key.account_id, api_key_id=key.key_id,
                 listing_id=live.listing_id, listing_version_id=live.version_id,
                 seller_id=live.seller_id, price=live.price, trial_calls=live.trial_calls,
+                key_rps=key.rps, key_burst=key.burst, listing_rps=live.rate_rps,
+                listing_burst=live.rate_burst, cap_day=key.cap_day, cap_month=key.cap_month,
             ))
         except redis.exceptions.RedisError as exc:
             raise _metering_down() from exc
         if not res.ok:
-            REJECTIONS.labels("credits").inc()
-            raise PaymentRequired(
-                f"free trial of {live.trial_calls} calls used up; a call costs "
-                f"{format_usd(live.price)} USD and your credits are "
-                f"{format_usd(res.credits_remaining)} USD",
-                code="insufficient_credits",
-                details={"price": format_usd(live.price),
-                         "credits": format_usd(res.credits_remaining),
-                         "trial_calls": live.trial_calls},
-            )
+            raise _refused(live, key, res)
 
         # 3 infer; 4 commit on success, release on any failure
         try:
@@ -118,13 +114,17 @@ async def paid_call(
             body = orjson.dumps(encode(live, request_id, outputs, extra),
                                 option=orjson.OPT_SERIALIZE_NUMPY)
             latency_us = int((time.perf_counter() - started) * 1e6)
-            await svc.meter.commit(res, latency_us=latency_us)
+            if not await svc.meter.commit(res, latency_us=latency_us):
+                raise ServiceUnavailable(
+                    "the call outlived its reservation and was not charged; retry it",
+                    code="reservation_expired",
+                )
         except BaseException as exc:
             try:
-                await svc.meter.release(res)
-                RELEASED.inc()
+                if await svc.meter.release(res):
+                    RELEASED.labels("failed").inc()
             except redis.exceptions.RedisError:
-                pass  # the hold is repaired from the ledger, where this call never appears
+                pass  # the sweeper refunds the hold; the ledger never sees this call
             if isinstance(exc, redis.exceptions.RedisError):
                 raise _metering_down() from exc
             raise
@@ -135,13 +135,53 @@ async def paid_call(
         return Response(body, media_type="application/json", headers={
             "X-Request-Id": request_id, "X-Model-Version": str(live.version),
             "X-Cost": format_usd(res.cost), "X-Trial-Remaining": str(res.trial_remaining),
-            "X-Credits-Remaining": format_usd(res.credits_remaining),
+            "X-Credits-Remaining": format_usd(res.credits_remaining), **_rate_headers(res),
         })
     except AimarketError as exc:
         ERRORS.labels(exc.code).inc()
         response = error_response(exc)
         response.headers["X-Request-Id"] = request_id
         return response
+
+
+def _rate_headers(res: Reservation) -> dict[str, str]:
+    if res.rate_limit < 0:
+        return {}
+    return {"RateLimit-Limit": str(res.rate_limit),
+            "RateLimit-Remaining": str(max(res.rate_remaining, 0)),
+            "RateLimit-Reset": str(math.ceil(res.rate_reset_ms / 1000))}
+
+
+def _refused(live: LiveVersion, key: KeyPrincipal, res: Reservation) -> AimarketError:
+    """The error for a call metering refused, with the numbers the caller needs."""
+    REJECTIONS.labels("cap" if res.refusal.startswith("cap") else res.refusal).inc()
+    headers = _rate_headers(res)
+    if res.refusal == "rate":
+        wait = max(1, math.ceil(res.retry_after_ms / 1000))
+        return TooManyRequests(
+            f"rate limit exceeded: at most {res.rate_limit} calls at once, refilled at "
+            f"{key.rps:g}/s for this key{' and listing' if live.rate_rps else ''}; "
+            f"retry after {wait} s",
+            code="rate_limited", headers={**headers, "Retry-After": str(wait)},
+        )
+    if res.refusal in ("cap_day", "cap_month"):
+        period = "daily" if res.refusal == "cap_day" else "monthly"
+        cap = key.cap_day if res.refusal == "cap_day" else key.cap_month
+        return PaymentRequired(
+            f"this API key's {period} spend cap of {format_usd(cap or 0)} USD is reached; "
+            f"a call costs {format_usd(live.price)} USD. Raise the cap with PATCH /v1/keys/{{id}}",
+            code="spend_cap_reached", headers=headers,
+            details={"period": period, "cap": format_usd(cap or 0),
+                     "price": format_usd(live.price)},
+        )
+    return PaymentRequired(
+        f"free trial of {live.trial_calls} calls used up; a call costs "
+        f"{format_usd(live.price)} USD and your credits are "
+        f"{format_usd(res.credits_remaining)} USD",
+        code="insufficient_credits", headers=headers,
+        details={"price": format_usd(live.price), "credits": format_usd(res.credits_remaining),
+                 "trial_calls": live.trial_calls},
+    )
 
 
 def _json(raw: bytes) -> Any:

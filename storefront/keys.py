@@ -20,15 +20,20 @@ class KeyPrincipal:
     key_id: int
     account_id: int
     secret_hash: str
+    rps: float
+    burst: int
+    cap_day: int | None
+    cap_month: int | None
 
 
 class KeyCache:
     """Resolves ``Authorization: Bearer amk_...`` to a key; revocation clears it here at once
     and reaches other workers within ``ttl`` seconds."""
 
-    def __init__(self, engine: Engine, ttl: float) -> None:
+    def __init__(self, engine: Engine, ttl: float, *, rps: float, burst: int) -> None:
         self.engine = engine
         self.ttl = ttl
+        self.default_rps, self.default_burst = rps, burst
         self._cache: dict[str, tuple[float, KeyPrincipal | None]] = {}
 
     async def authenticate(self, authorization: str | None) -> KeyPrincipal:
@@ -61,4 +66,11 @@ class KeyCache:
             key = s.execute(
                 select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
             ).scalar_one_or_none()
-        return None if key is None else KeyPrincipal(key.id, key.account_id, key.secret_hash)
+        if key is None:
+            return None
+        return KeyPrincipal(
+            key.id, key.account_id, key.secret_hash,
+            rps=key.rate_limit_rps or self.default_rps,
+            burst=key.rate_limit_burst or self.default_burst,
+            cap_day=key.spend_cap_day, cap_month=key.spend_cap_month,
+        )

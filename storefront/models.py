@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -39,6 +40,10 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(120), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rate_limit_burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    spend_cap_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # micro-units
+    spend_cap_month: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Listing(Base):

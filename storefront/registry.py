@@ -26,6 +26,8 @@ class LiveVersion:
     trial_calls: int
     manifest: Manifest
     ref: ModelRef
+    rate_rps: float = 0  # per key on this listing; 0: only the key's own limit
+    rate_burst: int = 0
 
 
 def model_path(data_dir: Path, sha256: str) -> Path:
@@ -78,10 +80,13 @@ class Registry:
 
 
 def to_live(listing: Listing, lv: ListingVersion, data_dir: Path) -> LiveVersion:
+    manifest = Manifest.model_validate_json(lv.manifest_json)
+    limit = manifest.rate_limit
     return LiveVersion(
         listing_id=listing.id, version_id=lv.id, slug=listing.slug, version=lv.version,
         seller_id=listing.seller_id, price=lv.price, trial_calls=lv.trial_calls,
-        manifest=Manifest.model_validate_json(lv.manifest_json),
+        manifest=manifest,
+        rate_rps=limit.rps if limit else 0, rate_burst=limit.burst if limit else 0,
         ref=ModelRef(key=f"{listing.slug}@{lv.version}",
                      path=model_path(data_dir, lv.model_sha256), sha256=lv.model_sha256,
                      latency_us=lv.latency_us),

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from metering import Flusher, Meter, snapshot
+from metering import Flusher, Meter, Snapshot, snapshot
 from serving import Backend, make_backend
 
 from .config import Settings
@@ -52,13 +54,15 @@ class Services:
         if url is None:
             embedded = EmbeddedRedis(settings.data_dir)
             url = await run_in_threadpool(embedded.start)
+        # No automatic retries: a command that may have run is never sent twice; a failed
+        # call answers 503 and its hold is refunded by release or by the sweeper.
         client = aioredis.Redis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=1, max_connections=256,
-            retry_on_timeout=False,
+            url, socket_timeout=2, socket_connect_timeout=0.5, max_connections=256,
+            retry=Retry(NoBackoff(), 0),
         )
         sync_client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
 
-        async def load_snapshot(account_id: int) -> tuple[int, dict[int, int]]:
+        async def load_snapshot(account_id: int) -> Snapshot:
             return await run_in_threadpool(snapshot, engine, account_id)
 
         meter = Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
@@ -68,8 +72,10 @@ class Services:
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
             redis_sync=sync_client, meter=meter, backend=backend,
             registry=Registry(engine, backend, settings.data_dir),
-            keys=KeyCache(engine, settings.key_cache_seconds),
-            flusher=Flusher(sync_client, engine, namespace=settings.redis_namespace),
+            keys=KeyCache(engine, settings.key_cache_seconds, rps=settings.rate_limit_rps,
+                          burst=settings.rate_limit_burst),
+            flusher=Flusher(sync_client, engine, namespace=settings.redis_namespace,
+                            hold_timeout_s=settings.hold_timeout_s),
             signing_key=settings.signing_key(), embedded=embedded,
         )
         return svc
