@@ -150,3 +150,81 @@ def _fake_fields(acct: int) -> dict[str, str]:
     return {"id": f"fixed-{acct}", "account_id": str(acct), "api_key_id": "", "listing_id": "1",
             "listing_version_id": "1", "seller_id": "7", "kind": "trial", "price": "0",
             "seller_share": "0", "platform_fee": "0", "latency_us": "1", "ts_ms": "1700000000000"}
+
+
+async def _funded(meter, engine, amount: int) -> int:
+    acct = account()
+
+    async def record():
+        return await asyncio.to_thread(add_credit, engine, acct, amount, reason="grant",
+                                       reference=f"grant:{uuid.uuid4().hex}")
+
+    await meter.add_credits(acct, amount, record)
+    return acct
+
+
+def limited(acct: int, key: int, **kw) -> CallSpec:
+    base = call(acct, price=kw.pop("price", 1000))
+    return CallSpec(**{**base.__dict__, "api_key_id": key, "request_id": uuid.uuid4().hex, **kw})
+
+
+async def test_rate_limit_cannot_be_bypassed_by_concurrency(meter, engine):
+    acct = await _funded(meter, engine, 10**9)
+    key = random.randint(10**6, 10**9)
+    spec = dict(key_rps=0.01, key_burst=10)  # a burst of 10, then one call per 100 s
+    results = await asyncio.gather(*(meter.reserve(limited(acct, key, **spec))
+                                     for _ in range(200)))
+    assert sum(r.ok for r in results) == 10
+    refused = [r for r in results if not r.ok]
+    assert {r.refusal for r in refused} == {"rate"}
+    assert all(r.retry_after_ms > 0 and r.rate_limit == 10 for r in refused)
+    assert await meter.credits(acct) == 10**9 - 10 * 1000  # refused calls hold nothing
+
+
+async def test_listing_limit_applies_per_key_and_listing(meter, engine):
+    acct = await _funded(meter, engine, 10**9)
+    key = random.randint(10**6, 10**9)
+    spec = dict(key_rps=1000, key_burst=1000, listing_rps=0.01, listing_burst=3)
+    first = await asyncio.gather(*(meter.reserve(limited(acct, key, listing_id=1, **spec))
+                                   for _ in range(20)))
+    other = await asyncio.gather(*(meter.reserve(limited(acct, key, listing_id=2, **spec))
+                                   for _ in range(20)))
+    assert sum(r.ok for r in first) == 3 and sum(r.ok for r in other) == 3
+    ok = next(r for r in first if r.ok)
+    assert ok.rate_limit == 3  # the tighter bucket is the one reported
+
+
+async def test_spend_caps_hold_under_concurrency_and_refund_on_release(meter, engine):
+    acct = await _funded(meter, engine, 10**9)
+    key = random.randint(10**6, 10**9)
+    results = await asyncio.gather(*(meter.reserve(limited(acct, key, cap_day=10_000))
+                                     for _ in range(100)))
+    ok = [r for r in results if r.ok]
+    assert len(ok) == 10 and {r.refusal for r in results if not r.ok} == {"cap_day"}
+    await meter.release(ok[0])  # a failed call gives its spend back
+    again = await meter.reserve(limited(acct, key, cap_day=10_000))
+    assert again.ok
+    monthly = await asyncio.gather(*(meter.reserve(limited(acct, key, cap_month=15_000))
+                                     for _ in range(20)))
+    assert sum(r.ok for r in monthly) == 5  # 10 already spent this month, cap 15
+    assert {r.refusal for r in monthly if not r.ok} == {"cap_month"}
+
+
+async def test_sweeper_refunds_holds_of_calls_that_never_finished(meter, engine):
+    acct = await _funded(meter, engine, 50_000)
+    res = await meter.reserve(call(acct, price=20_000))
+    assert res.kind == "paid" and await meter.credits(acct) == 30_000
+    assert await meter.sweep(older_than_s=3600) == 0  # young holds stay
+    assert await meter.sweep(older_than_s=-1) >= 1  # the worker died: refund
+    assert await meter.credits(acct) == 50_000
+    assert await meter.commit(res, latency_us=1) is False  # too late: not charged
+    assert await meter.release(res) is False  # and not refunded twice
+    assert await meter.credits(acct) == 50_000
+
+
+async def test_demo_quota_per_visitor_per_day_is_race_proof(meter):
+    visitor = uuid.uuid4().hex
+    results = await asyncio.gather(*(meter.demo_call(visitor, 5) for _ in range(50)))
+    assert sum(ok for ok, _ in results) == 5
+    assert sorted(left for ok, left in results if ok) == [0, 1, 2, 3, 4]
+    assert (await meter.demo_call(uuid.uuid4().hex, 5)) == (True, 4)  # another visitor
