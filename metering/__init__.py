@@ -5,9 +5,10 @@ from .flusher import Flusher
 from .ledger import Base, CreditEntry, Event, UsageEvent, add_credit, balance, snapshot, utcnow
 from .meter import PAID, REFUSALS, TRIAL, UNAVAILABLE, CallSpec, Meter, Reservation, Snapshot
 from .money import MoneyError, format_usd, split, to_micro
+from .reconcile import Drift, reconcile
 
 __all__ = [
-    "PAID", "REFUSALS", "TRIAL", "UNAVAILABLE", "Base", "CallSpec", "CreditEntry", "Event",
+    "PAID", "REFUSALS", "TRIAL", "UNAVAILABLE", "Base", "CallSpec", "CreditEntry", "Drift", "Event",
     "Flusher", "Meter", "MoneyError", "Reservation", "Snapshot", "UsageEvent", "add_credit",
-    "balance", "format_usd", "metrics", "snapshot", "split", "to_micro", "utcnow",
+    "balance", "format_usd", "metrics", "reconcile", "snapshot", "split", "to_micro", "utcnow",
 ]

@@ -9,6 +9,7 @@ one of each per command. Each command keeps its own result or error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -53,16 +54,16 @@ class AutoPipeline:
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the connection failed: every caller gets the error
-            if isinstance(exc, Exception):
-                # Drop every pooled connection: after a Redis restart they are all dead, and
-                # the next calls should reconnect rather than fail one stale socket at a time.
-                await self._client.connection_pool.disconnect()
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc if isinstance(exc, Exception) else
                                       RedisConnectionError("redis pipeline cancelled"))
             if not isinstance(exc, Exception):
                 raise
+            # Drop every pooled connection: after a Redis restart they are all dead, and the
+            # next calls should reconnect rather than fail one stale socket at a time.
+            with contextlib.suppress(Exception):
+                await self._client.connection_pool.disconnect()
             return
         for (_, fut), result in zip(batch, results, strict=True):
             if fut.done():

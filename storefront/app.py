@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(bootstrap_admin, svc)
             if settings.seed_demo:
                 await run_in_threadpool(seed_demo, svc)
-            svc.start_flusher()
+            if settings.run_flusher:
+                svc.start_flusher()
             # Start-up objects (libraries, demo training) never die: keep them out of the
             # cyclic GC, whose full passes over them paused paid calls for ~120 ms.
             gc.collect()

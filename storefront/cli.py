@@ -114,5 +114,61 @@ def example(
                f"{out_dir / 'request.json'}")
 
 
+ledger = typer.Typer(help="The SQL ledger: flush usage events into it, reconcile Redis with it.",
+                     no_args_is_help=True)
+app.add_typer(ledger, name="ledger")
+
+
+@ledger.command("flush")
+def ledger_flush() -> None:
+    """Run a ledger flusher until stopped (SIGTERM/SIGINT); several may run at once."""
+    import signal
+    import threading
+
+    from .config import Settings
+    from .ops import ledger_parts
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = Settings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with ledger_parts(settings) as (_, _, flusher):
+        typer.echo(f"flushing {flusher.stream} into the ledger as {flusher.consumer}")
+        flusher.run(stop, block_ms=settings.flush_interval_ms)
+
+
+@ledger.command("reconcile")
+def ledger_reconcile(
+    repair: Annotated[bool, typer.Option(help="Set drifted Redis counters to the ledger's")]
+    = False,
+) -> None:
+    """Compare every account's Redis counters with the SQL ledger; report (and repair) drift."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from metering import format_usd, reconcile
+
+    from .config import Settings
+    from .ops import ledger_parts
+
+    settings = Settings()
+    with ledger_parts(settings) as (client, engine, flusher):
+        checked, drifts = reconcile(client, engine, flusher,
+                                    namespace=settings.redis_namespace, repair=repair)
+    console = Console()
+    if not drifts:
+        console.print(f"{checked} accounts checked: Redis agrees with the ledger.")
+        return
+    table = Table("account", "counter", "redis", "ledger", "repaired")
+    for d in drifts:
+        fmt = format_usd if d.counter == "credits" else str
+        table.add_row(str(d.account_id), d.counter, fmt(d.redis_value), fmt(d.ledger_value),
+                      "yes" if d.repaired else "no")
+    console.print(table)
+    console.print(f"{checked} accounts checked, {len(drifts)} counters drifted"
+                  + ("" if repair else "; run with --repair to set them to the ledger's"))
+
+
 def main() -> None:
     app()

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     demo_calls_per_day: int = Field(
         20, ge=0, description="Anonymous demo calls per visitor per day"
     )
+    run_flusher: bool = Field(
+        True, description="Run the ledger flusher inside the app (else: aimarket ledger flush)"
+    )
+    flush_claim_idle_ms: int = Field(
+        30_000, ge=100, description="Reclaim events a dead flusher left pending after this (ms)"
+    )
     flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
     unmetered_route: bool = Field(
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"

@@ -11,6 +11,7 @@ answered 200.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -44,6 +45,7 @@ from .registry import LiveVersion
 from .services import Services
 
 router = APIRouter(tags=["inference"])
+COMMIT_RETRY_S = 3.0
 
 Decoded = tuple[dict[str, np.ndarray], Any]
 Decoder = Callable[[Manifest, Any], Decoded]
@@ -114,11 +116,7 @@ async def paid_call(
             body = orjson.dumps(encode(live, request_id, outputs, extra),
                                 option=orjson.OPT_SERIALIZE_NUMPY)
             latency_us = int((time.perf_counter() - started) * 1e6)
-            if not await svc.meter.commit(res, latency_us=latency_us):
-                raise ServiceUnavailable(
-                    "the call outlived its reservation and was not charged; retry it",
-                    code="reservation_expired",
-                )
+            await _commit(svc, res, latency_us)
         except BaseException as exc:
             try:
                 if await svc.meter.release(res):
@@ -142,6 +140,32 @@ async def paid_call(
         response = error_response(exc)
         response.headers["X-Request-Id"] = request_id
         return response
+
+
+async def _commit(svc: Services, res: Reservation, latency_us: int) -> None:
+    """Commit, retrying through a Redis restart so the answer matches the ledger.
+
+    A commit whose reply was lost may or may not have run. Retrying is safe: the commit script
+    deletes the hold and appends the event atomically, so a retry that finds no hold means the
+    first attempt ran (holds are refunded only by release, never called here, or by the
+    sweeper, which waits far longer than these retries). Only if Redis stays away past the
+    deadline is the call answered 503 while its charge may stand; reconcile shows such calls.
+    """
+    deadline = time.monotonic() + COMMIT_RETRY_S
+    retried = False
+    while True:
+        try:
+            if await svc.meter.commit(res, latency_us=latency_us) or retried:
+                return
+            raise ServiceUnavailable(
+                "the call outlived its reservation and was not charged; retry it",
+                code="reservation_expired",
+            )
+        except redis.exceptions.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            retried = True
+            await asyncio.sleep(0.05)
 
 
 def _rate_headers(res: Reservation) -> dict[str, str]:

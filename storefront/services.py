@@ -75,7 +75,8 @@ class Services:
             keys=KeyCache(engine, settings.key_cache_seconds, rps=settings.rate_limit_rps,
                           burst=settings.rate_limit_burst),
             flusher=Flusher(sync_client, engine, namespace=settings.redis_namespace,
-                            hold_timeout_s=settings.hold_timeout_s),
+                            hold_timeout_s=settings.hold_timeout_s,
+                            claim_idle_ms=settings.flush_claim_idle_ms),
             signing_key=settings.signing_key(), embedded=embedded,
         )
         return svc

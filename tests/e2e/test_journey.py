@@ -42,12 +42,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, deadline_s: float = 90) -> N
 
 
 @contextlib.contextmanager
-def running(data: Path, port: int | None = None, admin_password: str = "change-me-now"):
+def running(data: Path, port: int | None = None, admin_password: str = "change-me-now",
+            extra_env: dict[str, str] | None = None):
     """`aimarket up` on embedded defaults in ``data``; stopped with SIGINT (must exit 0)."""
     port = port or _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIMARKET_")}
     env.update(AIMARKET_DATA_DIR=str(data), AIMARKET_ADMIN_EMAIL="admin@example.com",
-               AIMARKET_ADMIN_PASSWORD=admin_password)
+               AIMARKET_ADMIN_PASSWORD=admin_password, **(extra_env or {}))
     data.mkdir(parents=True, exist_ok=True)
     log = (data / "server.log").open("ab")
     proc = subprocess.Popen([str(BIN), "up", "--port", str(port)], env=env, stdout=log,

@@ -1,0 +1,84 @@
+"""Compare Redis counters with the SQL ledger and repair drift: the ledger wins.
+
+Redis holds, per account, spendable credit (ledger balance minus holds of calls in flight
+minus charges still on the usage stream) and trial calls used per listing. Anything else in
+Redis is derived, so this is the whole comparison.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import Engine, select
+
+from .flusher import Flusher
+from .ledger import CreditEntry, Event, UsageEvent, balance, snapshot
+
+# Set KEYS[1] to ARGV[2] only if it still holds ARGV[1]: never overwrite a concurrent change.
+_CAS = """
+if (redis.call('GET', KEYS[1]) or '0') == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2]) return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Drift:
+    account_id: int
+    counter: str  # "credits" or "trial:<listing id>"
+    redis_value: int
+    ledger_value: int
+    repaired: bool
+
+
+def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespace: str,
+              repair: bool) -> tuple[int, list[Drift]]:
+    """(accounts checked, drifts found); with ``repair`` each drift is set to the ledger's."""
+    flusher.drain()
+    ns = namespace
+    pending_paid: Counter[int] = Counter()
+    pending_trial: Counter[tuple[int, int]] = Counter()
+    for _id, fields in client.xrange(flusher.stream):  # committed after the drain
+        e = Event.from_fields(fields)
+        if e.kind == "paid":
+            pending_paid[e.account_id] += e.price
+        else:
+            pending_trial[(e.account_id, e.listing_id)] += 1
+    held_paid: Counter[int] = Counter()
+    held_trial: Counter[str] = Counter()
+    for meta in client.hvals(f"{ns}holds"):
+        kind, price, trial_key, credit_key, *_ = meta.decode().split("|")
+        if kind == "paid":
+            held_paid[int(credit_key.rsplit(":", 1)[1])] += int(price)
+        else:
+            held_trial[trial_key] += 1
+    with engine.connect() as conn:
+        accounts = set(conn.execute(select(CreditEntry.account_id).distinct()).scalars())
+        accounts |= set(conn.execute(select(UsageEvent.account_id).distinct()).scalars())
+    cas = client.register_script(_CAS)
+    drifts: list[Drift] = []
+    checked = 0
+    for acct in sorted(accounts):
+        if not client.exists(f"{ns}h:{acct}"):
+            continue  # not in Redis: rebuilt from the ledger on first use
+        checked += 1
+        want = {f"{ns}c:{acct}": balance(engine, acct) - pending_paid[acct] - held_paid[acct]}
+        for lid, used in snapshot(engine, acct).trials.items():
+            key = f"{ns}t:{acct}:{lid}"
+            want[key] = used + pending_trial[(acct, lid)] + held_trial[key]
+        for key in client.scan_iter(f"{ns}t:{acct}:*"):
+            name = key.decode()
+            want.setdefault(name, held_trial[name] + pending_trial[
+                (acct, int(name.rsplit(":", 1)[1]))])
+        for key, expected in want.items():
+            raw = client.get(key)
+            actual = int(raw or 0)
+            if actual == expected:
+                continue
+            fixed = bool(repair and cas([key], [raw.decode() if raw else "0", expected]))
+            counter = "credits" if key.startswith(f"{ns}c:") else f"trial:{key.rsplit(':', 1)[1]}"
+            drifts.append(Drift(acct, counter, actual, expected, fixed))
+    return checked, drifts
