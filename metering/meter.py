@@ -167,9 +167,8 @@ class Meter:
             seller_id=c.seller_id, kind=res.kind, price=res.cost, seller_share=share,
             platform_fee=fee, latency_us=latency_us, ts_ms=int(time.time() * 1000),
         )
-        fields = [part for kv in event.fields().items() for part in kv]
         done = await self._script("COMMIT", [self.holds, self.holdq, self.stream],
-                                  [c.request_id, *fields])
+                                  [c.request_id, "e", event.encode()])
         return bool(done)
 
     async def release(self, res: Reservation) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy import case, func, select
+from starlette.concurrency import run_in_threadpool
 
 from metering import UsageEvent, balance, format_usd
 
@@ -19,8 +21,14 @@ _trial = func.sum(case((UsageEvent.kind == "trial", 1), else_=0))
 
 
 @router.get("/v1/usage")
-async def usage(account: Buyer, svc: ServicesDep) -> dict[str, Any]:
-    def query() -> tuple[list[Any], int]:
+async def usage(
+    account: Buyer, svc: ServicesDep, days: Annotated[int, Query(ge=1, le=366)] = 30
+) -> dict[str, Any]:
+    """Calls and spend per listing (all time) and per UTC day and listing (last ``days``)."""
+    since = datetime.now(UTC) - timedelta(days=days)
+    day = func.date(UsageEvent.created_at)
+
+    def query() -> tuple[list[Any], list[Any], int]:
         with svc.sessions() as db:
             rows = db.execute(
                 select(Listing.slug, func.count(), _trial, _paid, func.sum(UsageEvent.price))
@@ -28,11 +36,15 @@ async def usage(account: Buyer, svc: ServicesDep) -> dict[str, Any]:
                 .where(UsageEvent.account_id == account.id)
                 .group_by(Listing.slug).order_by(Listing.slug)
             ).all()
-        return rows, balance(svc.engine, account.id)
+            daily = db.execute(
+                select(day, Listing.slug, func.count(), _trial, _paid, func.sum(UsageEvent.price))
+                .join(Listing, Listing.id == UsageEvent.listing_id)
+                .where(UsageEvent.account_id == account.id, UsageEvent.created_at >= since)
+                .group_by(day, Listing.slug).order_by(day, Listing.slug)
+            ).all()
+        return rows, daily, balance(svc.engine, account.id)
 
-    from starlette.concurrency import run_in_threadpool
-
-    rows, ledger_balance = await run_in_threadpool(query)
+    rows, daily, ledger_balance = await run_in_threadpool(query)
     items = [{"slug": s, "calls": int(n), "trial_calls": int(t or 0), "paid_calls": int(p or 0),
               "spend": format_usd(int(sp or 0))} for s, n, t, p, sp in rows]
     return {
@@ -45,6 +57,9 @@ async def usage(account: Buyer, svc: ServicesDep) -> dict[str, Any]:
             "spend": format_usd(sum(int(r[4] or 0) for r in rows)),
         },
         "listings": items,
+        "days": [{"date": str(d), "slug": s, "calls": int(n), "trial_calls": int(t or 0),
+                  "paid_calls": int(p or 0), "spend": format_usd(int(sp or 0))}
+                 for d, s, n, t, p, sp in daily],
     }
 
 

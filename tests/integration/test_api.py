@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import pickle
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -97,6 +98,9 @@ def test_the_whole_journey(client, digits_model):
     usage = client.get("/v1/usage", headers=bearer(buyer)).json()
     assert usage["total"] == {"calls": 6, "trial_calls": 2, "paid_calls": 4, "spend": "0.01"}
     assert usage["credits"] == usage["ledger_balance"] == "0.00"
+    today = datetime.now(UTC).date().isoformat()
+    assert usage["days"] == [{"date": today, "slug": slug, "calls": 6, "trial_calls": 2,
+                              "paid_calls": 4, "spend": "0.01"}]
     earn = client.get("/v1/seller/earnings", headers=bearer(seller)).json()["total"]
     assert earn == {"calls": 6, "trial_calls": 2, "paid_calls": 4, "revenue": "0.01",
                     "seller_share": "0.008", "platform_fee": "0.002"}

@@ -140,6 +140,7 @@ def _scenario(url: str, env: dict[str, str], red: KillableRedis, data: Path) -> 
     assert out.returncode == 0, out.stderr
     assert "Redis agrees with the ledger" in out.stdout, out.stdout
 
+    assert len(results) == 4 * 100 + 1  # every call was answered (none hung)
     answered = {rid for status, rid, _ in results if status == 200}
     failed = [(status, body) for status, _, body in results if status != 200]
     assert failed, "the fault never showed: Redis was not down for any call"

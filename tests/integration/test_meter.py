@@ -147,9 +147,7 @@ async def test_flusher_writes_each_event_once_even_when_redelivered(meter, engin
 
 
 def _fake_fields(acct: int) -> dict[str, str]:
-    return {"id": f"fixed-{acct}", "account_id": str(acct), "api_key_id": "", "listing_id": "1",
-            "listing_version_id": "1", "seller_id": "7", "kind": "trial", "price": "0",
-            "seller_share": "0", "platform_fee": "0", "latency_us": "1", "ts_ms": "1700000000000"}
+    return {"e": f"fixed-{acct}|{acct}||1|1|7|trial|0|0|0|1|1700000000000"}
 
 
 async def _funded(meter, engine, amount: int) -> int:
@@ -228,3 +226,29 @@ async def test_demo_quota_per_visitor_per_day_is_race_proof(meter):
     assert sum(ok for ok, _ in results) == 5
     assert sorted(left for ok, left in results if ok) == [0, 1, 2, 3, 4]
     assert (await meter.demo_call(uuid.uuid4().hex, 5)) == (True, 4)  # another visitor
+
+
+async def test_reconcile_reports_and_repairs_drift_the_ledger_wins(meter, engine, stack):
+    from metering import reconcile
+
+    ns = stack["ns"] + "m:"
+    acct = await _funded(meter, engine, 40_000)
+    r1 = await meter.reserve(call(acct, trial=1, price=5000))
+    await meter.commit(r1, latency_us=1)  # a trial call, committed
+    held = await meter.reserve(call(acct, trial=1, price=5000))  # a paid call in flight
+    assert held.kind == "paid"
+    sync = redis.Redis.from_url(stack["redis"])
+    flusher = Flusher(sync, engine, namespace=ns, consumer="rec")
+    checked, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
+    assert checked >= 1 and not [d for d in drifts if d.account_id == acct]
+    sync.set(f"{ns}c:{acct}", 999_999)  # Redis drifts (a bug, an operator's typo...)
+    sync.set(f"{ns}t:{acct}:1", 0)
+    _, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
+    mine = {d.counter: d for d in drifts if d.account_id == acct}
+    assert mine["credits"].redis_value == 999_999 and mine["credits"].ledger_value == 35_000
+    assert mine["trial:1"].ledger_value == 1 and not mine["credits"].repaired
+    _, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=True)
+    assert all(d.repaired for d in drifts if d.account_id == acct)
+    assert await meter.credits(acct) == 35_000  # the ledger's balance minus the hold
+    _, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
+    assert not [d for d in drifts if d.account_id == acct]
