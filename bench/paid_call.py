@@ -112,7 +112,8 @@ def main() -> None:
             r = c.post("/v1/auth/token", data={"username": user, "password": "bench-pass"})
             return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
-        key = c.post("/v1/keys", headers=login("buyer@example.com")).json()["key"]
+        key = c.post("/v1/keys", headers=login("buyer@example.com"),
+                     json={"rate_limit_rps": 10000, "rate_limit_burst": 10000}).json()["key"]
         c.post("/v1/admin/credits", headers=login("admin@bench.local"),
                json={"account_email": "buyer@example.com", "amount": "100000.00"})
         auth = {"Authorization": f"Bearer {key}"}
