@@ -70,6 +70,7 @@ class Manifest(_Strict):
     pricing: Pricing
     max_batch: int = Field(default=64, ge=1, le=4096)
     rate_limit: RateLimit | None = None
+    license: str | None = Field(default=None, max_length=100)
 
     @model_validator(mode="after")
     def _task_fields(self) -> Manifest:

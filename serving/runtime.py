@@ -77,7 +77,7 @@ def inspect_model(data: bytes, manifest: Manifest, *, runs: int = 20) -> ModelRe
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise InvalidInput(f"ONNX checker refused the model: {exc}", code="invalid_model") from exc
-    _match_io(model, manifest)
+    match_io(model, manifest)
     try:
         sess = new_session(data)
     except Exception as exc:
@@ -116,7 +116,7 @@ def sample_inputs(manifest: Manifest, *, batch: int = 1, seed: int = 0) -> dict[
     return feeds
 
 
-def _match_io(model: onnx.ModelProto, manifest: Manifest) -> None:
+def match_io(model: onnx.ModelProto, manifest: Manifest) -> None:
     initializers = {i.name for i in model.graph.initializer}
     graph_inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
     graph_outputs = {o.name: o for o in model.graph.output}

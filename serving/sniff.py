@@ -14,15 +14,40 @@ _SKLEARN = "convert it with skl2onnx (skl2onnx.to_onnx(model, X_sample))"
 _KERAS = "convert it with tf2onnx (python -m tf2onnx.convert)"
 
 
+_CODES = {"pickle": "pickle_refused", "PyTorch": "pytorch_checkpoint_refused",
+          "Keras": "keras_refused", "TensorFlow": "tensorflow_refused",
+          "safetensors": "safetensors_refused", "GGUF": "gguf_refused"}
+
+
 def refuse_non_onnx(data: bytes) -> None:
-    """Raise InvalidInput (code ``not_onnx``) when ``data`` is a known non-ONNX format."""
+    """Raise InvalidInput when ``data`` is a known non-ONNX format, with a code per format
+    (``pickle_refused``, ``pytorch_checkpoint_refused``, ...; ``not_onnx`` otherwise) and, for
+    pickles, what picklescan finds in it (it reads opcodes; nothing is unpickled)."""
     found = _identify(data)
     if found is not None:
         what, how = found
+        code = next((c for k, c in _CODES.items() if k in what), "not_onnx")
+        details: dict[str, object] = {"detected": what}
+        if code == "pickle_refused":
+            details["scan"] = _scan_pickle(data)
         raise InvalidInput(
             f"the file is {what}, not ONNX. Only ONNX models are accepted: {how}.",
-            code="not_onnx", details={"detected": what},
+            code=code, details=details,
         )
+
+
+def _scan_pickle(data: bytes) -> dict[str, object]:
+    try:
+        from picklescan.scanner import scan_pickle_bytes
+
+        result = scan_pickle_bytes(io.BytesIO(data), "upload")
+    except Exception as exc:  # a scanner failure must not hide the refusal
+        return {"error": type(exc).__name__}
+    return {
+        "dangerous_globals": [f"{g.module}.{g.name}" for g in result.globals
+                              if "Dangerous" in str(g.safety)],
+        "globals": [f"{g.module}.{g.name}" for g in result.globals][:50],
+    }
 
 
 def _identify(data: bytes) -> tuple[str, str] | None:

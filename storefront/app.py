@@ -41,7 +41,7 @@ def bootstrap_admin(svc: Services) -> None:
 
 def seed_demo(svc: Services) -> None:
     with svc.sessions() as db:
-        demo.seed(db, svc.settings.data_dir)
+        demo.seed(db, svc.settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

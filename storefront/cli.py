@@ -64,6 +64,10 @@ def _check(r: httpx.Response) -> None:
 def publish(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx file")],
     manifest: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="YAML or JSON")],
+    license: Annotated[str | None, typer.Option(help="e.g. MIT, Apache-2.0, proprietary "
+                                                "(else the manifest's 'license')")] = None,
+    attest: Annotated[bool, typer.Option(
+        "--attest", help="I hold the rights to publish this model (required)")] = False,
     slug: Annotated[str | None, typer.Option(help="Add a version to this listing")] = None,
     url: Annotated[str, typer.Option(envvar="AIMARKET_URL")] = DEFAULT_URL,
     token: Annotated[str | None, typer.Option(envvar="AIMARKET_TOKEN")] = None,
@@ -78,7 +82,8 @@ def publish(
                 "/v1/models", headers={"Authorization": f"Bearer {bearer}"},
                 files={"model": (model.name, f, "application/octet-stream"),
                        "manifest": (manifest.name, manifest.read_bytes(), "application/yaml")},
-                data={"slug": slug} if slug else None,
+                data={k: v for k, v in (("slug", slug), ("license", license),
+                                        ("attest_rights", "true" if attest else None)) if v},
             )
     _check(r)
     typer.echo(json.dumps(r.json(), indent=2))
@@ -103,6 +108,7 @@ def example(
     data, manifest = builders[name]()
     manifest["title"] = title
     manifest["pricing"] = {**manifest["pricing"], "trial_calls": 3}
+    manifest["license"] = "MIT"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.onnx").write_bytes(data)
     (out_dir / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     )
     access_token_minutes: int = Field(1440, ge=1, description="Access token lifetime")
     max_upload_mb: int = Field(200, ge=1, description="Largest accepted model upload")
+    smoke_memory_mb: int = Field(1024, ge=256, description="Memory limit of the smoke test")
+    smoke_cpu_s: int = Field(20, ge=1, description="CPU-time limit of the smoke test (s)")
     seed_demo: bool = Field(True, description="Seed the demo catalog on start")
     key_cache_seconds: float = Field(
         5.0, ge=0, description="How long a worker trusts a cached API key (revocation delay)"

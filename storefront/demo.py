@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -10,8 +11,6 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from serving import Manifest
 
 from . import listings
 from .models import Account, Listing
@@ -138,7 +137,7 @@ def system_account(db: Session, email: str, role: str, name: str) -> Account:
     return account
 
 
-def seed(db: Session, data_dir: Any) -> list[tuple[Listing, Any]]:
+def seed(db: Session, settings: Any) -> list[tuple[Listing, Any]]:
     """Publish and approve each demo model not yet present. Returns what it approved."""
     seller = system_account(db, DEMO_SELLER, "seller", "aimarket demo")
     moderator = system_account(db, MODERATOR, "admin", "aimarket moderator")
@@ -147,9 +146,9 @@ def seed(db: Session, data_dir: Any) -> list[tuple[Listing, Any]]:
         if db.execute(select(Listing.id).where(Listing.slug == slug)).first() is not None:
             continue
         data, manifest = build()
-        published = listings.publish(
-            db, data_dir, seller, data, Manifest.model_validate(manifest), slug=slug
-        )
+        published = listings.publish(db, settings, seller, listings.Submission(
+            upload=data, manifest_text=json.dumps(manifest), license="BSD-3-Clause",
+            attested=True, slug=slug))
         listing, lv = listings.pending_version(db, published.slug, published.version)
         listings.decide(db, listing, lv, moderator, "approve", "demo catalog, seeded at start")
         approved.append((listing, lv))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +18,9 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from metering import UsageEvent, format_usd, to_micro
-from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, inspect_model
+from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound
+from serving.fingerprint import COPY_SCORE, similarity
+from serving.intake import intake
 
 from .models import Account, Listing, ListingVersion, Review
 from .registry import model_path
@@ -50,30 +55,91 @@ class Published:
     status: str
     latency_us: int
     sha256: str
+    findings: list[dict[str, Any]]
 
 
-def publish(
-    db: Session, data_dir: Path, seller: Account, data: bytes, manifest: Manifest,
-    slug: str | None = None,
-) -> Published:
-    """Validate a model against its manifest, store it and add a version pending review."""
-    report = inspect_model(data, manifest)
-    digest = store_model(data_dir, data)
-    listing = _target_listing(db, seller, manifest, slug)
+@dataclass(frozen=True)
+class Submission:
+    """What a seller sends: the upload's bytes (ONNX or an archive), the manifest (unless the
+    archive holds it), the license and the attestation of their rights."""
+
+    upload: bytes
+    manifest_text: str | bytes | None
+    license: str | None = None
+    attested: bool = False
+    slug: str | None = None
+
+
+def publish(db: Session, settings: Any, seller: Account, sub: Submission) -> Published:
+    """Review an upload automatically, store it and add a version pending moderation."""
+    if not sub.attested:
+        raise InvalidInput(
+            "attest that you hold the rights to publish this model: send attest_rights=true",
+            code="rights_not_attested")
+    workdir = settings.data_dir / "uploads" / uuid.uuid4().hex
+    workdir.mkdir(parents=True)
+    try:
+        accepted = intake(
+            sub.upload, sub.manifest_text, workdir,
+            max_bytes=settings.max_upload_mb * 1024 * 1024,
+            sandbox={"mem_bytes": settings.smoke_memory_mb << 20, "cpu_s": settings.smoke_cpu_s},
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    manifest = accepted.manifest
+    license_ = (sub.license or manifest.license or "").strip()
+    if not license_:
+        raise InvalidInput("declare a license (form field 'license' or manifest 'license'), "
+                           "e.g. MIT, Apache-2.0, CC-BY-4.0 or 'proprietary'",
+                           code="license_required")
+    digest = store_model(settings.data_dir, accepted.data)
+    listing = _target_listing(db, seller, manifest, sub.slug)
+    findings = accepted.findings + copy_findings(db, seller, accepted)
     last = db.execute(
         select(func.max(ListingVersion.version)).where(ListingVersion.listing_id == listing.id)
     ).scalar_one()
     lv = ListingVersion(
         listing_id=listing.id, version=(last or 0) + 1, model_sha256=digest,
-        size_bytes=report.size_bytes, manifest_json=manifest.model_dump_json(),
+        size_bytes=len(accepted.data), manifest_json=manifest.model_dump_json(),
         price=to_micro(manifest.pricing.per_call), trial_calls=manifest.pricing.trial_calls,
         export_price=(to_micro(manifest.pricing.export_price)
                       if manifest.pricing.export_price is not None else None),
-        opset=report.opset, latency_us=report.latency_us, status="pending_review",
+        opset=accepted.opset, latency_us=accepted.latency_us, status="pending_review",
+        fingerprint=accepted.fingerprint, sketch=json.dumps(accepted.sketch),
+        findings=json.dumps(findings), license=license_[:100],
+        rights_attested_at=datetime.now(UTC),
     )
     db.add(lv)
     db.commit()
-    return Published(listing.slug, lv.version, lv.status, lv.latency_us, digest)
+    return Published(listing.slug, lv.version, lv.status, lv.latency_us, digest, findings)
+
+
+def copy_findings(db: Session, seller: Account, accepted: Any) -> list[dict[str, Any]]:
+    """Flag an upload whose weights match another seller's listed or pending model."""
+    rows = db.execute(
+        select(Listing.slug, ListingVersion.version, ListingVersion.fingerprint,
+               ListingVersion.sketch)
+        .join(Listing, Listing.id == ListingVersion.listing_id)
+        .where(Listing.seller_id != seller.id,
+               ListingVersion.status.in_(("pending_review", "live")))
+    ).all()
+    found = []
+    for slug, version, fp, sk in rows:
+        if fp and fp == accepted.fingerprint:
+            score, matched = 1.0, -1
+        else:
+            score, matched = similarity(accepted.sketch, json.loads(sk or "{}"))
+        if score >= COPY_SCORE:
+            found.append({
+                "code": "possible_copy",
+                "message": f"possible copy of {slug} (version {version}): "
+                           f"{score:.0%} of the weights match"
+                           + (" exactly" if matched == -1 else ""),
+                "evidence": {"listing": slug, "version": version, "score": round(score, 4),
+                             "identical": matched == -1,
+                             "tensors_matched": None if matched == -1 else matched},
+            })
+    return found
 
 
 def _target_listing(db: Session, seller: Account, manifest: Manifest, slug: str | None) -> Listing:
@@ -232,7 +298,7 @@ def detail(db: Session, slug: str) -> dict[str, Any]:
         "outputs": [t.model_dump() for t in manifest.outputs],
         "labels": manifest.labels, "feature_names": manifest.feature_names,
         "preprocessing": manifest.preprocessing.model_dump() if manifest.preprocessing else None,
-        "max_batch": manifest.max_batch,
+        "max_batch": manifest.max_batch, "license": lv.license,
         "pricing": {
             "per_call": format_usd(lv.price), "trial_calls": lv.trial_calls,
             "export_price": format_usd(lv.export_price) if lv.export_price is not None else None,
@@ -266,6 +332,7 @@ def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:
         })
         entry["versions"].append({
             "version": lv.version, "status": lv.status, "review_reason": lv.review_reason,
+            "findings": json.loads(lv.findings or "[]"), "license": lv.license,
             "latency_ms": round(lv.latency_us / 1000, 3), "price_per_call": format_usd(lv.price),
             "created_at": lv.created_at.isoformat(),
         })
@@ -282,7 +349,8 @@ def review_queue(db: Session) -> list[dict[str, Any]]:
     return [
         {"slug": listing.slug, "version": lv.version, "title": listing.title, "seller": email,
          "latency_ms": round(lv.latency_us / 1000, 3), "sha256": lv.model_sha256,
-         "size_bytes": lv.size_bytes, "opset": lv.opset,
+         "size_bytes": lv.size_bytes, "opset": lv.opset, "license": lv.license,
+         "findings": json.loads(lv.findings or "[]"),
          "price_per_call": format_usd(lv.price), "submitted_at": lv.created_at.isoformat()}
         for listing, lv, email in rows
     ]

@@ -77,6 +77,13 @@ class ListingVersion(Base):
     review_reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), default="", index=True)
+    sketch: Mapped[str] = mapped_column(Text, default="{}")
+    findings: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of {code, message}
+    license: Mapped[str] = mapped_column(String(100), default="")
+    rights_attested_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
 
 
 class Review(Base):

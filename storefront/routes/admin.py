@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 
 from metering import MoneyError, add_credit, format_usd, to_micro
@@ -15,7 +16,7 @@ from serving import InvalidInput, NotFound
 
 from .. import listings
 from ..deps import Admin, ServicesDep, SessionDep
-from ..models import Account
+from ..models import Account, Listing, ListingVersion, Review
 from ..registry import to_live
 
 router = APIRouter(tags=["admin"])
@@ -54,6 +55,26 @@ def reject(slug: str, body: Rejection, admin: Admin, db: SessionDep) -> dict[str
     listing, lv = listings.pending_version(db, slug, body.version)
     listings.decide(db, listing, lv, admin, "reject", body.reason)
     return {"slug": slug, "version": lv.version, "status": "rejected", "reason": body.reason}
+
+
+@router.get("/v1/admin/audit-log")
+def audit_log(
+    admin: Admin, db: SessionDep, page: Annotated[int, Query(ge=1, le=100_000)] = 1
+) -> dict[str, Any]:
+    """Who decided what about which version, when and why; newest first."""
+    moderator = aliased(Account)
+    rows = db.execute(
+        select(Review, moderator.email, Listing.slug, ListingVersion.version)
+        .join(moderator, moderator.id == Review.admin_id)
+        .join(ListingVersion, ListingVersion.id == Review.listing_version_id)
+        .join(Listing, Listing.id == ListingVersion.listing_id)
+        .order_by(Review.id.desc()).offset((page - 1) * 50).limit(50)
+    ).all()
+    return {"items": [
+        {"at": r.created_at.isoformat(), "admin": email, "slug": slug, "version": version,
+         "decision": r.decision, "reason": r.reason}
+        for r, email, slug, version in rows
+    ], "page": page}
 
 
 class Grant(BaseModel):

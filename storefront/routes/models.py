@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from serving import BadRequest, InvalidInput, PayloadTooLarge, parse_manifest
+from serving import BadRequest, InvalidInput, PayloadTooLarge
 
 from .. import listings
 from ..deps import Seller, ServicesDep, SessionDep
@@ -19,7 +19,9 @@ router = APIRouter(tags=["models"])
 
 @router.post("/v1/models", status_code=201)
 async def upload_model(request: Request, seller: Seller, svc: ServicesDep) -> dict[str, Any]:
-    """Multipart: ``model`` (the .onnx file), ``manifest`` (file or text), optional ``slug``."""
+    """Multipart: ``model`` (an .onnx file, or a zip/tar holding one with its external data and
+    manifest), ``manifest`` (file or text), ``license``, ``attest_rights=true``, optional
+    ``slug`` (a new version of your listing)."""
     limit = svc.settings.max_upload_mb * 1024 * 1024
     length = request.headers.get("content-length")
     if length is None or not length.isdigit():
@@ -31,31 +33,35 @@ async def upload_model(request: Request, seller: Seller, svc: ServicesDep) -> di
                          code="multipart_required")
     form = await request.form(max_files=2, max_fields=8, max_part_size=512 * 1024)
     try:
-        model, manifest_part, slug = form.get("model"), form.get("manifest"), form.get("slug")
+        model, manifest_part = form.get("model"), form.get("manifest")
         if not isinstance(model, UploadFile):
             raise InvalidInput("part 'model' (the .onnx file) is missing", code="missing_model")
-        if manifest_part is None:
-            raise InvalidInput("part 'manifest' (YAML or JSON) is missing", code="missing_manifest")
         manifest_text = (
             await manifest_part.read() if isinstance(manifest_part, UploadFile) else manifest_part
         )
-        manifest = parse_manifest(manifest_text)
         data = await model.read(limit + 1)
         if len(data) > limit:
             raise PayloadTooLarge(f"models are limited to {svc.settings.max_upload_mb} MB")
+        fields = {k: form.get(k) for k in ("slug", "license", "attest_rights")}
     finally:
         await form.close()
-    if slug is not None and not isinstance(slug, str):
-        raise InvalidInput("'slug' is a text field", code="invalid_slug")
-    published = await run_in_threadpool(_publish, svc, seller, data, manifest, slug or None)
+    if any(v is not None and not isinstance(v, str) for v in fields.values()):
+        raise InvalidInput("'slug', 'license' and 'attest_rights' are text fields",
+                           code="invalid_field")
+    submission = listings.Submission(
+        upload=data, manifest_text=manifest_text, license=fields["license"],  # type: ignore[arg-type]
+        attested=str(fields["attest_rights"]).lower() in ("true", "1", "yes", "on"),
+        slug=fields["slug"] or None,  # type: ignore[arg-type]
+    )
+    published = await run_in_threadpool(_publish, svc, seller, submission)
     return {"slug": published.slug, "version": published.version, "status": published.status,
-            "latency_ms": round(published.latency_us / 1000, 3), "sha256": published.sha256}
+            "latency_ms": round(published.latency_us / 1000, 3), "sha256": published.sha256,
+            "findings": published.findings}
 
 
-def _publish(svc: Any, seller: Account, data: bytes, manifest: Any,
-             slug: str | None) -> listings.Published:
+def _publish(svc: Any, seller: Account, sub: listings.Submission) -> listings.Published:
     with svc.sessions() as db:
-        return listings.publish(db, svc.settings.data_dir, seller, data, manifest, slug)
+        return listings.publish(db, svc.settings, seller, sub)
 
 
 @router.get("/v1/models")

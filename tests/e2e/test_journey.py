@@ -112,7 +112,8 @@ def test_readme_journey_over_http(server, tmp_path):
     (tmp_path / "digits.yaml").write_text(yaml.safe_dump(manifest))
     out = subprocess.run(
         [str(BIN), "publish", str(tmp_path / "digits.onnx"), "--manifest",
-         str(tmp_path / "digits.yaml"), "--url", url, "--email", "seller@example.com",
+         str(tmp_path / "digits.yaml"), "--url", url, "--attest", "--license", "MIT",
+         "--email", "seller@example.com",
          "--password", "secret-pass"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert '"status": "pending_review"' in out.stdout and '"slug": "my-digits"' in out.stdout

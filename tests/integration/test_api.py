@@ -41,7 +41,7 @@ def digits_model() -> tuple[bytes, dict]:
 def upload(client, token, data: bytes, manifest: dict | str, *, as_text=False, slug=None):
     text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
     files = {"model": ("m.onnx", data, "application/octet-stream")}
-    form = {"slug": slug} if slug else {}
+    form = {"attest_rights": "true", "license": "MIT", **({"slug": slug} if slug else {})}
     if as_text:
         form["manifest"] = text
     else:
@@ -201,9 +201,9 @@ def test_upload_refusals_name_the_problem(client, digits_model):
     r = client.post("/v1/models", files={"model": ("m.onnx", data)})
     assert r.status_code == 401 and error_of(r)["code"] == "not_authenticated"
     cases = [
-        (pickle.dumps({"w": [1, 2]}), manifest, "not_onnx"),
+        (pickle.dumps({"w": [1, 2]}), manifest, "pickle_refused"),
         (b"PK\x03\x04" + b"\0" * 100, manifest, "not_onnx"),
-        (data[: len(data) // 2], manifest, "invalid_model"),
+        (data[: len(data) // 2], manifest, "invalid_onnx"),
         (data, {**manifest, "inputs": [{"name": "pixels", "dtype": "float32",
                                         "shape": [-1, 64]}]}, "manifest_mismatch"),
         (data, {**manifest, "outputs": [{"name": "label", "dtype": "float32",
@@ -214,9 +214,12 @@ def test_upload_refusals_name_the_problem(client, digits_model):
         r = upload(client, seller, blob, man)
         assert r.status_code == 422, r.text
         assert error_of(r)["code"] == code
-    r = client.post("/v1/models", headers=bearer(seller),
+    r = client.post("/v1/models", headers=bearer(seller), data={"attest_rights": "true"},
                     files={"model": ("m.onnx", data)})
     assert r.status_code == 422 and error_of(r)["code"] == "missing_manifest"
+    r = client.post("/v1/models", headers=bearer(seller),
+                    files={"model": ("m.onnx", data), "manifest": ("m.yaml", "title: x")})
+    assert r.status_code == 422 and error_of(r)["code"] == "rights_not_attested"
     # the manifest may also come as a plain text field
     r = upload(client, seller, data, {**manifest, "title": "Text field digits"}, as_text=True)
     assert r.status_code == 201, r.text

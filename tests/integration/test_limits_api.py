@@ -79,6 +79,7 @@ def test_listing_rate_limit_from_the_manifest(client):
 
     _, seller = signup(client, "seller")
     r = client.post("/v1/models", headers=bearer(seller),
+                    data={"attest_rights": "true", "license": "MIT"},
                     files={"model": ("m.onnx", data), "manifest": ("m.yaml",
                                                                    yaml.safe_dump(manifest))})
     slug = r.json()["slug"]
