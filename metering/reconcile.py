@@ -36,8 +36,10 @@ class Drift:
 
 def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespace: str,
               repair: bool) -> tuple[int, list[Drift]]:
-    """(accounts checked, drifts found); with ``repair`` each drift is set to the ledger's."""
+    """(accounts checked, drifts found); with ``repair`` each drift is set to the ledger's.
+    Holds older than the flusher's hold timeout are refunded first, as the sweeper would."""
     flusher.drain()
+    flusher.sweep()
     ns = namespace
     pending_paid: Counter[int] = Counter()
     pending_trial: Counter[tuple[int, int]] = Counter()

@@ -4,6 +4,7 @@ slightly perturbed) by correlating samples of same-sized tensors."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
@@ -17,24 +18,37 @@ MATCH = 0.98  # Pearson correlation of two tensors' samples that counts as "the 
 COPY_SCORE = 0.8  # share of parameters matched that flags a possible copy
 
 
-def _tensors(model: onnx.ModelProto) -> list[np.ndarray]:
-    out = []
+def _weights(model: onnx.ModelProto) -> list[tuple[str, np.ndarray]]:
+    """Every weight the model carries, without names: initializers, Constant tensors, and the
+    number lists of ONNX-ML operators (tree ensembles, linear models keep weights there)."""
+    out: list[tuple[str, np.ndarray]] = []
     for init in model.graph.initializer:
-        try:
-            arr = numpy_helper.to_array(init)
-        except Exception:  # an unusual dtype: not a weight we can compare
-            continue
-        if arr.dtype.kind in "fiu" and arr.size >= MIN_ELEMENTS:
-            out.append(arr)
+        with contextlib.suppress(Exception):  # an unusual dtype: not a weight we compare
+            out.append(("t", numpy_helper.to_array(init)))
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                with contextlib.suppress(Exception):
+                    out.append((f"{node.op_type}.{attr.name}", numpy_helper.to_array(attr.t)))
+            elif attr.type == onnx.AttributeProto.FLOATS and len(attr.floats) >= MIN_ELEMENTS:
+                out.append((f"{node.op_type}.{attr.name}", np.asarray(attr.floats, np.float32)))
     return out
 
 
+def _tensors(model: onnx.ModelProto) -> list[np.ndarray]:
+    return [a for _, a in _weights(model) if a.dtype.kind in "fiu" and a.size >= MIN_ELEMENTS]
+
+
 def fingerprint(model: onnx.ModelProto) -> str:
-    """SHA-256 over the sorted digests of every initializer's dtype, shape and bytes."""
+    """SHA-256 over the sorted digests of every weight's kind, dtype, shape and values; empty
+    for a model that carries no weights (nothing to protect, nothing to compare)."""
+    weights = _weights(model)
+    if not weights:
+        return ""
     digests = sorted(
-        hashlib.sha256(f"{t.data_type}:{list(t.dims)}".encode() + t.raw_data
-                       + numpy_helper.to_array(t).tobytes()).hexdigest()
-        for t in model.graph.initializer
+        hashlib.sha256(f"{kind}:{a.dtype}:{list(a.shape)}".encode()
+                       + np.ascontiguousarray(a).tobytes()).hexdigest()
+        for kind, a in weights
     )
     return hashlib.sha256("".join(digests).encode()).hexdigest()
 

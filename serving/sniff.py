@@ -55,11 +55,9 @@ def _identify(data: bytes) -> tuple[str, str] | None:
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "a Python pickle (e.g. joblib / scikit-learn)", _SKLEARN
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return _zip_kind(data)
+        return _zip_kind(data)  # None: a plain archive, reviewed member by member
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
         return "a Keras / HDF5 file", _KERAS
-    if head.startswith(b"\x1f\x8b"):
-        return "a gzip archive", "upload the .onnx file itself"
     if head.startswith(b"GGUF"):
         return "a GGUF (llama.cpp) file", "upload an ONNX export of the model"
     if len(data) >= 10:
@@ -71,15 +69,15 @@ def _identify(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def _zip_kind(data: bytes) -> tuple[str, str]:
+def _zip_kind(data: bytes) -> tuple[str, str] | None:
     try:
         names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     except (zipfile.BadZipFile, ValueError, OSError):
-        return "a zip archive", "upload the .onnx file itself"
+        return None  # extraction reports the corrupt archive
     if any(n.endswith("data.pkl") or n.endswith("/version") for n in names):
         return "a PyTorch checkpoint (a zip holding data.pkl)", _TORCH
     if any(n.endswith("saved_model.pb") for n in names):
         return "a TensorFlow SavedModel archive", _KERAS
-    if any(n.endswith(".pkl") or n.endswith(".joblib") for n in names):
-        return "a zip archive holding pickles", _SKLEARN
-    return "a zip archive", "upload the .onnx file itself"
+    if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
+        return "a Keras v3 (.keras) file", _KERAS
+    return None

@@ -45,7 +45,7 @@ from .registry import LiveVersion
 from .services import Services
 
 router = APIRouter(tags=["inference"])
-COMMIT_RETRY_S = 3.0
+COMMIT_RETRY_S = 10.0  # covers a Redis restart that reloads its append-only file
 
 Decoded = tuple[dict[str, np.ndarray], Any]
 Decoder = Callable[[Manifest, Any], Decoded]

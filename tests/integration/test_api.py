@@ -202,7 +202,7 @@ def test_upload_refusals_name_the_problem(client, digits_model):
     assert r.status_code == 401 and error_of(r)["code"] == "not_authenticated"
     cases = [
         (pickle.dumps({"w": [1, 2]}), manifest, "pickle_refused"),
-        (b"PK\x03\x04" + b"\0" * 100, manifest, "not_onnx"),
+        (b"PK\x03\x04" + b"\0" * 100, manifest, "invalid_archive"),
         (data[: len(data) // 2], manifest, "invalid_onnx"),
         (data, {**manifest, "inputs": [{"name": "pixels", "dtype": "float32",
                                         "shape": [-1, 64]}]}, "manifest_mismatch"),
