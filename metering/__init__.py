@@ -2,7 +2,17 @@
 
 from . import metrics
 from .flusher import Flusher
-from .ledger import Base, CreditEntry, Event, UsageEvent, add_credit, balance, snapshot, utcnow
+from .ledger import (
+    Base,
+    CreditEntry,
+    Event,
+    UsageEvent,
+    add_credit,
+    balance,
+    snapshot,
+    utcnow,
+    write_events,
+)
 from .meter import PAID, REFUSALS, TRIAL, UNAVAILABLE, CallSpec, Meter, Reservation, Snapshot
 from .money import MoneyError, format_usd, split, to_micro
 from .reconcile import Drift, reconcile
@@ -11,4 +21,5 @@ __all__ = [
     "PAID", "REFUSALS", "TRIAL", "UNAVAILABLE", "Base", "CallSpec", "CreditEntry", "Drift", "Event",
     "Flusher", "Meter", "MoneyError", "Reservation", "Snapshot", "UsageEvent", "add_credit",
     "balance", "format_usd", "metrics", "reconcile", "snapshot", "split", "to_micro", "utcnow",
+    "write_events",
 ]

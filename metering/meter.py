@@ -108,6 +108,7 @@ class Meter:
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
         self._sweep = client.register_script(scripts.SWEEP)
         self._demo = client.register_script(scripts.DEMO_QUOTA)
+        self._charge = client.register_script(scripts.CHARGE)
 
     # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
@@ -217,6 +218,19 @@ class Meter:
         if new is None:  # Redis lost the counters meanwhile: the rebuild reads the ledger
             return await self.credits(account_id)
         return int(new)  # type: ignore[arg-type]
+
+    async def charge(self, account_id: int, amount: int) -> tuple[bool, int]:
+        """Take ``amount`` from prepaid credit if it covers it: (taken, balance after)."""
+        keys = list(self._keys(account_id))
+        ok, balance = await self._charge(keys, [amount])  # type: ignore[misc]
+        if ok == -1:
+            await self.hydrate(account_id)
+            ok, balance = await self._charge(keys, [amount])  # type: ignore[misc]
+        return ok == 1, int(balance)
+
+    async def refund(self, account_id: int, amount: int) -> None:
+        """Give back a charge whose ledger write failed."""
+        await self._add_credits(list(self._keys(account_id)), [amount])
 
     async def credits(self, account_id: int) -> int:
         """Current spendable credit (after holds of calls in flight)."""

@@ -131,6 +131,15 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('INCRBY', KEYS[2], ARGV[1])
 """
 
+# KEYS: hydrated marker, credit balance; ARGV: amount -> {1, new balance} | {0, balance} when
+# the credit does not cover it | {-1, 0} when the account needs hydration
+CHARGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+local credits = tonumber(redis.call('GET', KEYS[2]) or '0')
+if credits < tonumber(ARGV[1]) then return {0, credits} end
+return {1, redis.call('DECRBY', KEYS[2], ARGV[1])}
+"""
+
 # KEYS: visitor's counter for today; ARGV: daily limit -> {allowed 0/1, remaining}
 DEMO_QUOTA = """
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')

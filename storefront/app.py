@@ -17,7 +17,7 @@ from starlette.responses import Response
 from . import demo, errors, gateway
 from .config import Settings
 from .models import Account
-from .routes import accounts, admin, keys, models, usage
+from .routes import accounts, admin, exports, keys, models, usage
 from .security import hash_password
 from .services import Services
 
@@ -73,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ready = False
     errors.install(app)
-    for router in (accounts.router, keys.router, models.router, admin.router, usage.router):
+    for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
+                   exports.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:

@@ -120,6 +120,72 @@ def example(
                f"{out_dir / 'request.json'}")
 
 
+@app.command("export")
+def export_model(
+    slug: Annotated[str, typer.Argument(help="The listing to export")],
+    target: Annotated[str, typer.Option(help="onnx | onnx-int8 | onnx-fp16 | nano-kit")] = "onnx",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle file")] = None,
+    version: Annotated[int | None, typer.Option(help="A live version (default newest)")] = None,
+    url: Annotated[str, typer.Option(envvar="AIMARKET_URL")] = DEFAULT_URL,
+    token: Annotated[str | None, typer.Option(envvar="AIMARKET_TOKEN")] = None,
+    email: Annotated[str | None, typer.Option(envvar="AIMARKET_EMAIL")] = None,
+    password: Annotated[str | None, typer.Option(envvar="AIMARKET_PASSWORD")] = None,
+) -> None:
+    """Build a signed bundle of a model you hold the export license of, and download it."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with httpx.Client(base_url=url, timeout=600) as client:
+        auth = {"Authorization": f"Bearer {_token(client, token, email, password)}"}
+        r = client.post("/v1/exports", headers=auth,
+                        json={"slug": slug, "target": target, "version": version})
+        _check(r)
+        exp = r.json()
+        dest = output or Path(f"{slug}-v{exp['version']}-{target}.zip")
+        with client.stream("GET", exp["download"], headers=auth) as resp, \
+                Progress("[progress.description]{task.description}", BarColumn(),
+                         DownloadColumn(), TransferSpeedColumn()) as bar, dest.open("wb") as f:
+            if not resp.is_success:
+                resp.read()
+                _check(resp)
+            task = bar.add_task(dest.name, total=int(resp.headers.get("content-length", 0)))
+            for chunk in resp.iter_bytes():
+                f.write(chunk)
+                bar.update(task, advance=len(chunk))
+    typer.echo(f"{dest}: license {exp['license_id']}, agreement {exp['agreement']:.4f}, "
+               f"largest output difference {exp['max_diff']:.3g}")
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+    public_key: Annotated[Path | None, typer.Option(help="PEM file of the platform's key")]
+    = None,
+    url: Annotated[str, typer.Option(envvar="AIMARKET_URL", help="Else fetch it from here")]
+    = DEFAULT_URL,
+) -> None:
+    """Check a bundle's signature, checksums and watermark; print its licensee."""
+    from export import VerifyError
+    from export import verify as verify_bundle
+
+    if public_key is not None:
+        pem = public_key.read_text()
+    else:
+        try:
+            r = httpx.get(f"{url}/v1/exports/public-key", timeout=30)
+        except httpx.HTTPError as exc:
+            typer.echo(f"error: cannot fetch the public key from {url}: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        _check(r)
+        pem = r.json()["public_key_pem"]
+    try:
+        lic = verify_bundle(bundle, pem)
+    except VerifyError as exc:
+        typer.echo(f"INVALID: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"OK: licensed to {lic['licensee']} — {lic['listing']} v{lic['version']} "
+               f"({lic['target']}), license {lic['license_id']}, issued {lic['issued_at']}")
+
+
 ledger = typer.Typer(help="The SQL ledger: flush usage events into it, reconcile Redis with it.",
                      no_args_is_help=True)
 app.add_typer(ledger, name="ledger")

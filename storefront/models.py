@@ -96,3 +96,42 @@ class Review(Base):
     decision: Mapped[str] = mapped_column(String(16))  # approve | reject
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Purchase(Base):
+    """An export license: a buyer bought the right to export a listing."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (UniqueConstraint("buyer_id", "listing_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    listing_id: Mapped[int] = mapped_column(ForeignKey("listings.id"))
+    price: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Export(Base):
+    __tablename__ = "exports"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    listing_version_id: Mapped[int] = mapped_column(ForeignKey("listing_versions.id"))
+    purchase_id: Mapped[str] = mapped_column(ForeignKey("purchases.id"))
+    target: Mapped[str] = mapped_column(String(20))
+    license_id: Mapped[str] = mapped_column(String(32), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    agreement: Mapped[float] = mapped_column(Float)
+    max_diff: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class KitOrder(Base):
+    __tablename__ = "kit_orders"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    export_id: Mapped[str] = mapped_column(ForeignKey("exports.id"))
+    shipping_address: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    tracking: Mapped[str] = mapped_column(String(100), default="")
+    history: Mapped[str] = mapped_column(Text, default="[]")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from export import Signer
 from metering import Flusher, Meter, Snapshot, snapshot
 from serving import Backend, make_backend
 
@@ -40,6 +41,7 @@ class Services:
     keys: KeyCache
     flusher: Flusher
     signing_key: str
+    signer: Signer | None = None  # type: ignore[assignment]
     embedded: EmbeddedRedis | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -78,6 +80,7 @@ class Services:
                             hold_timeout_s=settings.hold_timeout_s,
                             claim_idle_ms=settings.flush_claim_idle_ms),
             signing_key=settings.signing_key(), embedded=embedded,
+            signer=Signer(settings.data_dir / "keys" / "export-ed25519.pem"),
         )
         return svc
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, EmailStr, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from metering import format_usd
 from serving import Conflict, Unauthorized
 
 from ..deps import CurrentAccount, ServicesDep, SessionDep
@@ -64,6 +65,4 @@ def login(
 
 @router.get("/v1/account")
 async def me(account: CurrentAccount, svc: ServicesDep) -> dict[str, Any]:
-    from metering import format_usd
-
     return {**account_json(account), "credits": format_usd(await svc.meter.credits(account.id))}

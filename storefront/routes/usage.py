@@ -18,6 +18,8 @@ router = APIRouter(tags=["usage"])
 
 _paid = func.sum(case((UsageEvent.kind == "paid", 1), else_=0))
 _trial = func.sum(case((UsageEvent.kind == "trial", 1), else_=0))
+_exports = func.sum(case((UsageEvent.kind == "export", 1), else_=0))
+_calls = func.sum(case((UsageEvent.kind.in_(("trial", "paid")), 1), else_=0))
 
 
 @router.get("/v1/usage")
@@ -31,13 +33,13 @@ async def usage(
     def query() -> tuple[list[Any], list[Any], int]:
         with svc.sessions() as db:
             rows = db.execute(
-                select(Listing.slug, func.count(), _trial, _paid, func.sum(UsageEvent.price))
+                select(Listing.slug, _calls, _trial, _paid, func.sum(UsageEvent.price))
                 .join(Listing, Listing.id == UsageEvent.listing_id)
                 .where(UsageEvent.account_id == account.id)
                 .group_by(Listing.slug).order_by(Listing.slug)
             ).all()
             daily = db.execute(
-                select(day, Listing.slug, func.count(), _trial, _paid, func.sum(UsageEvent.price))
+                select(day, Listing.slug, _calls, _trial, _paid, func.sum(UsageEvent.price))
                 .join(Listing, Listing.id == UsageEvent.listing_id)
                 .where(UsageEvent.account_id == account.id, UsageEvent.created_at >= since)
                 .group_by(day, Listing.slug).order_by(day, Listing.slug)
@@ -45,8 +47,9 @@ async def usage(
         return rows, daily, balance(svc.engine, account.id)
 
     rows, daily, ledger_balance = await run_in_threadpool(query)
-    items = [{"slug": s, "calls": int(n), "trial_calls": int(t or 0), "paid_calls": int(p or 0),
-              "spend": format_usd(int(sp or 0))} for s, n, t, p, sp in rows]
+    items = [{"slug": s, "calls": int(n or 0), "trial_calls": int(t or 0),
+              "paid_calls": int(p or 0), "spend": format_usd(int(sp or 0))}
+             for s, n, t, p, sp in rows]
     return {
         "credits": format_usd(await svc.meter.credits(account.id)),
         "ledger_balance": format_usd(ledger_balance),
@@ -57,7 +60,7 @@ async def usage(
             "spend": format_usd(sum(int(r[4] or 0) for r in rows)),
         },
         "listings": items,
-        "days": [{"date": str(d), "slug": s, "calls": int(n), "trial_calls": int(t or 0),
+        "days": [{"date": str(d), "slug": s, "calls": int(n or 0), "trial_calls": int(t or 0),
                   "paid_calls": int(p or 0), "spend": format_usd(int(sp or 0))}
                  for d, s, n, t, p, sp in daily],
     }
@@ -66,16 +69,17 @@ async def usage(
 @router.get("/v1/seller/earnings")
 def earnings(seller: Seller, db: SessionDep) -> dict[str, Any]:
     rows = db.execute(
-        select(Listing.slug, func.count(), _trial, _paid, func.sum(UsageEvent.price),
-               func.sum(UsageEvent.seller_share), func.sum(UsageEvent.platform_fee))
+        select(Listing.slug, _calls, _trial, _paid, func.sum(UsageEvent.price),
+               func.sum(UsageEvent.seller_share), func.sum(UsageEvent.platform_fee), _exports)
         .join(Listing, Listing.id == UsageEvent.listing_id)
         .where(UsageEvent.seller_id == seller.id)
         .group_by(Listing.slug).order_by(Listing.slug)
     ).all()
     items = []
-    totals = [0, 0, 0, 0, 0, 0]
-    for slug, n, t, p, gross, share, fee in rows:
-        vals = [int(n), int(t or 0), int(p or 0), int(gross or 0), int(share or 0), int(fee or 0)]
+    totals = [0, 0, 0, 0, 0, 0, 0]
+    for slug, n, t, p, gross, share, fee, ex in rows:
+        vals = [int(n or 0), int(t or 0), int(p or 0), int(gross or 0), int(share or 0),
+                int(fee or 0), int(ex or 0)]
         totals = [a + b for a, b in zip(totals, vals, strict=True)]
         items.append(_earn(slug, vals))
     return {"total": _earn(None, totals), "listings": items}
@@ -84,5 +88,6 @@ def earnings(seller: Seller, db: SessionDep) -> dict[str, Any]:
 def _earn(slug: str | None, v: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {} if slug is None else {"slug": slug}
     out.update({"calls": v[0], "trial_calls": v[1], "paid_calls": v[2], "revenue": format_usd(v[3]),
-                "seller_share": format_usd(v[4]), "platform_fee": format_usd(v[5])})
+                "seller_share": format_usd(v[4]), "platform_fee": format_usd(v[5]),
+                "exports_sold": v[6]})
     return out

@@ -184,3 +184,36 @@ def test_restart_keeps_counters_credits_and_catalog(tmp_path):
 def test_cli_help_lists_the_verbs():
     out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "up" in out.stdout and "publish" in out.stdout
+
+
+def test_cli_export_and_verify(server, tmp_path):
+    url, data, env = server
+    c = httpx.Client(base_url=url, timeout=30)
+    c.post("/v1/accounts", json={"email": "exporter@example.com", "password": "secret-pass",
+                                 "role": "buyer"})
+    admin = c.post("/v1/auth/token", data={"username": "admin@example.com",
+                                           "password": "change-me-now"}).json()["access_token"]
+    c.post("/v1/admin/credits", headers={"Authorization": f"Bearer {admin}"},
+           json={"account_email": "exporter@example.com", "amount": "10.00"})
+    who = ["--url", url, "--email", "exporter@example.com", "--password", "secret-pass"]
+    out = subprocess.run([str(BIN), "export", "iris-species", "--target", "nano-kit", "-o",
+                          str(tmp_path / "b.zip"), *who], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1 and "no_license" in out.stderr  # not bought yet
+    tok = c.post("/v1/auth/token", data={"username": "exporter@example.com",
+                                         "password": "secret-pass"}).json()["access_token"]
+    assert c.post("/v1/models/iris-species/purchase",
+                  headers={"Authorization": f"Bearer {tok}"}).status_code == 201
+    out = subprocess.run([str(BIN), "export", "iris-species", "--target", "nano-kit", "-o",
+                          str(tmp_path / "b.zip"), *who], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ok = subprocess.run([str(BIN), "verify", str(tmp_path / "b.zip"), "--url", url], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "licensed to exporter@example.com" in ok.stdout
+    raw = bytearray((tmp_path / "b.zip").read_bytes())
+    raw[-200] ^= 0x01  # one flipped byte in the archive's tail
+    (tmp_path / "t.zip").write_bytes(bytes(raw))
+    bad = subprocess.run([str(BIN), "verify", str(tmp_path / "t.zip"), "--url", url], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr

@@ -1,0 +1,118 @@
+"""Build a signed, buyer-bound bundle: the converted model (watermarked with the license id),
+its manifest, a standalone predict.py, a README, license.json signed with the platform's key,
+an accuracy report and SHA256SUMS."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from serving import InvalidInput, Manifest, sample_inputs
+
+from . import templates
+from .signing import Signer
+from .targets import convert
+
+MIN_AGREEMENT = 0.95
+SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class Bundle:
+    data: bytes  # the zip
+    sha256: str
+    agreement: float
+    max_diff: float
+    notes: list[str]
+
+
+def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dict[str, Any],
+          signer: Signer, *, min_agreement: float = MIN_AGREEMENT) -> Bundle:
+    """Convert, check accuracy, watermark, sign and zip. Raises InvalidInput
+    (``export_accuracy``) when the converted model disagrees with the original too often."""
+    converted, notes = convert(model_bytes, target)
+    agreement, max_diff = accuracy(model_bytes, converted, manifest)
+    if agreement < min_agreement:
+        raise InvalidInput(
+            f"the {target} export agrees with the listed model on {agreement:.2%} of "
+            f"{SAMPLES} sample inputs (largest output difference {max_diff:.3g}); at least "
+            f"{min_agreement:.0%} is required", code="export_accuracy",
+            details={"agreement": agreement, "max_diff": max_diff})
+    model = onnx.load_model_from_string(converted)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "aimarket_license_id", license_info["license_id"]
+    model_bytes_out = model.SerializeToString()
+    license_body = {**license_info, "target": target,
+                    "model_sha256": hashlib.sha256(model_bytes_out).hexdigest()}
+    files: dict[str, bytes] = {
+        "model.onnx": model_bytes_out,
+        "manifest.json": manifest.model_dump_json(indent=2).encode(),
+        "predict.py": templates.PREDICT.encode(),
+        "requirements.txt": templates.REQUIREMENTS.encode(),
+        "license.json": json.dumps({"license": license_body,
+                                    "signature": signer.sign(license_body)}, indent=2).encode(),
+        "accuracy.json": json.dumps({"samples": SAMPLES, "agreement": agreement,
+                                     "max_abs_diff": max_diff}, indent=2).encode(),
+        "README.md": templates.README.format(
+            title=manifest.title, version=license_info["version"], target=target,
+            licensee=license_info["licensee"], license_id=license_info["license_id"],
+            terms=license_info["terms"], samples=SAMPLES, agreement=agreement,
+            max_diff=max_diff, notes="\n".join(f"- {n}" for n in notes)).encode(),
+    }
+    if target == "nano-kit":
+        fmt = {"title": manifest.title, "license_id": license_info["license_id"]}
+        files.update({
+            "build_engine.sh": templates.BUILD_ENGINE.encode(),
+            "Dockerfile": templates.DOCKERFILE.encode(),
+            "aimarket-model.service": templates.SERVICE.format(**fmt).encode(),
+            "run.py": templates.RUNNER.encode(),
+        })
+    files["SHA256SUMS"] = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
+    ).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    data = buf.getvalue()
+    return Bundle(data, hashlib.sha256(data).hexdigest(), agreement, max_diff, notes)
+
+
+def accuracy(original: bytes, converted: bytes, manifest: Manifest) -> tuple[float, float]:
+    """(share of sample inputs on which both models give the same answer, largest absolute
+    difference of any float output)."""
+    feeds = sample_inputs(manifest, batch=SAMPLES, seed=7)
+    for name, arr in feeds.items():  # spread samples over a realistic range
+        if arr.dtype.kind == "f":
+            feeds[name] = (arr * 16).astype(arr.dtype)
+    a, b = _run(original, feeds), _run(converted, feeds)
+    max_diff = max((float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
+                    for k in a if a[k].dtype.kind == "f" and k in b), default=0.0)
+    if manifest.task in ("image-classification", "tabular-classification"):
+        same = _labels(a, manifest) == _labels(b, manifest)
+    else:
+        first = manifest.outputs[0].name
+        same = np.isclose(a[first], b[first], rtol=1e-2, atol=1e-2).reshape(SAMPLES, -1).all(1)
+    return float(np.mean(same)), max_diff
+
+
+def _run(model: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, feeds), strict=True))
+
+
+def _labels(out: dict[str, np.ndarray], manifest: Manifest) -> np.ndarray:
+    for t in manifest.outputs:
+        if np.dtype(t.dtype).kind in "iu":
+            return np.asarray(out[t.name]).reshape(-1)
+    probs = next(out[t.name] for t in manifest.outputs if len(t.shape) == 2)
+    return np.argmax(probs, axis=1)

@@ -1,0 +1,148 @@
+"""Files written into every bundle (and the Nano Kit extras)."""
+
+PREDICT = r'''#!/usr/bin/env python3
+"""Run this model locally. Needs only onnxruntime and numpy (pip install -r requirements.txt).
+
+    python predict.py input.json
+
+input.json holds {"rows": [...]} (tabular: objects keyed by feature name, or value lists) or
+{"inputs": {"<input name>": nested lists}} (any task; image tasks take preprocessed pixels).
+"""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+MANIFEST = json.loads((HERE / "manifest.json").read_text())
+
+
+def session():
+    wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    available = ort.get_available_providers()
+    return ort.InferenceSession(str(HERE / "model.onnx"),
+                                providers=[p for p in wanted if p in available])
+
+
+def feeds(payload):
+    spec = MANIFEST["inputs"][0]
+    if "rows" in payload:
+        names = MANIFEST.get("feature_names") or []
+        rows = [[r[n] for n in names] if isinstance(r, dict) else r for r in payload["rows"]]
+        return {spec["name"]: np.asarray(rows, dtype=spec["dtype"])}
+    return {t["name"]: np.asarray(payload["inputs"][t["name"]], dtype=t["dtype"])
+            for t in MANIFEST["inputs"]}
+
+
+def predict(payload, sess=None):
+    sess = sess or session()
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feeds(payload))))
+    labels = MANIFEST.get("labels") or []
+    if MANIFEST["task"] == "tabular-regression":
+        first = out[MANIFEST["outputs"][0]["name"]]
+        return [{"value": float(v)} for v in np.asarray(first).reshape(-1)]
+    if MANIFEST["task"] == "tensor":
+        return [{k: np.asarray(v).tolist() for k, v in out.items()}]
+    label_out = next((out[o["name"]] for o in MANIFEST["outputs"]
+                      if o["dtype"].startswith(("int", "uint"))), None)
+    probs = next((out[o["name"]] for o in MANIFEST["outputs"]
+                  if o["dtype"].startswith("float") and len(o["shape"]) == 2), None)
+    idx = label_out if label_out is not None else np.argmax(probs, axis=1)
+    return [{"label": labels[int(i)] if 0 <= int(i) < len(labels) else str(int(i))}
+            for i in np.asarray(idx).reshape(-1)]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(json.dumps({"predictions": predict(json.loads(Path(sys.argv[1]).read_text()))}))
+'''
+
+README = """# {title} — version {version}, target {target}
+
+Licensed to **{licensee}** (license `{license_id}`, terms: {terms}). The license id is also
+written into the model's metadata (`aimarket_license_id`); `license.json` is signed by the
+marketplace (Ed25519). Check the bundle with `aimarket verify <bundle.zip>`.
+
+Run it:
+
+    pip install -r requirements.txt
+    python predict.py input.json
+
+Accuracy against the listed model on {samples} sample inputs: agreement {agreement:.4f},
+largest output difference {max_diff:.3g}.
+{notes}
+"""
+
+REQUIREMENTS = "onnxruntime>=1.16\nnumpy>=1.24\n"
+
+BUILD_ENGINE = """#!/bin/sh
+# Build a TensorRT engine for this Jetson Nano (JetPack 4.6, TensorRT 8.2) from model.onnx.
+set -e
+cd "$(dirname "$0")"
+/usr/src/tensorrt/bin/trtexec --onnx=model.onnx --saveEngine=model.plan --fp16 \\
+  --workspace=1024 --verbose > build_engine.log 2>&1 || {
+  echo "trtexec could not build an engine; run.py will use onnxruntime" >&2; exit 0; }
+echo "engine written to model.plan"
+"""
+
+DOCKERFILE = """# Runtime image for the Nano Kit: L4T ML (JetPack 4.6.1, TensorRT 8.2, CUDA 10.2)
+FROM nvcr.io/nvidia/l4t-ml:r32.7.1-py3
+WORKDIR /opt/aimarket-model
+COPY . .
+RUN pip3 install --no-cache-dir -r requirements.txt && sh build_engine.sh
+EXPOSE 8080
+CMD ["python3", "run.py", "--port", "8080"]
+"""
+
+SERVICE = """[Unit]
+Description=aimarket model {title} (license {license_id})
+After=network-online.target
+
+[Service]
+WorkingDirectory=/opt/aimarket-model
+ExecStart=/usr/bin/python3 /opt/aimarket-model/run.py --port 8080
+Restart=on-failure
+User=aimarket
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+RUNNER = r'''#!/usr/bin/env python3
+"""Serve the model on the kit: POST /predict with the same JSON as predict.py takes."""
+import argparse
+import json
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from predict import predict, session
+
+SESSION = session()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        if self.path != "/predict":
+            self.send_error(404)
+            return
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            reply, status = {"predictions": predict(body, SESSION)}, 200
+        except Exception as exc:  # bad input: say what, keep serving
+            reply, status = {"error": {"code": "invalid_input", "message": str(exc)}}, 422
+        data = json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=8080)
+    ThreadingHTTPServer(("0.0.0.0", ap.parse_args().port), Handler).serve_forever()
+'''

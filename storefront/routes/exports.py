@@ -1,0 +1,251 @@
+"""Export licenses (purchase), signed bundles, the public key, and Nano Kit orders."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse
+
+from export import TARGETS, build
+from metering import Event, format_usd, split, write_events
+from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
+
+from ..deps import Admin, Buyer, ServicesDep, SessionDep
+from ..models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
+from ..registry import model_path
+
+router = APIRouter(tags=["exports"])
+KIT_STATES = ("pending", "flashed", "shipped", "delivered")
+
+
+def _listing(db: Any, slug: str) -> tuple[Listing, ListingVersion]:
+    row = db.execute(
+        select(Listing, ListingVersion)
+        .join(ListingVersion, ListingVersion.listing_id == Listing.id)
+        .where(Listing.slug == slug, Listing.status == "listed", ListingVersion.status == "live")
+        .order_by(ListingVersion.version.desc()).limit(1)
+    ).first()
+    if row is None:
+        raise NotFound(f"no listed model '{slug}'", code="model_not_found")
+    return row[0], row[1]
+
+
+@router.post("/v1/models/{slug}/purchase", status_code=201)
+async def purchase(slug: str, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
+    """Buy the export license of a listing from prepaid credit; the seller earns the price
+    minus the platform fee in the same ledger as per-call revenue."""
+    with svc.sessions() as db:
+        listing, lv = await run_in_threadpool(_listing, db, slug)
+        owned = db.execute(select(Purchase).where(Purchase.buyer_id == buyer.id,
+                                                  Purchase.listing_id == listing.id)
+                           ).scalar_one_or_none()
+        if owned is not None:
+            raise Conflict(f"you already hold the export license of '{slug}'",
+                           code="already_purchased", details={"purchase_id": owned.id})
+        if lv.export_price is None:
+            raise Conflict(f"'{slug}' is not offered for export", code="not_exportable")
+        price = lv.export_price
+        ok, balance = await svc.meter.charge(buyer.id, price)
+        if not ok:
+            raise PaymentRequired(
+                f"the export license costs {format_usd(price)} USD and your credits are "
+                f"{format_usd(balance)} USD", code="insufficient_credits",
+                details={"price": format_usd(price), "credits": format_usd(balance)})
+        pid = uuid.uuid4().hex
+        share, fee = split(price, svc.settings.platform_fee_bps)
+        try:
+            db.add(Purchase(id=pid, buyer_id=buyer.id, listing_id=listing.id, price=price))
+            await run_in_threadpool(db.commit)
+            event = Event(id=f"purchase-{pid}", account_id=buyer.id, api_key_id=None,
+                          listing_id=listing.id, listing_version_id=lv.id,
+                          seller_id=listing.seller_id, kind="export", price=price,
+                          seller_share=share, platform_fee=fee, latency_us=0,
+                          ts_ms=int(time.time() * 1000))
+            await run_in_threadpool(write_events, svc.engine, [event])
+        except Exception:
+            await svc.meter.refund(buyer.id, price)
+            raise
+    return {"purchase_id": pid, "slug": slug, "price": format_usd(price),
+            "credits": format_usd(balance)}
+
+
+class ExportRequest(BaseModel):
+    slug: str = Field(max_length=80)
+    version: int | None = Field(None, ge=1)
+    target: Literal["onnx", "onnx-int8", "onnx-fp16", "nano-kit"]
+
+
+def _export_json(e: Export, slug: str, version: int) -> dict[str, Any]:
+    return {"id": e.id, "slug": slug, "version": version, "target": e.target,
+            "license_id": e.license_id, "sha256": e.sha256, "size_bytes": e.size_bytes,
+            "agreement": e.agreement, "max_diff": e.max_diff,
+            "created_at": e.created_at.isoformat(), "download": f"/v1/exports/{e.id}/download"}
+
+
+@router.post("/v1/exports", status_code=201)
+def create_export(body: ExportRequest, buyer: Buyer, db: SessionDep,
+                  svc: ServicesDep) -> dict[str, Any]:
+    listing, lv = _listing(db, body.slug)
+    if body.version is not None:
+        lv = db.execute(select(ListingVersion).where(
+            ListingVersion.listing_id == listing.id, ListingVersion.version == body.version,
+            ListingVersion.status == "live")).scalar_one_or_none()
+        if lv is None:
+            raise NotFound(f"'{body.slug}' has no live version {body.version}",
+                           code="version_not_found")
+    license_ = db.execute(select(Purchase).where(Purchase.buyer_id == buyer.id,
+                                                 Purchase.listing_id == listing.id)
+                          ).scalar_one_or_none()
+    if license_ is None:
+        raise Forbidden(f"buy the export license first: POST /v1/models/{body.slug}/purchase",
+                        code="no_license")
+    eid, license_id = uuid.uuid4().hex, uuid.uuid4().hex
+    info = {"license_id": license_id, "licensee": buyer.email, "listing": listing.slug,
+            "version": lv.version, "seller": listing.seller_id, "terms": lv.license or "see seller",
+            "issued_at": datetime.now(UTC).isoformat(), "purchase_id": license_.id}
+    bundle = build(model_path(svc.settings.data_dir, lv.model_sha256).read_bytes(),
+                   Manifest.model_validate_json(lv.manifest_json), body.target, info,
+                   svc.signer)
+    path = _bundle_path(svc, eid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bundle.data)
+    record = Export(id=eid, buyer_id=buyer.id, listing_version_id=lv.id, purchase_id=license_.id,
+                    target=body.target, license_id=license_id, sha256=bundle.sha256,
+                    size_bytes=len(bundle.data), agreement=bundle.agreement,
+                    max_diff=bundle.max_diff)
+    db.add(record)
+    db.commit()
+    return {**_export_json(record, listing.slug, lv.version), "notes": bundle.notes}
+
+
+def _bundle_path(svc: Any, eid: str) -> Any:
+    return svc.settings.data_dir / "exports" / f"{eid}.zip"
+
+
+@router.get("/v1/exports/public-key")
+def public_key(svc: ServicesDep) -> dict[str, str]:
+    """The key that signs every bundle's license.json (Ed25519, PEM)."""
+    return {"algorithm": "Ed25519", "public_key_pem": svc.signer.public_pem()}
+
+
+def _owned_export(db: Any, export_id: str, account: Account) -> tuple[Export, str, int]:
+    row = db.execute(
+        select(Export, Listing.slug, ListingVersion.version)
+        .join(ListingVersion, ListingVersion.id == Export.listing_version_id)
+        .join(Listing, Listing.id == ListingVersion.listing_id).where(Export.id == export_id)
+    ).first()
+    if row is None or (row[0].buyer_id != account.id and account.role != "admin"):
+        raise NotFound(f"no export '{export_id}'", code="export_not_found")
+    return row[0], row[1], row[2]
+
+
+@router.get("/v1/exports")
+def my_exports(buyer: Buyer, db: SessionDep) -> dict[str, Any]:
+    rows = db.execute(
+        select(Export, Listing.slug, ListingVersion.version)
+        .join(ListingVersion, ListingVersion.id == Export.listing_version_id)
+        .join(Listing, Listing.id == ListingVersion.listing_id)
+        .where(Export.buyer_id == buyer.id).order_by(Export.created_at.desc())
+    ).all()
+    return {"items": [_export_json(e, s, v) for e, s, v in rows]}
+
+
+@router.get("/v1/exports/{export_id}")
+def get_export(export_id: str, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
+    return _export_json(*_owned_export(db, export_id, buyer))
+
+
+@router.get("/v1/exports/{export_id}/download")
+def download(export_id: str, buyer: Buyer, db: SessionDep, svc: ServicesDep) -> FileResponse:
+    record, slug, version = _owned_export(db, export_id, buyer)
+    return FileResponse(_bundle_path(svc, record.id), media_type="application/zip",
+                        filename=f"{slug}-v{version}-{record.target}.zip")
+
+
+class Address(BaseModel):
+    name: str = Field(min_length=1, max_length=120)
+    line1: str = Field(min_length=1, max_length=200)
+    line2: str = Field("", max_length=200)
+    city: str = Field(min_length=1, max_length=100)
+    postal_code: str = Field(min_length=1, max_length=20)
+    country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2")
+
+
+class KitOrderRequest(BaseModel):
+    export_id: str = Field(max_length=32)
+    shipping_address: Address
+
+
+def _order_json(o: KitOrder) -> dict[str, Any]:
+    return {"id": o.id, "export_id": o.export_id, "state": o.state, "tracking": o.tracking,
+            "shipping_address": json.loads(o.shipping_address),
+            "history": json.loads(o.history), "created_at": o.created_at.isoformat()}
+
+
+@router.post("/v1/kit-orders", status_code=201)
+def order_kit(body: KitOrderRequest, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
+    record, _, _ = _owned_export(db, body.export_id, buyer)
+    if record.target != "nano-kit":
+        raise InvalidInput("a Nano Kit is pre-loaded with a nano-kit export; create one with "
+                           "target 'nano-kit'", code="wrong_target")
+    now = datetime.now(UTC).isoformat()
+    order = KitOrder(buyer_id=buyer.id, export_id=record.id, state="pending",
+                     shipping_address=body.shipping_address.model_dump_json(),
+                     history=json.dumps([{"state": "pending", "at": now}]))
+    db.add(order)
+    db.commit()
+    return _order_json(order)
+
+
+@router.get("/v1/kit-orders")
+def kit_orders(buyer: Buyer, db: SessionDep) -> dict[str, Any]:
+    q = select(KitOrder).order_by(KitOrder.id.desc())
+    if buyer.role != "admin":
+        q = q.where(KitOrder.buyer_id == buyer.id)
+    return {"items": [_order_json(o) for o in db.execute(q).scalars()]}
+
+
+@router.get("/v1/kit-orders/{order_id}")
+def kit_order(order_id: int, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
+    order = db.get(KitOrder, order_id)
+    if order is None or (order.buyer_id != buyer.id and buyer.role != "admin"):
+        raise NotFound(f"no kit order {order_id}", code="kit_order_not_found")
+    return _order_json(order)
+
+
+class Advance(BaseModel):
+    state: Literal["flashed", "shipped", "delivered"]
+    tracking: str | None = Field(None, max_length=100)
+
+
+@router.post("/v1/admin/kit-orders/{order_id}/advance")
+def advance(order_id: int, body: Advance, admin: Admin, db: SessionDep) -> dict[str, Any]:
+    order = db.get(KitOrder, order_id)
+    if order is None:
+        raise NotFound(f"no kit order {order_id}", code="kit_order_not_found")
+    expected = KIT_STATES[KIT_STATES.index(order.state) + 1] if order.state != "delivered" \
+        else None
+    if body.state != expected:
+        raise Conflict(f"order {order_id} is {order.state}; it can only move to "
+                       f"{expected or 'nothing (delivered)'}", code="invalid_transition")
+    if body.state == "shipped" and not body.tracking:
+        raise InvalidInput("shipping needs a tracking reference", code="tracking_required")
+    order.state = body.state
+    if body.tracking:
+        order.tracking = body.tracking
+    order.history = json.dumps([*json.loads(order.history), {
+        "state": body.state, "at": datetime.now(UTC).isoformat(), "by": admin.email,
+        **({"tracking": body.tracking} if body.tracking else {})}])
+    db.commit()
+    return _order_json(order)
+
+
+__all__ = ["TARGETS", "router"]
