@@ -44,9 +44,18 @@ def test_no_license_no_export_and_purchases_are_paid_once(client, licensed):
 
 
 def test_the_seller_earns_the_export_in_the_same_ledger(client, licensed):
-    client.app.state.services.flusher.drain()
+    from sqlalchemy import text
+
+    svc = client.app.state.services
+    svc.flusher.drain()
     usage = client.get("/v1/usage", headers=bearer(licensed[1])).json()
     assert usage["ledger_balance"] == "45.00"
+    me = client.get("/v1/account", headers=bearer(licensed[1])).json()
+    with svc.engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT price, seller_share, platform_fee FROM usage_events "
+            "WHERE kind = 'export' AND account_id = :a"), {"a": me["id"]}).one()
+    assert row == (5_000_000, 4_000_000, 1_000_000)  # 20% platform fee, exact
 
 
 @pytest.mark.parametrize("target", ["onnx", "onnx-fp16", "nano-kit"])
