@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.seed_demo:
                 await run_in_threadpool(seed_demo, svc)
             if settings.run_flusher:
-                svc.start_flusher()
+                svc.start_flusher(svc.redis_url)
             # Start-up objects (libraries, demo training) never die: keep them out of the
             # cyclic GC, whose full passes over them paused paid calls for ~120 ms.
             gc.collect()

@@ -192,7 +192,10 @@ app.add_typer(ledger, name="ledger")
 
 
 @ledger.command("flush")
-def ledger_flush() -> None:
+def ledger_flush(
+    parent_pid: Annotated[int | None, typer.Option(help="Stop when this process is gone")]
+    = None,
+) -> None:
     """Run a ledger flusher until stopped (SIGTERM/SIGINT); several may run at once."""
     import signal
     import threading
@@ -205,6 +208,14 @@ def ledger_flush() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if parent_pid is not None:  # an app's child: never outlive the app, even a killed one
+
+        def watch() -> None:
+            while not stop.wait(1.0):
+                if os.getppid() != parent_pid:
+                    stop.set()
+
+        threading.Thread(target=watch, daemon=True).start()
     with ledger_parts(settings) as (_, _, flusher):
         typer.echo(f"flushing {flusher.stream} into the ledger as {flusher.consumer}")
         flusher.run(stop, block_ms=settings.flush_interval_ms)
@@ -244,3 +255,7 @@ def ledger_reconcile(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     run_flusher: bool = Field(
         True, description="Run the ledger flusher inside the app (else: aimarket ledger flush)"
     )
+    flusher_process: bool = Field(
+        True, description="Run the in-app flusher as a child process (else a thread)"
+    )
     flush_claim_idle_ms: int = Field(
         30_000, ge=100, description="Reclaim events a dead flusher left pending after this (ms)"
     )
@@ -69,6 +72,18 @@ class Settings(BaseSettings):
         if url.startswith("postgresql://") or url.startswith("postgres://"):
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as AIMARKET_* environment variables, for a child process."""
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            out[f"AIMARKET_{name.upper()}"] = str(value).lower() if isinstance(value, bool) \
+                else str(value)
+        return out
 
     def signing_key(self) -> str:
         """The token signing key: configured, or created once in the data dir."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -45,6 +48,8 @@ class Services:
     embedded: EmbeddedRedis | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _child: subprocess.Popen[bytes] | None = None
+    redis_url: str = ""
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -80,11 +85,19 @@ class Services:
                             hold_timeout_s=settings.hold_timeout_s,
                             claim_idle_ms=settings.flush_claim_idle_ms),
             signing_key=settings.signing_key(), embedded=embedded,
-            signer=Signer(settings.data_dir / "keys" / "export-ed25519.pem"),
+            signer=Signer(settings.data_dir / "keys" / "export-ed25519.pem"), redis_url=url,
         )
         return svc
 
-    def start_flusher(self) -> None:
+    def start_flusher(self, redis_url: str) -> None:
+        """Run the ledger flusher in a child process (off this process's GIL and event loop)
+        or, with ``flusher_process`` off, in a thread."""
+        if self.settings.flusher_process:
+            env = {**os.environ, **self.settings.as_env(), "AIMARKET_REDIS_URL": redis_url}
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "storefront.cli", "ledger", "flush",
+                 "--parent-pid", str(os.getpid())], env=env)
+            return
         self._thread = threading.Thread(
             target=self.flusher.run, args=(self._stop,),
             kwargs={"block_ms": self.settings.flush_interval_ms}, name="ledger-flusher",
@@ -94,8 +107,12 @@ class Services:
 
     async def close(self) -> None:
         self._stop.set()
+        if self._child is not None:
+            self._child.terminate()
+            await asyncio.to_thread(self._child.wait, 15)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5)
+        if self._thread is not None or self._child is not None:
             # A last flush so a clean stop leaves nothing behind in Redis.
             try:
                 await asyncio.to_thread(self.flusher.drain)

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
-from export import TARGETS, build
+from export import build
 from metering import Event, format_usd, split, write_events
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
@@ -248,4 +248,3 @@ def advance(order_id: int, body: Advance, admin: Admin, db: SessionDep) -> dict[
     return _order_json(order)
 
 
-__all__ = ["TARGETS", "router"]

@@ -8,6 +8,7 @@ each started here with ``appendfsync always`` so it can be killed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -78,7 +79,8 @@ def test_exactly_once_through_redis_and_flusher_crashes(server, tmp_path):
 
 def _scenario(url: str, env: dict[str, str], red: KillableRedis, data: Path) -> None:
     def flusher() -> subprocess.Popen:
-        proc = subprocess.Popen([str(BIN), "ledger", "flush"], env=env, text=True,
+        proc = subprocess.Popen([str(BIN), "ledger", "flush", "--parent-pid",
+                                 str(os.getpid())], env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert proc.stdout is not None and "flushing" in proc.stdout.readline()  # ready
         return proc
