@@ -258,3 +258,17 @@ def test_junk_never_gives_500(client, blob):
     _, seller = signup(client, "seller")
     r = post(client, seller, blob, manifest())
     assert 400 <= r.status_code < 500 and "error" in r.json()
+
+
+def test_a_requantized_copy_is_flagged(client):
+    from export.targets import convert
+    from storefront.demo import digits
+
+    data, man = digits()
+    int8, _ = convert(data, "onnx-int8")  # the digits model, weights re-quantized to int8
+    _, thief = signup(client, "seller")
+    r = post(client, thief, int8, {**man, "title": "Quantized digits"})
+    assert r.status_code == 201, r.text
+    flag = next(f for f in r.json()["findings"] if f["code"] == "possible_copy")
+    assert flag["evidence"]["listing"] == "handwritten-digits"
+    assert not flag["evidence"]["identical"]
