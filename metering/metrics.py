@@ -1,6 +1,10 @@
 """Prometheus metrics for paid calls and the ledger flush."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 CALLS = Counter("aimarket_calls_total", "Answered calls", ["listing", "kind"])
 LATENCY = Histogram(
@@ -15,4 +19,28 @@ REJECTIONS = Counter(
 RELEASED = Counter("aimarket_reservations_released_total", "Reservations given back",
                    ["why"])  # failed (the call failed) | swept (its worker died)
 FLUSH_LAG = Gauge("aimarket_ledger_flush_lag_events", "Usage events not yet in the ledger")
-EVENTS_FLUSHED = Counter("aimarket_ledger_events_flushed_total", "Usage events written to SQL")
+
+
+class _Flushed:
+    """Usage events written to the ledger, counted in Redis by every flusher (they may run in
+    other processes), read at scrape time by ``refresh``."""
+
+    value = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily("aimarket_ledger_events_flushed",
+                                  "Usage events written to the SQL ledger", value=self.value)
+
+
+EVENTS_FLUSHED = _Flushed()
+REGISTRY.register(EVENTS_FLUSHED)  # type: ignore[arg-type]
+
+
+def flushed_key(namespace: str) -> str:
+    return f"{namespace}flushed"
+
+
+async def refresh(client: Any, namespace: str) -> None:
+    """Read what the flushers report (lag, events written) before a scrape."""
+    FLUSH_LAG.set(await client.xlen(f"{namespace}usage"))
+    EVENTS_FLUSHED.value = int(await client.get(flushed_key(namespace)) or 0)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis.exceptions
 from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+
+from metering.metrics import refresh
 
 from . import demo, errors, gateway
 from .config import Settings
@@ -87,7 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "backend": svc.backend.name}
 
     @app.get("/metrics", tags=["ops"])
-    def metrics() -> Response:
+    async def metrics() -> Response:
+        svc: Services = app.state.services
+        with contextlib.suppress(redis.exceptions.RedisError):  # scrape what we have
+            await refresh(svc.redis, svc.settings.redis_namespace)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -366,5 +366,13 @@ def test_credit_grants_are_admin_only_and_validated(client):
 
 def test_metrics_and_health(client):
     assert client.get("/healthz").json()["status"] == "ok"
+    _, buyer = signup(client, "buyer")
+    key = new_key(client, buyer)
+    client.post("/v2/models/handwritten-digits/infer", json=v2_body(), headers=bearer(key))
+    client.app.state.services.flusher.drain()
     text = client.get("/metrics").text
     assert "aimarket_calls_total" in text and "aimarket_call_latency_seconds" in text
+    assert "aimarket_ledger_flush_lag_events 0.0" in text
+    flushed = next(line for line in text.splitlines()
+                   if line.startswith("aimarket_ledger_events_flushed_total "))
+    assert float(flushed.split()[1]) >= 1  # counted by flushers in other processes too
