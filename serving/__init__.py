@@ -18,7 +18,7 @@ from .errors import (
 )
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
-from .runtime import ModelReport, inspect_model, sample_inputs
+from .runtime import sample_inputs
 from .tasks import postprocess, prepare
 
 
@@ -31,8 +31,8 @@ def make_backend(name: str, *, inline_us: int = 0) -> Backend:
 
 __all__ = [
     "AimarketError", "Backend", "BadRequest", "Conflict", "Forbidden", "InferenceFailed",
-    "InvalidInput", "LocalBackend", "Manifest", "ModelRef", "ModelReport", "NotFound",
+    "InvalidInput", "LocalBackend", "Manifest", "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "TensorSpec", "TooManyRequests",
-    "Unauthorized", "decode_v2_request", "encode_v2_response", "inspect_model", "make_backend",
+    "Unauthorized", "decode_v2_request", "encode_v2_response", "make_backend",
     "parse_manifest", "postprocess", "prepare", "sample_inputs",
 ]

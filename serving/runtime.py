@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,7 +9,6 @@ from onnx import TensorProto
 
 from .errors import InvalidInput
 from .manifest import Manifest
-from .sniff import refuse_non_onnx
 
 ONNX_TO_NP: dict[int, str] = {
     TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.FLOAT16: "float16",
@@ -38,64 +33,6 @@ def new_session(model: bytes | str, *, threads: int = 1) -> ort.InferenceSession
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return ort.InferenceSession(model, sess_options=opts, providers=providers())
-
-
-@dataclass(frozen=True)
-class ModelReport:
-    """What the automated checks found out about an accepted model."""
-
-    opset: int
-    latency_us: int  # median of a batch-1 smoke inference
-    size_bytes: int
-
-
-def inspect_model(data: bytes, manifest: Manifest, *, runs: int = 20) -> ModelReport:
-    """Check an ONNX file against its manifest and run it once on generated input.
-
-    Raises InvalidInput (code ``invalid_model``) naming what is wrong.
-    """
-    refuse_non_onnx(data)
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf raises DecodeError and others
-        raise InvalidInput("file is not a valid ONNX model", code="invalid_model") from exc
-    if not model.graph.node and not model.graph.output:
-        raise InvalidInput("file is not a valid ONNX model (empty graph)", code="invalid_model")
-    for init in model.graph.initializer:
-        if init.data_location == TensorProto.EXTERNAL:
-            raise InvalidInput(
-                "models with external data are not accepted; embed the weights",
-                code="invalid_model",
-            )
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise InvalidInput(
-            f"opset {opset} is outside the supported range {MIN_OPSET}-{MAX_OPSET}",
-            code="invalid_model",
-        )
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise InvalidInput(f"ONNX checker refused the model: {exc}", code="invalid_model") from exc
-    match_io(model, manifest)
-    try:
-        sess = new_session(data)
-    except Exception as exc:
-        raise InvalidInput(
-            f"onnxruntime cannot load the model: {exc}", code="invalid_model"
-        ) from exc
-    feeds = sample_inputs(manifest, batch=1)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        try:
-            sess.run(None, feeds)
-        except Exception as exc:
-            raise InvalidInput(
-                f"smoke inference failed on generated input: {exc}", code="invalid_model"
-            ) from exc
-        times.append(time.perf_counter() - t0)
-    return ModelReport(opset, int(statistics.median(times) * 1e6), len(data))
 
 
 def sample_inputs(manifest: Manifest, *, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -75,6 +76,8 @@ def publish(
     password: Annotated[str | None, typer.Option(envvar="AIMARKET_PASSWORD")] = None,
 ) -> None:
     """Upload a model with its manifest for review (over HTTP, as a seller)."""
+    if not attest and sys.stdin.isatty():
+        attest = typer.confirm("Do you hold the rights to publish this model?")
     with httpx.Client(base_url=url, timeout=300) as client:
         bearer = _token(client, token, email, password)
         with model.open("rb") as f:
