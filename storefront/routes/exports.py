@@ -11,6 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
@@ -53,28 +54,53 @@ async def purchase(slug: str, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
         if lv.export_price is None:
             raise Conflict(f"'{slug}' is not offered for export", code="not_exportable")
         price = lv.export_price
-        ok, balance = await svc.meter.charge(buyer.id, price)
+        pid = uuid.uuid4().hex
+        # The license row comes first: its unique (buyer, listing) makes concurrent purchases
+        # of one license collide here, before anything is charged.
+        db.add(Purchase(id=pid, buyer_id=buyer.id, listing_id=listing.id, price=price))
+        try:
+            await run_in_threadpool(db.commit)
+        except IntegrityError as exc:
+            db.rollback()
+            raise Conflict(f"you already hold the export license of '{slug}'",
+                           code="already_purchased") from exc
+
+        async def undo() -> None:
+            await run_in_threadpool(_delete_purchase, svc, pid)
+
+        try:
+            ok, balance = await svc.meter.charge(buyer.id, price)
+        except BaseException:  # Redis unavailable: no charge, so no license
+            await undo()
+            raise
         if not ok:
+            await undo()
             raise PaymentRequired(
                 f"the export license costs {format_usd(price)} USD and your credits are "
                 f"{format_usd(balance)} USD", code="insufficient_credits",
                 details={"price": format_usd(price), "credits": format_usd(balance)})
-        pid = uuid.uuid4().hex
         share, fee = split(price, svc.settings.platform_fee_bps)
+        event = Event(id=f"purchase-{pid}", account_id=buyer.id, api_key_id=None,
+                      listing_id=listing.id, listing_version_id=lv.id,
+                      seller_id=listing.seller_id, kind="export", price=price,
+                      seller_share=share, platform_fee=fee, latency_us=0,
+                      ts_ms=int(time.time() * 1000))
         try:
-            db.add(Purchase(id=pid, buyer_id=buyer.id, listing_id=listing.id, price=price))
-            await run_in_threadpool(db.commit)
-            event = Event(id=f"purchase-{pid}", account_id=buyer.id, api_key_id=None,
-                          listing_id=listing.id, listing_version_id=lv.id,
-                          seller_id=listing.seller_id, kind="export", price=price,
-                          seller_share=share, platform_fee=fee, latency_us=0,
-                          ts_ms=int(time.time() * 1000))
             await run_in_threadpool(write_events, svc.engine, [event])
         except Exception:
             await svc.meter.refund(buyer.id, price)
+            await undo()
             raise
     return {"purchase_id": pid, "slug": slug, "price": format_usd(price),
             "credits": format_usd(balance)}
+
+
+def _delete_purchase(svc: Any, pid: str) -> None:
+    with svc.sessions() as db:
+        purchase = db.get(Purchase, pid)
+        if purchase is not None:
+            db.delete(purchase)
+            db.commit()
 
 
 class ExportRequest(BaseModel):

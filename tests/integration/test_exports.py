@@ -164,3 +164,23 @@ def test_kit_order_moves_through_its_states(client, licensed):
 def test_verify_refuses_junk():
     with pytest.raises(VerifyError):
         verify(b"not a zip", "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n")
+
+
+def test_concurrent_purchases_charge_once(client):
+    from concurrent.futures import ThreadPoolExecutor
+
+    email, token = signup(client, "buyer")
+    grant(client, email, "20.00")
+
+    def buy(_):
+        return client.post("/v1/models/wine-cultivar/purchase", headers=bearer(token))
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = sorted(r.status_code for r in pool.map(buy, range(6)))
+    assert codes == [201] + [409] * 5
+    assert client.get("/v1/account", headers=bearer(token)).json()["credits"] == "12.00"
+    _, broke = signup(client, "buyer")  # a refused payment leaves no license behind
+    assert client.post("/v1/models/wine-cultivar/purchase",
+                       headers=bearer(broke)).status_code == 402
+    assert client.post("/v1/exports", headers=bearer(broke),
+                       json={"slug": "wine-cultivar", "target": "onnx"}).status_code == 403
