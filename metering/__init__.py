@@ -13,12 +13,12 @@ from .ledger import (
     utcnow,
     write_events,
 )
-from .meter import PAID, REFUSALS, TRIAL, UNAVAILABLE, CallSpec, Meter, Reservation, Snapshot
+from .meter import PAID, REFUSALS, TRIAL, CallSpec, Meter, Reservation, Snapshot
 from .money import MoneyError, format_usd, split, to_micro
 from .reconcile import Drift, reconcile
 
 __all__ = [
-    "PAID", "REFUSALS", "TRIAL", "UNAVAILABLE", "Base", "CallSpec", "CreditEntry", "Drift", "Event",
+    "PAID", "REFUSALS", "TRIAL", "Base", "CallSpec", "CreditEntry", "Drift", "Event",
     "Flusher", "Meter", "MoneyError", "Reservation", "Snapshot", "UsageEvent", "add_credit",
     "balance", "format_usd", "metrics", "reconcile", "snapshot", "split", "to_micro", "utcnow",
     "write_events",

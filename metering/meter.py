@@ -14,9 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import scripts
 from .autopipe import AutoPipeline
@@ -244,6 +242,3 @@ class Meter:
         allowed, left = await self._demo([key], [limit_per_day])  # type: ignore[misc]
         return bool(allowed), int(left)
 
-
-# What a caller sees when Redis cannot be reached (a call then fails closed).
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)

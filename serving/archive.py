@@ -39,6 +39,12 @@ def extract(data: bytes, dest: Path, *, max_bytes: int) -> list[Path]:
     return _extract_tar(data, dest, max_bytes)
 
 
+def _check_count(n: int) -> None:
+    if n > MAX_FILES:
+        raise InvalidInput(f"archive holds {n} entries; at most {MAX_FILES}",
+                           code="archive_too_many_files")
+
+
 def _write(dest: Path, name: PurePosixPath, stream: io.BufferedIOBase | None, limit: int,
            declared: int, compressed: int) -> int:
     if declared > limit:
@@ -69,9 +75,7 @@ def _extract_zip(data: bytes, dest: Path, max_bytes: int) -> list[Path]:
     except (zipfile.BadZipFile, ValueError) as exc:
         raise InvalidInput("the zip archive is corrupt", code="invalid_archive") from exc
     files = [m for m in members if not m.is_dir()]
-    if len(files) > MAX_FILES:
-        raise InvalidInput(f"archive holds {len(files)} files; at most {MAX_FILES}",
-                           code="archive_too_many_files")
+    _check_count(len(files))
     budget, out = max_bytes, []
     for m in files:
         name = _safe_name(m.filename)
@@ -90,9 +94,7 @@ def _extract_tar(data: bytes, dest: Path, max_bytes: int) -> list[Path]:
         members = tf.getmembers()
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise InvalidInput("the tar archive is corrupt", code="invalid_archive") from exc
-    if len(members) > MAX_FILES:
-        raise InvalidInput(f"archive holds {len(members)} entries; at most {MAX_FILES}",
-                           code="archive_too_many_files")
+    _check_count(len(members))
     budget, out = max_bytes, []
     for m in members:
         name = _safe_name(m.name)

@@ -31,13 +31,6 @@ class AimarketError(Exception):
         self.details = details
         self.headers = headers or {}
 
-    def envelope(self) -> dict[str, Any]:
-        """The JSON error envelope for this error."""
-        body: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details is not None:
-            body["details"] = self.details
-        return {"error": body}
-
 
 class BadRequest(AimarketError):
     status, code = 400, "bad_request"

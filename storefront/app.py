@@ -65,17 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # cyclic GC, whose full passes over them paused paid calls for ~120 ms.
             gc.collect()
             gc.freeze()
-            app.state.ready = True
             yield
         finally:
-            app.state.ready = False
             await svc.close()
 
     app = FastAPI(
         title="aimarket", version="0.1.0", lifespan=lifespan,
         description="AI-model marketplace with hosted, pay-per-call inference.",
     )
-    app.state.ready = False
     errors.install(app)
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
                    exports.router):

@@ -49,9 +49,6 @@ class Settings(BaseSettings):
     hold_timeout_s: float = Field(
         120, gt=0, description="Refund reservations older than this (s)"
     )
-    demo_calls_per_day: int = Field(
-        20, ge=0, description="Anonymous demo calls per visitor per day"
-    )
     run_flusher: bool = Field(
         True, description="Run the ledger flusher inside the app (else: aimarket ledger flush)"
     )

@@ -64,19 +64,22 @@ class Registry:
 
     def _load(self, slug: str, version: int | None) -> LiveVersion | None:
         with Session(self.engine) as s:
-            q = (
-                select(Listing, ListingVersion)
-                .join(ListingVersion, ListingVersion.listing_id == Listing.id)
-                .where(Listing.slug == slug, Listing.status == "listed",
-                       ListingVersion.status == "live")
-            )
-            if version is not None:
-                q = q.where(ListingVersion.version == version)
-            row = s.execute(q.order_by(ListingVersion.version.desc()).limit(1)).first()
-        if row is None:
-            return None
-        listing, lv = row
-        return to_live(listing, lv, self.data_dir)
+            row = live_row(s, slug, version)
+        return None if row is None else to_live(*row, self.data_dir)
+
+
+def live_row(db: Session, slug: str, version: int | None = None
+             ) -> tuple[Listing, ListingVersion] | None:
+    """A listed listing and its newest live version (or the given live version)."""
+    q = (
+        select(Listing, ListingVersion)
+        .join(ListingVersion, ListingVersion.listing_id == Listing.id)
+        .where(Listing.slug == slug, Listing.status == "listed", ListingVersion.status == "live")
+    )
+    if version is not None:
+        q = q.where(ListingVersion.version == version)
+    row = db.execute(q.order_by(ListingVersion.version.desc()).limit(1)).first()
+    return None if row is None else (row[0], row[1])
 
 
 def to_live(listing: Listing, lv: ListingVersion, data_dir: Path) -> LiveVersion:

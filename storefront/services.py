@@ -44,7 +44,7 @@ class Services:
     keys: KeyCache
     flusher: Flusher
     signing_key: str
-    signer: Signer | None = None  # type: ignore[assignment]
+    signer: Signer
     embedded: EmbeddedRedis | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None

@@ -21,22 +21,20 @@ from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, Payme
 
 from ..deps import Admin, Buyer, ServicesDep, SessionDep
 from ..models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
-from ..registry import model_path
+from ..registry import live_row, model_path
 
 router = APIRouter(tags=["exports"])
 KIT_STATES = ("pending", "flashed", "shipped", "delivered")
 
 
-def _listing(db: Any, slug: str) -> tuple[Listing, ListingVersion]:
-    row = db.execute(
-        select(Listing, ListingVersion)
-        .join(ListingVersion, ListingVersion.listing_id == Listing.id)
-        .where(Listing.slug == slug, Listing.status == "listed", ListingVersion.status == "live")
-        .order_by(ListingVersion.version.desc()).limit(1)
-    ).first()
+def _listing(db: Any, slug: str, version: int | None = None
+             ) -> tuple[Listing, ListingVersion]:
+    row = live_row(db, slug, version)
     if row is None:
-        raise NotFound(f"no listed model '{slug}'", code="model_not_found")
-    return row[0], row[1]
+        what = f"'{slug}' version {version}" if version is not None else f"'{slug}'"
+        raise NotFound(f"no live model {what}",
+                       code="model_not_found" if version is None else "version_not_found")
+    return row
 
 
 @router.post("/v1/models/{slug}/purchase", status_code=201)
@@ -119,14 +117,7 @@ def _export_json(e: Export, slug: str, version: int) -> dict[str, Any]:
 @router.post("/v1/exports", status_code=201)
 def create_export(body: ExportRequest, buyer: Buyer, db: SessionDep,
                   svc: ServicesDep) -> dict[str, Any]:
-    listing, lv = _listing(db, body.slug)
-    if body.version is not None:
-        lv = db.execute(select(ListingVersion).where(
-            ListingVersion.listing_id == listing.id, ListingVersion.version == body.version,
-            ListingVersion.status == "live")).scalar_one_or_none()
-        if lv is None:
-            raise NotFound(f"'{body.slug}' has no live version {body.version}",
-                           code="version_not_found")
+    listing, lv = _listing(db, body.slug, body.version)
     license_ = db.execute(select(Purchase).where(Purchase.buyer_id == buyer.id,
                                                  Purchase.listing_id == listing.id)
                           ).scalar_one_or_none()
