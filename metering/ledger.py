@@ -10,7 +10,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, Index, Integer, String, func, select
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -40,9 +51,15 @@ class UsageEvent(Base):
     latency_us: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     flushed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The usage report (billing) that told the payment processor about this paid call.
+    billed_in: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
         Index("ix_usage_account_time", "account_id", "created_at"),
+        Index("ix_usage_unbilled", "account_id", "created_at",
+              postgresql_where=text("billed_in IS NULL AND kind = 'paid'"),
+              sqlite_where=text("billed_in IS NULL AND kind = 'paid'")),
+        Index("ix_usage_billed_in", "billed_in"),
         Index("ix_usage_seller_time", "seller_id", "created_at"),
         Index("ix_usage_listing", "listing_id"),
     )
@@ -158,17 +175,19 @@ def write_events(engine: Engine, events: Iterable[Event]) -> int:
 
 
 def add_credit(
-    engine: Engine, account_id: int, amount: int, *, reason: str, reference: str, note: str = ""
+    engine: Engine, account_id: int, amount: int, *, reason: str, reference: str, note: str = "",
+    conn: Connection | None = None,
 ) -> bool:
-    """Record a credit movement once per ``reference``; False when it was already recorded."""
-    with engine.begin() as conn:
-        table = CreditEntry.__table__
-        stmt = _insert(engine, table).on_conflict_do_nothing(index_elements=["reference"])
-        res = conn.execute(stmt.returning(table.c.id), {
-            "account_id": account_id, "amount": amount, "reason": reason,
-            "reference": reference, "note": note, "created_at": utcnow(),
-        })
-        return res.first() is not None
+    """Record a credit movement once per ``reference``; False when it was already recorded.
+    With ``conn`` it joins that transaction."""
+    table = CreditEntry.__table__
+    stmt = _insert(engine, table).on_conflict_do_nothing(index_elements=["reference"])
+    row = {"account_id": account_id, "amount": amount, "reason": reason,
+           "reference": reference, "note": note, "created_at": utcnow()}
+    if conn is not None:
+        return conn.execute(stmt.returning(table.c.id), row).first() is not None
+    with engine.begin() as own:
+        return own.execute(stmt.returning(table.c.id), row).first() is not None
 
 
 def balance(engine: Engine, account_id: int) -> int:

@@ -56,6 +56,7 @@ class CallSpec:
     listing_burst: int = 0
     cap_day: int | None = None  # micro-units per UTC day and key
     cap_month: int | None = None
+    credit_line: int = 0  # postpaid: credit may go this far below zero (micro-units)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Meter:
             call.trial_calls, call.price, call.key_rps, call.key_burst, call.listing_rps,
             call.listing_burst, -1 if call.cap_day is None else call.cap_day,
             -1 if call.cap_month is None else call.cap_month, call.request_id,
+            call.credit_line,
         ]
         reply = await self._script("RESERVE", keys, args)
         if reply[0] == -1:  # type: ignore[index]

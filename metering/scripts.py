@@ -30,7 +30,8 @@ end
 # KEYS: 1 hydrated marker, 2 trial-used, 3 credit, 4 key bucket, 5 key x listing bucket,
 #       6 key spend today, 7 key spend this month, 8 holds, 9 holdq
 # ARGV: 1 trial limit, 2 price, 3 key rps, 4 key burst, 5 listing rps, 6 listing burst,
-#       7 day cap (-1 none), 8 month cap (-1 none), 9 request id
+#       7 day cap (-1 none), 8 month cap (-1 none), 9 request id, 10 credit line (how far
+#       below zero a postpaid account may go between billing syncs; 0 for prepaid)
 # -> {status, trial_left, credits, rl_limit, rl_remaining, rl_reset_ms, retry_after_ms}
 # status: -1 needs hydration, 0 insufficient credit, 1 trial, 2 paid, 3 rate limited,
 #         4 daily spend cap, 5 monthly spend cap
@@ -82,7 +83,7 @@ end
 if month_cap >= 0 and tonumber(redis.call('GET', KEYS[7]) or '0') + price > month_cap then
   return {5, 0, credits, limit, left, reset, 0}
 end
-if credits < price then return {0, 0, credits, limit, left, reset, 0} end
+if credits + tonumber(ARGV[10]) < price then return {0, 0, credits, limit, left, reset, 0} end
 credits = redis.call('DECRBY', KEYS[3], price)
 redis.call('INCRBY', KEYS[6], price)
 redis.call('PEXPIRE', KEYS[6], 172800000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -21,7 +22,7 @@ from metering.metrics import refresh
 from . import demo, errors, gateway
 from .config import Settings
 from .models import Account
-from .routes import accounts, admin, exports, keys, models, usage
+from .routes import accounts, admin, billing, exports, keys, models, usage
 from .security import hash_password
 from .services import Services
 
@@ -43,6 +44,17 @@ def bootstrap_admin(svc: Services) -> None:
         db.commit()
 
 
+async def billing_loop(svc: Services, every_s: float) -> None:
+    """Stripe mode: push postpaid usage to Stripe's meter on a timer (the outbox keeps what a
+    failed round could not send for the next one)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await svc.billing.sync()
+        except Exception:
+            log.exception("billing sync failed; pending usage stays in the outbox")
+
+
 def seed_demo(svc: Services) -> None:
     with svc.sessions() as db:
         demo.seed(db, svc.settings)
@@ -55,18 +67,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = await Services.start(settings)
         app.state.services = svc
+        syncer: asyncio.Task[None] | None = None
         try:
             await run_in_threadpool(bootstrap_admin, svc)
             if settings.seed_demo:
                 await run_in_threadpool(seed_demo, svc)
             if settings.run_flusher:
                 svc.start_flusher(svc.redis_url)
+            if svc.billing.stripe is not None and settings.billing_sync_interval_s > 0:
+                syncer = asyncio.create_task(billing_loop(svc, settings.billing_sync_interval_s))
             # Start-up objects (libraries, demo training) never die: keep them out of the
             # cyclic GC, whose full passes over them paused paid calls for ~120 ms.
             gc.collect()
             gc.freeze()
             yield
         finally:
+            if syncer is not None:
+                syncer.cancel()
             await svc.close()
 
     app = FastAPI(
@@ -75,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
-                   exports.router):
+                   exports.router, billing.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -254,6 +254,69 @@ def ledger_reconcile(
     console.print(table)
     console.print(f"{checked} accounts checked, {len(drifts)} counters drifted"
                   + ("" if repair else "; run with --repair to set them to the ledger's"))
+
+
+billing_cli = typer.Typer(help="Stripe billing: push postpaid usage, pay sellers.",
+                          no_args_is_help=True)
+app.add_typer(billing_cli, name="billing")
+
+
+def _stripe_settings() -> Any:
+    from .config import Settings
+
+    settings = Settings()
+    if settings.stripe_api_key is None:
+        typer.echo("error: billing with Stripe needs AIMARKET_STRIPE_API_KEY (this server "
+                   "bills from the ledger only)", err=True)
+        raise typer.Exit(2)
+    return settings
+
+
+@billing_cli.command("sync")
+def billing_sync() -> None:
+    """Push pending postpaid usage to Stripe's meter (safe to rerun: nothing is sent twice)."""
+    import asyncio
+
+    from .ops import run_billing
+
+    settings = _stripe_settings()
+    result = asyncio.run(run_billing(settings, lambda b: b.sync()))
+    typer.echo(json.dumps(result.__dict__))
+    if result.failed:
+        typer.echo(f"{result.failed} customer(s) not synced: Stripe refused or was "
+                   "unreachable; their usage stays pending for the next run", err=True)
+        raise typer.Exit(1)
+
+
+@billing_cli.command("payouts")
+def billing_payouts(
+    period: Annotated[str | None, typer.Option(help="YYYY-MM; default the previous month")]
+    = None,
+) -> None:
+    """Pay every seller their share for a month as Stripe Transfers (safe to rerun)."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from serving import AimarketError
+
+    from .ops import run_billing
+
+    settings = _stripe_settings()
+    if period is None:
+        period = f"{datetime.now(UTC).replace(day=1) - timedelta(days=1):%Y-%m}"
+
+    async def job(b: Any) -> Any:
+        return await asyncio.to_thread(b.payouts, period)
+
+    try:
+        results = asyncio.run(run_billing(settings, job))
+    except AimarketError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from exc
+    for r in results:
+        typer.echo(json.dumps(r.__dict__))
+    if any(r.status == "pending" for r in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:

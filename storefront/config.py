@@ -6,8 +6,10 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from metering import to_micro
 
 
 class Settings(BaseSettings):
@@ -59,9 +61,32 @@ class Settings(BaseSettings):
         30_000, ge=100, description="Reclaim events a dead flusher left pending after this (ms)"
     )
     flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
+    stripe_api_key: SecretStr | None = Field(
+        None, description="Stripe secret key: turns on Stripe mode (else ledger-only billing)"
+    )
+    stripe_api_base: str = Field("https://api.stripe.com", description="Stripe API address")
+    stripe_webhook_secret: SecretStr | None = Field(
+        None, description="Signing secret of the webhook endpoint (whsec_...)"
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Where buyers reach this server (Checkout returns)"
+    )
+    postpaid_credit_line: str = Field(
+        "50.00", description="USD a postpaid buyer may owe before usage is reported to Stripe"
+    )
+    billing_sync_interval_s: float = Field(
+        300, ge=0, description="Push usage to Stripe this often in Stripe mode (0: only by CLI)"
+    )
     unmetered_route: bool = Field(
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"
     )
+
+    @field_validator("postpaid_credit_line")
+    @classmethod
+    def _usd(cls, value: str) -> str:
+        if to_micro(value) < 0:
+            raise ValueError("must not be negative")
+        return value
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -104,6 +104,7 @@ async def paid_call(
                 seller_id=live.seller_id, price=live.price, trial_calls=live.trial_calls,
                 key_rps=key.rps, key_burst=key.burst, listing_rps=live.rate_rps,
                 listing_burst=live.rate_burst, cap_day=key.cap_day, cap_month=key.cap_month,
+                credit_line=key.credit_line,
             ))
         except redis.exceptions.RedisError as exc:
             raise _metering_down() from exc

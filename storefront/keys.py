@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from billing import BillingProfile
 from serving import Unauthorized
 
 from .models import ApiKey
@@ -24,6 +25,7 @@ class KeyPrincipal:
     burst: int
     cap_day: int | None
     cap_month: int | None
+    credit_line: int = 0  # postpaid buyers: how far credit may go below zero
 
 
 class KeyCache:
@@ -66,11 +68,14 @@ class KeyCache:
             key = s.execute(
                 select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
             ).scalar_one_or_none()
+            line = None if key is None else s.execute(
+                select(BillingProfile.credit_line)
+                .where(BillingProfile.account_id == key.account_id)).scalar_one_or_none()
         if key is None:
             return None
         return KeyPrincipal(
             key.id, key.account_id, key.secret_hash,
             rps=key.rate_limit_rps or self.default_rps,
             burst=key.rate_limit_burst or self.default_burst,
-            cap_day=key.spend_cap_day, cap_month=key.spend_cap_month,
+            cap_day=key.spend_cap_day, cap_month=key.spend_cap_month, credit_line=line or 0,
         )

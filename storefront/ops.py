@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import redis
+import redis.asyncio as aioredis
 from sqlalchemy import Engine
 
-from metering import Flusher
+from billing import Billing
+from metering import Flusher, Meter, Snapshot, snapshot
 
 from .config import Settings
 from .db import make_engine, migrate
 from .embedded import EmbeddedRedis
+from .services import build_billing
+
+T = TypeVar("T")
 
 
 def _running_embedded(settings: Settings) -> str | None:
@@ -28,24 +35,51 @@ def _running_embedded(settings: Settings) -> str | None:
 
 
 @contextmanager
+def redis_server(settings: Settings) -> Iterator[str]:
+    """The URL of the configured Redis, of the running app's embedded one, or of an embedded
+    one started for the duration."""
+    url = settings.redis_url or _running_embedded(settings)
+    if url is not None:
+        yield url
+        return
+    embedded = EmbeddedRedis(settings.data_dir)
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+
+
+@contextmanager
 def ledger_parts(settings: Settings) -> Iterator[tuple[redis.Redis, Engine, Flusher]]:
     """(Redis client, ledger engine, flusher) for the configured or embedded servers; the
     embedded Redis is started for the duration when `aimarket up` is not running."""
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
-    embedded = None
-    url = settings.redis_url or _running_embedded(settings)
-    if url is None:
-        embedded = EmbeddedRedis(settings.data_dir)
-        url = embedded.start()
-    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
-    flusher = Flusher(client, engine, namespace=settings.redis_namespace,
-                      hold_timeout_s=settings.hold_timeout_s,
-                      claim_idle_ms=settings.flush_claim_idle_ms)
-    try:
-        yield client, engine, flusher
-    finally:
-        client.close()
-        engine.dispose()
-        if embedded is not None:
-            embedded.stop()
+    with redis_server(settings) as url:
+        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
+        flusher = Flusher(client, engine, namespace=settings.redis_namespace,
+                          hold_timeout_s=settings.hold_timeout_s,
+                          claim_idle_ms=settings.flush_claim_idle_ms)
+        try:
+            yield client, engine, flusher
+        finally:
+            client.close()
+            engine.dispose()
+
+
+async def run_billing(settings: Settings, job: Callable[[Billing], Awaitable[T]]) -> T:
+    """Run ``job`` with the billing service of these settings, as a batch process: the
+    ledger's stream is flushed first so the usage it reports is complete."""
+    with ledger_parts(settings) as (client, engine, flusher), redis_server(settings) as url:
+        await asyncio.to_thread(flusher.drain)
+        aclient = aioredis.Redis.from_url(url, socket_timeout=10)
+
+        async def load(account_id: int) -> Snapshot:
+            return await asyncio.to_thread(snapshot, engine, account_id)
+
+        meter = Meter(aclient, fee_bps=settings.platform_fee_bps, load_snapshot=load,
+                      namespace=settings.redis_namespace)
+        try:
+            return await job(build_billing(settings, engine, meter))
+        finally:
+            await aclient.aclose()

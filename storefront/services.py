@@ -18,8 +18,9 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from billing import Billing, BillingPolicy, StripeConfig, StripeGateway
 from export import Signer
-from metering import Flusher, Meter, Snapshot, snapshot
+from metering import Flusher, Meter, Snapshot, snapshot, to_micro
 from serving import Backend, make_backend
 
 from .config import Settings
@@ -29,6 +30,21 @@ from .keys import KeyCache
 from .registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+def build_billing(settings: Settings, engine: Engine, meter: Meter) -> Billing:
+    """Stripe mode with an API key, ledger-only mode without one."""
+    gateway = None
+    if settings.stripe_api_key is not None:
+        gateway = StripeGateway(StripeConfig(
+            api_key=settings.stripe_api_key.get_secret_value(),
+            api_base=settings.stripe_api_base,
+            webhook_secret=settings.stripe_webhook_secret.get_secret_value()
+            if settings.stripe_webhook_secret else None,
+            public_url=settings.public_url.rstrip("/"),
+        ))
+    policy = BillingPolicy(credit_line=to_micro(settings.postpaid_credit_line))
+    return Billing(engine, gateway, meter.add_credits, policy)
 
 
 @dataclass
@@ -45,6 +61,7 @@ class Services:
     flusher: Flusher
     signing_key: str
     signer: Signer
+    billing: Billing
     embedded: EmbeddedRedis | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -86,6 +103,7 @@ class Services:
                             claim_idle_ms=settings.flush_claim_idle_ms),
             signing_key=settings.signing_key(), embedded=embedded,
             signer=Signer(settings.data_dir / "keys" / "export-ed25519.pem"), redis_url=url,
+            billing=build_billing(settings, engine, meter),
         )
         return svc
 

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import billing.tables  # noqa: F401  (registers the billing tables on Base.metadata)
 import storefront.models  # noqa: F401  (registers the marketplace tables on Base.metadata)
 from metering import Base
 

@@ -1,0 +1,249 @@
+"""Billing as the app sees it: checkouts, webhooks, Connect onboarding, usage sync, payouts.
+
+Stripe mode when an API key is configured; ledger-only mode otherwise (the same ledger, credits
+granted by an admin), where every Stripe operation answers a clear 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import stripe as stripe_sdk
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from metering import add_credit, format_usd, utcnow
+from serving import BadRequest, Conflict, InvalidInput, ServiceUnavailable
+
+from . import payouts as payouts_mod
+from .stripe_api import MICRO_PER_CENT, StripeGateway
+from .tables import BillingProfile, CheckoutRecord, StripeEvent
+from .usage import CreditFn, SyncResult, sync
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BillingPolicy:
+    credit_line: int  # micro-units a postpaid buyer may owe between syncs
+    min_checkout: int = 500_000  # $0.50, Stripe's smallest USD charge
+    max_checkout: int = 10_000 * 1_000_000
+
+
+def _stripe_down(exc: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(f"the payment processor did not answer: {exc}",
+                              code="stripe_unavailable")
+
+
+class Billing:
+    def __init__(self, engine: Engine, stripe: StripeGateway | None, credit: CreditFn,
+                 policy: BillingPolicy) -> None:
+        self.engine, self.stripe, self.credit, self.policy = engine, stripe, credit, policy
+
+    @property
+    def mode(self) -> str:
+        return "stripe" if self.stripe else "ledger"
+
+    def _require(self) -> StripeGateway:
+        if self.stripe is None:
+            raise Conflict("this server bills from the ledger only (no Stripe configured): "
+                           "ask an administrator for credits", code="stripe_not_configured")
+        return self.stripe
+
+    # -- profiles -----------------------------------------------------------------------------
+    def profile(self, account_id: int) -> BillingProfile:
+        with Session(self.engine, expire_on_commit=False) as db:
+            row = db.get(BillingProfile, account_id)
+            if row is None:
+                try:
+                    db.execute(insert(BillingProfile).values(
+                        account_id=account_id, credit_line=0, payouts_enabled=False,
+                        created_at=utcnow()))
+                    db.commit()
+                except IntegrityError:
+                    db.rollback()
+                row = db.get(BillingProfile, account_id)
+            assert row is not None
+            return row
+
+    def _customer(self, account_id: int, email: str) -> str:
+        gw = self._require()
+        prof = self.profile(account_id)
+        if prof.customer_id:
+            return prof.customer_id
+        # The idempotency key is derived from the account: two racing requests get one
+        # Customer from Stripe, and the conditional update keeps the first id.
+        customer = gw.create_customer(account_id, email)
+        with self.engine.begin() as conn:
+            conn.execute(update(BillingProfile).where(
+                BillingProfile.account_id == account_id, BillingProfile.customer_id.is_(None))
+                .values(customer_id=customer))
+        return self.profile(account_id).customer_id or customer
+
+    def summary(self, account_id: int) -> dict[str, Any]:
+        prof = self.profile(account_id)
+        return {
+            "mode": self.mode, "customer_id": prof.customer_id,
+            "postpaid": prof.postpaid_since is not None,
+            "postpaid_since": prof.postpaid_since.isoformat() if prof.postpaid_since else None,
+            "credit_line": format_usd(prof.credit_line),
+            "connect_account_id": prof.connect_account_id,
+            "payouts_enabled": prof.payouts_enabled,
+        }
+
+    # -- buyers ---------------------------------------------------------------------------------
+    def checkout_credits(self, account_id: int, email: str, amount: int) -> dict[str, Any]:
+        gw = self._require()
+        p = self.policy
+        if not p.min_checkout <= amount <= p.max_checkout:
+            raise InvalidInput(f"amount must be between {format_usd(p.min_checkout)} and "
+                               f"{format_usd(p.max_checkout)}", code="invalid_amount")
+        if amount % MICRO_PER_CENT:
+            raise InvalidInput("amount must be whole cents", code="invalid_amount")
+        try:
+            session = gw.checkout_credits(self._customer(account_id, email), account_id,
+                                          amount // MICRO_PER_CENT)
+        except stripe_sdk.StripeError as exc:
+            raise _stripe_down(exc) from exc
+        self._record_checkout(session.id, account_id, "credits", amount)
+        return {"id": session.id, "url": session.url, "amount": format_usd(amount)}
+
+    def checkout_postpaid(self, account_id: int, email: str) -> dict[str, Any]:
+        gw = self._require()
+        if self.profile(account_id).postpaid_since is not None:
+            raise Conflict("postpaid billing is already on for this account",
+                           code="already_postpaid")
+        try:
+            session = gw.checkout_postpaid(self._customer(account_id, email), account_id)
+        except stripe_sdk.StripeError as exc:
+            raise _stripe_down(exc) from exc
+        self._record_checkout(session.id, account_id, "postpaid", 0)
+        return {"id": session.id, "url": session.url}
+
+    def _record_checkout(self, sid: str, account_id: int, purpose: str, amount: int) -> None:
+        with Session(self.engine) as db:
+            db.add(CheckoutRecord(id=sid, account_id=account_id, purpose=purpose, amount=amount))
+            db.commit()
+
+    # -- sellers ----------------------------------------------------------------------------------
+    def connect(self, account_id: int, email: str) -> dict[str, Any]:
+        gw = self._require()
+        try:
+            prof = self.profile(account_id)
+            acct = prof.connect_account_id
+            if acct is None:
+                acct = gw.create_connect_account(account_id, email)
+                with self.engine.begin() as conn:
+                    conn.execute(update(BillingProfile).where(
+                        BillingProfile.account_id == account_id,
+                        BillingProfile.connect_account_id.is_(None))
+                        .values(connect_account_id=acct))
+                acct = self.profile(account_id).connect_account_id or acct
+            url = gw.onboarding_link(acct)
+        except stripe_sdk.StripeError as exc:
+            raise _stripe_down(exc) from exc
+        return {"account_id": acct, "url": url,
+                "payouts_enabled": self.profile(account_id).payouts_enabled}
+
+    # -- webhooks -------------------------------------------------------------------------------
+    async def webhook(self, payload: bytes, signature: str | None) -> dict[str, Any]:
+        gw = self._require()
+        if not gw.config.webhook_secret:
+            raise Conflict("no webhook secret configured", code="webhook_not_configured")
+        try:
+            event = gw.parse_webhook(payload, signature)
+        except stripe_sdk.SignatureVerificationError as exc:
+            raise BadRequest(f"webhook signature rejected: {exc.user_message or exc}",
+                             code="invalid_signature") from exc
+        except ValueError as exc:
+            raise BadRequest("webhook body is not a Stripe event", code="invalid_payload") \
+                from exc
+        with Session(self.engine) as db:
+            if db.get(StripeEvent, event.id) is not None:
+                return {"received": True, "duplicate": True}
+        obj = event.data.object
+        handled = True
+        if event.type == "checkout.session.completed":
+            await self._checkout_completed(obj)
+        elif event.type == "account.updated":
+            await asyncio.to_thread(self._account_updated, obj)
+        elif event.type in ("customer.subscription.deleted", "invoice.payment_failed"):
+            await asyncio.to_thread(self._postpaid_off, obj)
+        else:
+            handled = False
+        # Effects are idempotent on their own (unique references); recording the id after
+        # them means a failure midway is retried by Stripe instead of forgotten.
+        with self.engine.begin() as conn:
+            conn.execute(insert(StripeEvent).values(id=event.id, type=event.type,
+                                                    received_at=utcnow())
+                         .prefix_with("OR IGNORE", dialect="sqlite"))
+        return {"received": True, "duplicate": False, "handled": handled}
+
+    async def _checkout_completed(self, obj: Any) -> None:
+        with Session(self.engine) as db:
+            rec = db.get(CheckoutRecord, obj["id"])
+        if rec is None:
+            log.warning("checkout %s is not one of ours; ignored", obj["id"])
+            return
+        if rec.purpose == "credits":
+            if obj.get("payment_status") != "paid":
+                return  # async payment methods: wait for the paid event
+            if int(obj.get("amount_total") or 0) * MICRO_PER_CENT != rec.amount:
+                raise BadRequest("checkout amount does not match what was ordered",
+                                 code="amount_mismatch")
+
+            async def record() -> bool:
+                return await asyncio.to_thread(self._complete_credits, rec)
+
+            await self.credit(rec.account_id, rec.amount, record)
+        elif rec.purpose == "postpaid":
+            await asyncio.to_thread(self._postpaid_on, rec, obj.get("subscription"))
+
+    def _complete_credits(self, rec: CheckoutRecord) -> bool:
+        with self.engine.begin() as conn:
+            conn.execute(update(CheckoutRecord).where(CheckoutRecord.id == rec.id)
+                         .values(status="completed", completed_at=utcnow()))
+            return add_credit(self.engine, rec.account_id, rec.amount, reason="checkout",
+                              reference=f"checkout:{rec.id}", conn=conn,
+                              note="prepaid credits bought with Stripe Checkout")
+
+    def _postpaid_on(self, rec: CheckoutRecord, subscription: Any) -> None:
+        sub = subscription if isinstance(subscription, str) else (subscription or {}).get("id")
+        with self.engine.begin() as conn:
+            conn.execute(update(CheckoutRecord).where(CheckoutRecord.id == rec.id)
+                         .values(status="completed", completed_at=utcnow()))
+            conn.execute(update(BillingProfile).where(
+                BillingProfile.account_id == rec.account_id,
+                BillingProfile.postpaid_since.is_(None))
+                .values(subscription_id=sub, postpaid_since=utcnow(),
+                        credit_line=self.policy.credit_line))
+
+    def _account_updated(self, obj: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(BillingProfile)
+                         .where(BillingProfile.connect_account_id == obj["id"])
+                         .values(payouts_enabled=bool(obj.get("payouts_enabled"))))
+
+    def _postpaid_off(self, obj: Any) -> None:
+        """A failed invoice or a cancelled subscription closes the credit line: calls need
+        prepaid credit again (usage already made is still reported and invoiced)."""
+        customer = obj.get("customer")
+        with self.engine.begin() as conn:
+            conn.execute(update(BillingProfile).where(BillingProfile.customer_id == customer)
+                         .values(credit_line=0))
+
+    def credit_line(self, account_id: int) -> int:
+        with Session(self.engine) as db:
+            return int(db.execute(select(BillingProfile.credit_line).where(
+                BillingProfile.account_id == account_id)).scalar_one_or_none() or 0)
+
+    # -- batch jobs -----------------------------------------------------------------------------
+    async def sync(self) -> SyncResult:
+        return await sync(self.engine, self._require(), self.credit)
+
+    def payouts(self, period: str) -> list[payouts_mod.PayoutResult]:
+        return payouts_mod.run(self.engine, self._require(), period)
