@@ -103,7 +103,8 @@ def run(engine: Engine, stripe: StripeGateway, period: str) -> list[PayoutResult
             continue
         try:
             tid = stripe.transfer(prof.connect_account_id, payout.amount // MICRO_PER_CENT,
-                                  payout.id, period, payout.idempotency_key)
+                                  payout.id, period,
+                                  payout.idempotency_key(prof.connect_account_id))
         except Exception as exc:  # Stripe down or refusing: stays pending for the next run
             with engine.begin() as conn:
                 conn.execute(update(Payout).where(Payout.id == payout.id).values(

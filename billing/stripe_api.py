@@ -7,6 +7,7 @@ told equals the ledger to the micro-unit.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,12 @@ METER_EVENT = "aimarket_usage"
 PRICE_LOOKUP_KEY = "aimarket_usage_micro_usd"
 MICRO_PER_CENT = 10_000
 CURRENCY = "usd"
+
+
+def _tag(text: str) -> str:
+    """Keys derived from local ids also carry this, so two installations sharing a Stripe
+    account never collide."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class StripeGateway:
     def create_customer(self, account_id: int, email: str) -> str:
         customer = self.client.v1.customers.create(
             params={"email": email, "metadata": {"aimarket_account": str(account_id)}},
-            options={"idempotency_key": f"aimarket-customer-{account_id}"},
+            options={"idempotency_key": f"aimarket-customer-{account_id}-{_tag(email)}"},
         )
         return str(customer.id)
 
@@ -116,10 +123,16 @@ class StripeGateway:
         """One aggregated usage figure; Stripe counts an identifier once, and the idempotency
         key (the same identifier) makes a retried request replay the first answer."""
         self.usage_price()  # the meter exists before any event names it
-        self.client.v1.billing.meter_events.create(params={
-            "event_name": METER_EVENT, "identifier": identifier, "timestamp": timestamp,
-            "payload": {"stripe_customer_id": customer, "value": str(value)},
-        }, options={"idempotency_key": identifier})
+        try:
+            self.client.v1.billing.meter_events.create(params={
+                "event_name": METER_EVENT, "identifier": identifier, "timestamp": timestamp,
+                "payload": {"stripe_customer_id": customer, "value": str(value)},
+            }, options={"idempotency_key": identifier})
+        except stripe.InvalidRequestError as exc:
+            # Past the idempotency key's lifetime Stripe answers a repeated identifier with
+            # this error: the event was counted by an earlier attempt.
+            if "already exists with identifier" not in str(exc.user_message or exc):
+                raise
 
     def meter_total(self, customer: str, start: int, end: int) -> int:
         """What Stripe's meter holds for a customer in [start, end) (Unix seconds)."""
@@ -133,7 +146,7 @@ class StripeGateway:
             "type": "express", "email": email,
             "capabilities": {"transfers": {"requested": True}},
             "metadata": {"aimarket_account": str(account_id)},
-        }, options={"idempotency_key": f"aimarket-connect-{account_id}"})
+        }, options={"idempotency_key": f"aimarket-connect-{account_id}-{_tag(email)}"})
         return str(acct.id)
 
     def onboarding_link(self, connect_account: str) -> str:

@@ -63,7 +63,8 @@ class UsageReport(Base):
 
     @property
     def identifier(self) -> str:
-        return f"aimarket-usage-{self.id}"
+        # The customer id makes it unique across installations sharing a Stripe account.
+        return f"aimarket-usage-{self.customer_id}-{self.id}"
 
 
 class StripeEvent(Base):
@@ -93,6 +94,5 @@ class Payout(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
-    @property
-    def idempotency_key(self) -> str:
-        return f"aimarket-payout-{self.id}"
+    def idempotency_key(self, destination: str) -> str:
+        return f"aimarket-payout-{self.id}-{self.period}-{destination}"

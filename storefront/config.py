@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"
     )
 
+    @field_validator("stripe_api_key", "stripe_webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("postpaid_credit_line")
     @classmethod
     def _usd(cls, value: str) -> str:

@@ -1,0 +1,368 @@
+"""Billing with Stripe: the real SDK over HTTP against a local server that speaks Stripe's wire
+format, on both stacks (SQLite + embedded Valkey; PostgreSQL + Redis)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from billing import METER_EVENT, UsageReport
+from metering import CallSpec, Event, UsageEvent, split, write_events
+from tests.helpers import DIGIT_ZERO, bearer, new_key, signup, v2_body
+from tests.stripe_local import StripeLocal
+
+SECRET = "whsec_test_local"
+
+
+def error_of(r) -> dict:
+    body = r.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stripe._http_client import HTTPClient
+
+    monkeypatch.setattr(HTTPClient, "INITIAL_DELAY", 0)  # the SDK's retry backoff: 0.5 s+
+    monkeypatch.setattr(HTTPClient, "MAX_DELAY", 0)
+
+
+@pytest.fixture(scope="module")
+def stripe_srv():
+    with StripeLocal() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def bill(settings, stripe_srv):
+    """An app in Stripe mode on the same servers and storage as the session's app."""
+    from storefront.app import create_app
+
+    s = type(settings)(**{**settings.model_dump(),
+        "stripe_api_key": stripe_srv.api_key,
+        "stripe_api_base": stripe_srv.url, "stripe_webhook_secret": SECRET,
+        "billing_sync_interval_s": 0, "seed_demo": True})
+    with TestClient(create_app(s)) as c:
+        yield c
+
+
+def svc(c):
+    return c.app.state.services
+
+
+def deliver(c, srv, event: dict, secret: str = SECRET, timestamp: int | None = None):
+    payload = json.dumps(event).encode()
+    return c.post("/v1/billing/webhook", content=payload, headers={
+        "Stripe-Signature": srv.sign(payload, secret, timestamp),
+        "Content-Type": "application/json"})
+
+
+def credits(c, token) -> str:
+    return c.get("/v1/billing", headers=bearer(token)).json()["credits"]
+
+
+def go_postpaid(c, srv, token) -> str:
+    r = c.post("/v1/billing/postpaid", headers=bearer(token))
+    assert r.status_code == 201, r.text
+    assert deliver(c, srv, srv.complete_checkout(r.json()["id"])).status_code == 200
+    info = c.get("/v1/billing", headers=bearer(token)).json()
+    assert info["postpaid"] is True and info["customer_id"]
+    return info["customer_id"]
+
+
+def sync(c):
+    return c.portal.call(svc(c).billing.sync)
+
+
+def ledger_paid(c, account_email: str) -> tuple[int, int]:
+    from storefront.models import Account
+
+    with svc(c).sessions() as db:
+        aid = db.execute(select(Account.id).where(Account.email == account_email)).scalar_one()
+        n, total = db.execute(select(func.count(), func.coalesce(func.sum(UsageEvent.price), 0))
+                              .where(UsageEvent.account_id == aid,
+                                     UsageEvent.kind == "paid")).one()
+    return int(n), int(total)
+
+
+def test_ledger_only_mode_refuses_stripe_operations_clearly(client):
+    _, token = signup(client, "buyer")
+    info = client.get("/v1/billing", headers=bearer(token)).json()
+    assert info["mode"] == "ledger" and info["postpaid"] is False
+    r = client.post("/v1/billing/checkout", headers=bearer(token), json={"amount": "10.00"})
+    assert r.status_code == 409 and error_of(r)["code"] == "stripe_not_configured"
+    assert client.post("/v1/billing/webhook", content=b"{}").status_code == 409
+
+
+def test_checkout_grants_credits_exactly_once(bill, stripe_srv):
+    _, token = signup(bill, "buyer")
+    r = bill.post("/v1/billing/checkout", headers=bearer(token), json={"amount": "20.00"})
+    assert r.status_code == 201, r.text
+    session = r.json()
+    assert session["id"].startswith("cs_") and session["url"].startswith(stripe_srv.url)
+    assert credits(bill, token) == "0.00"  # nothing before Stripe confirms payment
+
+    event = stripe_srv.complete_checkout(session["id"])
+    first = deliver(bill, stripe_srv, event)
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    assert credits(bill, token) == "20.00"
+    again = deliver(bill, stripe_srv, event)  # Stripe retries the same event
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    resent = dict(event, id=f"evt_{uuid.uuid4().hex[:24]}")  # same session, new event id
+    assert deliver(bill, stripe_srv, resent).status_code == 200
+    assert credits(bill, token) == "20.00"
+
+    # a second checkout reuses the buyer's Stripe Customer
+    customers = stripe_srv.count("/v1/customers", "POST")
+    r = bill.post("/v1/billing/checkout", headers=bearer(token), json={"amount": "5.00"})
+    assert r.status_code == 201
+    assert stripe_srv.count("/v1/customers", "POST") == customers
+    deliver(bill, stripe_srv, stripe_srv.complete_checkout(r.json()["id"]))
+    assert credits(bill, token) == "25.00"
+
+
+@pytest.mark.parametrize("amount,code", [("0.10", "invalid_amount"), ("abc", "invalid_amount"),
+                                         ("10.001", "invalid_amount"),
+                                         ("20000.00", "invalid_amount")])
+def test_checkout_validates_the_amount(bill, amount, code):
+    _, token = signup(bill, "buyer")
+    r = bill.post("/v1/billing/checkout", headers=bearer(token), json={"amount": amount})
+    assert r.status_code == 422 and error_of(r)["code"] == code
+
+
+def test_checkout_when_stripe_is_down_is_503_and_records_nothing(bill, stripe_srv):
+    _, token = signup(bill, "buyer")
+    stripe_srv.fail_next("/v1/checkout/sessions", status=500, count=10)
+    r = bill.post("/v1/billing/checkout", headers=bearer(token), json={"amount": "10.00"})
+    assert r.status_code == 503 and error_of(r)["code"] == "stripe_unavailable"
+    stripe_srv.clear_faults()
+
+
+def test_webhook_signature_is_verified_on_the_raw_body(bill, stripe_srv):
+    _, token = signup(bill, "buyer")
+    r = bill.post("/v1/billing/checkout", headers=bearer(token), json={"amount": "10.00"})
+    event = stripe_srv.complete_checkout(r.json()["id"])
+    for bad in (deliver(bill, stripe_srv, event, secret="whsec_wrong"),
+                deliver(bill, stripe_srv, event, timestamp=int(time.time()) - 3600),
+                bill.post("/v1/billing/webhook", content=json.dumps(event))):
+        assert bad.status_code == 400 and error_of(bad)["code"] == "invalid_signature"
+    payload = json.dumps(event).encode()
+    tampered = payload.replace(b'"amount_total": 1000', b'"amount_total": 9000')
+    assert tampered != payload
+    r = bill.post("/v1/billing/webhook", content=tampered,
+                  headers={"Stripe-Signature": stripe_srv.sign(payload, SECRET)})
+    assert r.status_code == 400
+    junk = b"not json"
+    r = bill.post("/v1/billing/webhook", content=junk,
+                  headers={"Stripe-Signature": stripe_srv.sign(junk, SECRET)})
+    assert r.status_code == 400 and error_of(r)["code"] == "invalid_payload"
+    assert credits(bill, token) == "0.00"
+
+
+def test_postpaid_buyer_calls_without_credit_and_usage_reaches_stripe_once(bill, stripe_srv):
+    addr, token = signup(bill, "buyer")
+    key = new_key(bill, token)
+    call = {"headers": bearer(key), "json": v2_body([DIGIT_ZERO])}
+    for _ in range(5):  # the trial
+        assert bill.post("/v2/models/handwritten-digits/infer", **call).status_code == 200
+    r = bill.post("/v2/models/handwritten-digits/infer", **call)
+    assert r.status_code == 402  # no credit, no card
+
+    customer = go_postpaid(bill, stripe_srv, token)
+    svc(bill).keys._cache.clear()  # this worker's key cache would see it within 5 s anyway
+    for _ in range(12):
+        assert bill.post("/v2/models/handwritten-digits/infer", **call).status_code == 200
+    svc(bill).flusher.drain()
+    calls, owed = ledger_paid(bill, addr)
+    assert (calls, owed) == (12, 12 * 2000)
+
+    # Stripe down: nothing is lost, nothing is counted
+    stripe_srv.fail_next("/v1/billing/meter_events", status=500, count=20)
+    result = sync(bill)
+    assert result.failed == 1 and stripe_srv.meter_totals(METER_EVENT).get(customer, 0) == 0
+    stripe_srv.clear_faults()
+    # Stripe counted it but every reply was lost: the sync is interrupted, then rerun
+    stripe_srv.fail_next("/v1/billing/meter_events", status=500, count=20,
+                         after_processing=True)
+    assert sync(bill).failed == 1
+    stripe_srv.clear_faults()
+    assert stripe_srv.meter_totals(METER_EVENT)[customer] == owed
+    result = sync(bill)
+    assert result.failed == 0 and result.reports_sent == 1
+    assert stripe_srv.meter_totals(METER_EVENT)[customer] == owed  # still once
+    assert sync(bill).reports_sent == 0  # nothing new
+
+    # the card pays: the balance is whole again; the statement matches Stripe
+    assert credits(bill, token) == "0.00"
+    st = bill.get("/v1/billing/statement", headers=bearer(token)).json()
+    assert st["billed_to_card"]["amount_micro"] == owed == st["billed_to_card"]["calls"] * 2000
+    csv_text = bill.get("/v1/billing/statement?format=csv", headers=bearer(token)).text
+    assert csv_text.splitlines()[0].startswith("month,listing,kind,calls")
+    month = datetime.now(UTC).strftime("%Y-%m")
+    gw = svc(bill).billing.stripe
+    start = int(datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0).timestamp())
+    end = (int(time.time()) // 60 + 2) * 60
+    assert gw.meter_total(customer, start, end) == owed
+    assert st["month"] == month
+
+
+def test_credit_line_bounds_unreported_postpaid_usage(bill, stripe_srv):
+    _, token = signup(bill, "buyer")
+    go_postpaid(bill, stripe_srv, token)
+    svc(bill).keys._cache.clear()
+    key = new_key(bill, token)
+    # credit line 50.00; a key cap stops this buyer far earlier
+    r = bill.patch(f"/v1/keys/{_key_id(bill, token)}", headers=bearer(token),
+                   json={"spend_cap_day": "0.01"})
+    assert r.status_code == 200, r.text
+    codes = [bill.post("/v2/models/handwritten-digits/infer", headers=bearer(key),
+                       json=v2_body()).status_code for _ in range(5 + 8)]
+    assert codes[:5 + 5] == [200] * 10 and set(codes[10:]) == {402}
+
+
+def _key_id(c, token) -> int:
+    return c.get("/v1/keys", headers=bearer(token)).json()["items"][0]["id"]
+
+
+def _last_month_events(seller_id: int, n: int, price: int) -> list[Event]:
+    ts = int((datetime.now(UTC).replace(day=1) - timedelta(days=3)).timestamp() * 1000)
+    share, fee = split(price, 2000)
+    return [Event(f"t-{uuid.uuid4().hex}", 999_999, None, 1, 1, seller_id, "paid", price,
+                  share, fee, 10, ts) for _ in range(n)]
+
+
+def test_connect_onboarding_and_payouts_pay_each_period_once(bill, stripe_srv):
+    from storefront.models import Account
+
+    addr, token = signup(bill, "seller")
+    r = bill.post("/v1/billing/connect", headers=bearer(token))
+    assert r.status_code == 201, r.text
+    acct = r.json()["account_id"]
+    assert r.json()["url"] and r.json()["payouts_enabled"] is False
+    again = bill.post("/v1/billing/connect", headers=bearer(token)).json()
+    assert again["account_id"] == acct  # one Connect account per seller
+    with svc(bill).sessions() as db:
+        seller_id = db.execute(select(Account.id).where(Account.email == addr)).scalar_one()
+    write_events(svc(bill).engine, _last_month_events(seller_id, 7, 1_234_567))
+    period = (datetime.now(UTC).replace(day=1) - timedelta(days=3)).strftime("%Y-%m")
+    billing = svc(bill).billing
+
+    def mine(results):
+        return next(r for r in results if r.seller_id == seller_id)
+
+    assert mine(billing.payouts(period)).status == "not_onboarded"
+    assert deliver(bill, stripe_srv, stripe_srv.complete_onboarding(acct)).status_code == 200
+    stripe_srv.fail_next("/v1/transfers", status=500, count=20, after_processing=True)
+    assert mine(billing.payouts(period)).status == "pending"  # reply lost
+    stripe_srv.clear_faults()
+    paid = mine(billing.payouts(period))
+    share = 7 * split(1_234_567, 2000)[0]
+    assert paid.status == "paid" and paid.amount == share - share % 10_000
+    assert paid.earned == share
+    mine_transfers = [t for t in stripe_srv.transfers if t["destination"] == acct]
+    assert len(mine_transfers) == 1 and mine_transfers[0]["amount"] == share // 10_000
+    assert mine(billing.payouts(period)).transfer_id == paid.transfer_id
+    assert len([t for t in stripe_srv.transfers if t["destination"] == acct]) == 1
+    st = bill.get(f"/v1/billing/seller-statement?month={period}", headers=bearer(token)).json()
+    assert st["seller_share_micro"] == share and st["payout"]["status"] == "paid"
+    r = bill.get("/v1/billing/seller-statement?month=2026-13", headers=bearer(token))
+    assert r.status_code == 422
+
+
+def test_reconciliation_over_10000_random_calls(bill, stripe_srv):
+    """Random paid calls through the real reservation path (Lua, stream, flusher) for five
+    postpaid buyers on four listings at random prices; then one sync."""
+    from storefront.models import Account
+
+    rng = random.Random(7)
+    buyers = []
+    for _ in range(5):
+        addr, token = signup(bill, "buyer")
+        customer = go_postpaid(bill, stripe_srv, token)
+        with svc(bill).sessions() as db:
+            aid = db.execute(select(Account.id).where(Account.email == addr)).scalar_one()
+        buyers.append((aid, customer))
+    listings = [(100 + i, 500 + i) for i in range(4)]  # (listing id, seller id)
+    meter = svc(bill).meter
+    svc(bill).flusher.drain()
+    sync(bill)  # earlier tests' usage goes first
+    before = len(stripe_srv.requests)
+
+    async def run() -> int:
+        ok = 0
+        for _ in range(10_000):
+            aid, _c = rng.choice(buyers)
+            lid, sid = rng.choice(listings)
+            spec = CallSpec(request_id=uuid.uuid4().hex, account_id=aid, api_key_id=None,
+                            listing_id=lid, listing_version_id=lid, seller_id=sid,
+                            price=rng.randint(1, 50_000), trial_calls=0,
+                            credit_line=10**12)
+            res = await meter.reserve(spec)
+            assert res.ok
+            ok += await meter.commit(res, latency_us=50)
+        return ok
+
+    assert bill.portal.call(run) == 10_000
+    svc(bill).flusher.drain()
+    result = sync(bill)
+    assert result.failed == 0 and result.calls_reported == 10_000
+    stripe_calls = len(stripe_srv.requests) - before
+    totals = stripe_srv.meter_totals(METER_EVENT)
+    with svc(bill).sessions() as db:
+        for aid, customer in buyers:
+            owed, n = db.execute(select(func.sum(UsageEvent.price), func.count())
+                                 .where(UsageEvent.account_id == aid,
+                                        UsageEvent.kind == "paid")).one()
+            assert totals[customer] == owed
+            reports = db.execute(select(func.sum(UsageReport.value)).where(
+                UsageReport.account_id == aid, UsageReport.status == "sent")).scalar_one()
+            assert reports == owed
+        price, share, fee, n = db.execute(
+            select(func.sum(UsageEvent.price), func.sum(UsageEvent.seller_share),
+                   func.sum(UsageEvent.platform_fee), func.count())
+            .where(UsageEvent.account_id.in_([a for a, _ in buyers]))).one()
+        assert n == 10_000 and price == share + fee
+        bad = db.execute(select(func.count()).where(
+            UsageEvent.account_id.in_([a for a, _ in buyers]),
+            UsageEvent.price != UsageEvent.seller_share + UsageEvent.platform_fee)).scalar_one()
+        assert bad == 0
+    print(f"\nStripe API calls for 10,000 paid calls: {stripe_calls} "
+          f"({stripe_calls / 10:.2f} per 1,000)")
+    assert stripe_calls * 1000 <= 10_000 * 1  # at most 1 per 1,000 paid calls
+
+
+def test_cli_billing_sync_and_payouts(bill, stripe_srv, settings):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, **settings.as_env(), "AIMARKET_STRIPE_API_KEY": stripe_srv.api_key,
+           "AIMARKET_STRIPE_API_BASE": stripe_srv.url}
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "storefront.cli", "billing", *args],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=120)
+
+    _, token = signup(bill, "buyer")
+    customer = go_postpaid(bill, stripe_srv, token)
+    svc(bill).keys._cache.clear()
+    key = new_key(bill, token)
+    for _ in range(5 + 3):
+        assert bill.post("/v2/models/handwritten-digits/infer", headers=bearer(key),
+                         json=v2_body()).status_code == 200
+    done = cli("sync")  # drains the ledger stream itself, then reports
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["reports_sent"] >= 1
+    assert stripe_srv.meter_totals(METER_EVENT)[customer] == 3 * 2000
+    bad = cli("payouts", "--period", "2026-13")
+    assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
+    off = cli("sync", AIMARKET_STRIPE_API_KEY="")
+    assert off.returncode != 0
