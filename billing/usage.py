@@ -95,9 +95,13 @@ def _collect_account(engine: Engine, account_id: int, customer: str, since: date
                 select(func.count(), func.coalesce(func.sum(UsageEvent.price), 0),
                        func.max(UsageEvent.created_at))
                 .where(UsageEvent.billed_in == report.id)).one()
-            report.calls, report.value, report.event_ts = int(calls), int(value), last
-            report.status = "pending"
-            made += 1
+            if calls:
+                report.calls, report.value, report.event_ts = int(calls), int(value), last
+                report.status = "pending"
+                made += 1
+            else:  # a concurrent collector took these calls first
+                db.delete(report)
+                break
             first = db.execute(select(func.min(UsageEvent.created_at))
                                .where(*_unbilled(account_id, since),
                                       UsageEvent.created_at >= end)).scalar_one()
