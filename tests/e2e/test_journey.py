@@ -182,8 +182,11 @@ def test_restart_keeps_counters_credits_and_catalog(tmp_path):
 def test_cli_help_lists_the_verbs():
     out = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
-    for verb in ("up", "publish", "example", "export", "verify", "ledger"):
+    for verb in ("up", "publish", "example", "export", "verify", "ledger", "billing"):
         assert verb in out.stdout
+    sub = subprocess.run([str(BIN), "billing", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert "sync" in sub.stdout and "payouts" in sub.stdout
 
 
 def test_cli_export_and_verify(server, tmp_path):
