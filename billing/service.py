@@ -168,7 +168,8 @@ class Billing:
                 return {"received": True, "duplicate": True}
         obj = json.loads(payload)["data"]["object"]  # verified above; plain dicts
         handled = True
-        if event.type == "checkout.session.completed":
+        if event.type in ("checkout.session.completed",
+                          "checkout.session.async_payment_succeeded"):
             await self._checkout_completed(obj)
         elif event.type == "account.updated":
             await asyncio.to_thread(self._account_updated, obj)

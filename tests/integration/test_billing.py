@@ -379,3 +379,21 @@ def test_cli_billing_sync_and_payouts(bill, stripe_srv, settings):
     assert bad.returncode == 2 and "YYYY-MM" in bad.stderr
     off = cli("sync", AIMARKET_STRIPE_API_KEY="")
     assert off.returncode != 0
+
+
+def test_a_cancelled_subscription_closes_the_credit_line(bill, stripe_srv):
+    _, token = signup(bill, "buyer")
+    customer = go_postpaid(bill, stripe_srv, token)
+    assert bill.get("/v1/billing", headers=bearer(token)).json()["credit_line"] == "50.00"
+    event = {"id": f"evt_{uuid.uuid4().hex[:24]}", "object": "event",
+             "type": "customer.subscription.deleted", "created": int(time.time()),
+             "data": {"object": {"id": "sub_x", "object": "subscription",
+                                 "customer": customer, "status": "canceled"}}}
+    assert deliver(bill, stripe_srv, event).json()["handled"] is True
+    info = bill.get("/v1/billing", headers=bearer(token)).json()
+    assert info["credit_line"] == "0.00"
+    svc(bill).keys._cache.clear()
+    key = new_key(bill, token)
+    codes = [bill.post("/v2/models/handwritten-digits/infer", headers=bearer(key),
+                       json=v2_body()).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [402]  # the trial, then prepaid credit is needed again
