@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         30_000, ge=100, description="Reclaim events a dead flusher left pending after this (ms)"
     )
     flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
+    demo_calls_per_day: int = Field(
+        20, ge=0, description="Free demo calls per anonymous visitor (client address) and UTC day"
+    )
+    demo_concurrency: int = Field(
+        4, ge=1, description="Demo calls of one listing in flight at once, across workers"
+    )
     unmetered_route: bool = Field(
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"
     )
