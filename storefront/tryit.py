@@ -89,7 +89,8 @@ async def _reserve(demos: DemoMeter, call: CallSpec, visitor: Visitor, limit: in
 
 
 def _remaining_text(res: Reservation, demo_left: int) -> str:
+    demos = f"{demo_left} free demo call{'' if demo_left == 1 else 's'}"
     if res.kind == DEMO:
-        return f"{demo_left} free demo calls left today"
-    return (f"{res.trial_remaining} free trial calls left on this model, "
-            f"then {demo_left} demo calls today")
+        return f"{demos} left today"
+    n = res.trial_remaining
+    return f"{n} free trial call{'' if n == 1 else 's'} left on this model, then {demos} today"

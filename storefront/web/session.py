@@ -87,7 +87,7 @@ def end_session(response: Response) -> None:
 
 def csrf_nonce(request: Request) -> str:
     """This browser's CSRF nonce (a new one when it has none; ``ensure_csrf`` sets it)."""
-    nonce = request.cookies.get(CSRF_COOKIE) or request.state.__dict__.get("csrf_nonce")
+    nonce = request.cookies.get(CSRF_COOKIE) or getattr(request.state, "csrf_nonce", None)
     if not nonce:
         nonce = secrets.token_urlsafe(24)
         request.state.csrf_nonce = nonce
