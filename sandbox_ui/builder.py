@@ -34,10 +34,13 @@ class DemoSpec:
     manifest: Manifest
 
 
-def build_demo(spec: DemoSpec, call: DemoCall) -> gr.Blocks:
-    """The listing's demo; its API endpoint is ``/predict`` (gradio_client's ``api_name``)."""
+def build_demo(spec: DemoSpec, call: DemoCall, concurrency: int = 4) -> gr.Blocks:
+    """The listing's demo; its API endpoint is ``/predict`` (gradio_client's ``api_name``).
+    At most ``concurrency`` calls run at once in this process; more wait in Gradio's queue."""
     m = spec.manifest
-    with gr.Blocks(title=f"Try {spec.title}", analytics_enabled=False) as blocks:
+    # Uploaded and sketched images are deleted an hour after they arrive.
+    with gr.Blocks(title=f"Try {spec.title}", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as blocks:
         gr.Markdown(f"### Try {spec.title} (version {spec.version})\n\n{m.description}")
         if m.task == "image-classification":
             _image_ui(spec, call)
@@ -45,6 +48,7 @@ def build_demo(spec: DemoSpec, call: DemoCall) -> gr.Blocks:
             _tabular_ui(spec, call)
         else:
             _tensor_ui(spec, call)
+    blocks.queue(default_concurrency_limit=concurrency)
     return blocks
 
 

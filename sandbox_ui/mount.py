@@ -24,12 +24,14 @@ Lookup = Callable[[str], Awaitable[DemoSpec | None]]
 class TryApps:
     """The ASGI app at the mount point: ``/{slug}/...`` goes to that listing's demo."""
 
-    def __init__(self, lookup: Lookup, call: DemoCall, temp_dir: str | None = None) -> None:
+    def __init__(self, lookup: Lookup, call: DemoCall, *, concurrency: int = 4,
+                 temp_dir: str | None = None) -> None:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         if temp_dir:
             os.environ.setdefault("GRADIO_TEMP_DIR", temp_dir)
         self.lookup = lookup
         self.call = call
+        self.concurrency = concurrency
         self._apps: dict[str, tuple[int, ASGIApp, contextlib.AsyncExitStack]] = {}
         self._lock = asyncio.Lock()
 
@@ -58,8 +60,9 @@ class TryApps:
             if hit is not None and hit[0] == spec.version:
                 return hit[1]
             holder = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-            gr.mount_gradio_app(holder, build_demo(spec, self.call), path=f"/{spec.slug}",
-                                footer_links=["api"], run_history=False, ssr_mode=False,
+            blocks = build_demo(spec, self.call, self.concurrency)
+            gr.mount_gradio_app(holder, blocks, path=f"/{spec.slug}", footer_links=["api"],
+                                run_history=False, ssr_mode=False,
                                 max_file_size=10 * 1024 * 1024, show_error=True)
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(holder.router.lifespan_context(holder))

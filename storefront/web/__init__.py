@@ -47,7 +47,8 @@ def install(app: FastAPI, settings: Settings) -> None:
                           client.host if client else "unknown")
         return await demo_call(svc, app.state.demo_meter, slug, payload, visitor)
 
-    demos = TryApps(lookup, call, temp_dir=default_temp_dir(settings.data_dir.resolve()))
+    demos = TryApps(lookup, call, concurrency=settings.demo_concurrency,
+                    temp_dir=default_temp_dir(settings.data_dir.resolve()))
     app.mount("/try", demos, name="try")
 
     inner = app.router.lifespan_context

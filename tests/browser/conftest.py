@@ -27,7 +27,7 @@ def chromium_path() -> str | None:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     path = chromium_path()
     if path is None:
@@ -37,6 +37,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     # Chromium writes its profile under $HOME: keep it in a temp dir.
     os.environ.setdefault("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("chromium-config")))
+    # Package scope: Playwright's sync API holds an event loop that must be gone before the
+    # asyncio tests of other packages run.
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
         yield b
