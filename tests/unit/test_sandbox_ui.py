@@ -103,3 +103,26 @@ def test_tensor_demo_takes_json_and_shows_refusals_as_errors() -> None:
         asyncio.run(_fn(blocks, "predict")('{"x": [[1, 2, 3]]}', None))
     with pytest.raises(gr.Error, match="not valid JSON"):
         asyncio.run(_fn(blocks, "predict")("{", None))
+
+
+def test_try_apps_serve_each_listing_and_rebuild_for_a_new_version() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from sandbox_ui import TryApps
+
+    live = {"s": DemoSpec("s", 1, "Iris", parse_manifest(TABULAR))}
+
+    async def lookup(slug: str) -> DemoSpec | None:
+        return live.get(slug)
+
+    apps = TryApps(lookup, Recorder({}))
+    app = FastAPI()
+    app.mount("/try", apps)
+    with TestClient(app) as c:
+        assert "(version 1)" in c.get("/try/s/config").text
+        live["s"] = DemoSpec("s", 2, "Iris", parse_manifest(TABULAR))
+        assert "(version 2)" in c.get("/try/s/config").text
+        r = c.get("/try/other/")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        c.portal.call(apps.close)
