@@ -188,3 +188,59 @@ def test_anonymous_demo_quota_and_listing_concurrency(web: Any) -> None:
 
 def uuid_byte() -> int:
     return int(email("x")[2:8], 16) % 250 + 1
+
+
+@pytest.fixture(scope="module")
+def iris_files() -> tuple[bytes, str]:
+    import yaml
+
+    from storefront.demo import iris
+
+    data, manifest = iris()
+    return data, yaml.safe_dump({**manifest, "title": f"Web iris {uuid_byte()}"})
+
+
+def test_seller_upload_form_review_and_demo_calls_counted(web: Any, iris_files: Any) -> None:
+    seller, _ = signup(web, "seller")
+    _login(web, seller, "password-123")
+    data, manifest = iris_files
+    form = {"csrf": _csrf(web, "/seller"), "license": "MIT", "attest_rights": "true"}
+    files = {"model": ("iris.onnx", data), "manifest": ("iris.yaml", manifest.encode())}
+    r = web.post("/seller/upload", data={**form, "attest_rights": ""}, files=files)
+    assert "attest that you hold the rights" in r.text
+    r = web.post("/seller/upload", data=form, files=files)
+    slug = re.search(r"Uploaded ([a-z0-9-]+) version 1", r.text).group(1)  # type: ignore[union-attr]
+    assert "pending_review" in r.text
+    r = web.post("/seller/upload", data={**form, "slug": slug}, files=files)
+    assert f"Uploaded {slug} version 2" in r.text
+
+    web.cookies.clear()
+    _login(web, "admin@test.local", "admin-pass-123")
+    csrf = _csrf(web, "/admin")
+    r = web.post(f"/admin/review/{slug}/2", data={"decision": "reject", "csrf": csrf})
+    assert "Write the reason for the rejection" in r.text
+    r = web.post(f"/admin/review/{slug}/2", data={"decision": "reject", "csrf": csrf,
+                                                  "reason": "duplicate of version 1"})
+    assert f"Rejected {slug} version 2." in r.text
+    r = web.post(f"/admin/review/{slug}/1", data={"decision": "approve", "csrf": csrf})
+    assert f"Approved {slug} version 1: it is live." in r.text
+    assert f'href="/models/{slug}"' in web.get("/?q=web+iris").text
+
+    for _ in range(2):
+        assert _demo(web, Visitor(None, "203.0.113.9"), slug=slug)["kind"] == "demo"
+    web.app.state.services.flusher.drain()
+    web.cookies.clear()
+    _login(web, seller, "password-123")
+    page = web.get("/seller").text
+    assert "duplicate of version 1" in page and 'class="status-live"' in page
+    row = re.search(r"<tr><td>\d{4}-\d\d-\d\d</td><td>(\d+)</td><td>(\d+)</td>", page)
+    assert row is not None and row.groups() == ("2", "2")  # 2 calls, both demo calls
+    assert '<svg class="chart"' in page
+
+
+def test_logout_ends_the_session(web: Any) -> None:
+    addr, _ = signup(web, "buyer")
+    _login(web, addr, "password-123")
+    r = web.post("/logout", data={"csrf": _csrf(web, "/account")}, follow_redirects=False)
+    assert r.status_code == 303
+    assert web.get("/account", follow_redirects=False).status_code == 303
