@@ -108,7 +108,10 @@ def _image_ui(spec: DemoSpec, call: DemoCall) -> None:
                     gr.Examples([[e] for e in examples], inputs=[image], label="Examples")
             with gr.Tab("Draw"):
                 sketch = gr.Sketchpad(type="pil", label="Draw with the mouse",
-                                      canvas_size=(280, 280), elem_id="demo-sketch")
+                                      canvas_size=(280, 280), elem_id="demo-sketch",
+                                      brush=gr.Brush(default_size=18, colors=["#000000"],
+                                                     color_mode="fixed"),
+                                      layers=False, transforms=())
                 sketch_btn = gr.Button("Classify drawing", variant="primary",
                                        elem_id="demo-run-sketch")
         with gr.Column():

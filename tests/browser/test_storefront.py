@@ -68,7 +68,7 @@ def test_newcomer_browses_tries_a_model_signs_up_and_creates_a_key(pages) -> Non
     page.locator("#try").scroll_into_view_if_needed()
     demo = page.frame_locator("iframe.demo")
     demo.get_by_role("button", name="Predict").click()  # the form holds a setosa flower
-    expect(demo.locator("#demo-output")).to_contain_text("setosa", timeout=WAIT_MS)
+    expect(demo.locator("#demo-output [data-testid=label-output-value]")).to_have_text("setosa")
     expect(demo.locator("#demo-remaining")).to_contain_text("free demo calls left today")
     shot(page, "03-model-page-demo")
 
@@ -128,3 +128,23 @@ def test_seller_uploads_and_admin_approves_into_the_catalog(pages, server) -> No
     shot(visitor, "11-catalog-new-model")
     seller.reload()
     expect(seller.locator("td.status-live")).to_have_count(1)
+
+
+def test_a_sketched_digit_is_classified(pages) -> None:
+    page = pages()
+    page.goto("/try/handwritten-digits/")
+    page.get_by_role("tab", name="Draw").click()
+    sketch = page.locator("#demo-sketch")
+    sketch.get_by_role("button", name="Brush").first.click()
+    box = sketch.locator("canvas").first.bounding_box()
+    assert box is not None
+    x, top = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.2
+    page.mouse.move(x, top)
+    page.mouse.down()
+    for i in range(1, 21):  # a vertical stroke: a "1"
+        page.mouse.move(x, top + i * box["height"] * 0.03)
+    page.mouse.up()
+    page.locator("#demo-run-sketch").click()
+    expect(page.locator("#demo-output [data-testid=label-output-value]")).to_have_text("1")
+    expect(page.locator("#demo-remaining")).to_contain_text("free demo calls left today")
+    shot(page, "12-demo-sketch")
