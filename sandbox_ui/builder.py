@@ -138,8 +138,12 @@ def _tabular_ui(spec: DemoSpec, call: DemoCall) -> None:
 
     with gr.Row():
         with gr.Column():
-            fields = [gr.Number(value=v, label=n, elem_id=f"feature-{i}")
-                      for i, (n, v) in enumerate(zip(names, first, strict=True))]
+            fields = []
+            for start in range(0, len(names), 3):  # three features a row keeps it short
+                with gr.Row():
+                    fields += [gr.Number(value=first[i], label=names[i], elem_id=f"feature-{i}",
+                                         min_width=120)
+                               for i in range(start, min(start + 3, len(names)))]
             run = gr.Button("Predict", variant="primary", elem_id="demo-run")
             if rows:
                 gr.Examples(rows, inputs=fields, label="Examples")
