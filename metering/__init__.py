@@ -1,6 +1,7 @@
 """Metering: trial quotas and prepaid credits on Redis, the usage stream, and the SQL ledger."""
 
 from . import metrics
+from .demo import DEMO, DemoMeter
 from .flusher import Flusher
 from .ledger import (
     Base,
@@ -18,8 +19,8 @@ from .money import MoneyError, format_usd, split, to_micro
 from .reconcile import Drift, reconcile
 
 __all__ = [
-    "PAID", "REFUSALS", "TRIAL", "Base", "CallSpec", "CreditEntry", "Drift", "Event",
-    "Flusher", "Meter", "MoneyError", "Reservation", "Snapshot", "UsageEvent", "add_credit",
-    "balance", "format_usd", "metrics", "reconcile", "snapshot", "split", "to_micro", "utcnow",
-    "write_events",
+    "DEMO", "PAID", "REFUSALS", "TRIAL", "Base", "CallSpec", "CreditEntry", "DemoMeter", "Drift",
+    "Event", "Flusher", "Meter", "MoneyError", "Reservation", "Snapshot", "UsageEvent",
+    "add_credit", "balance", "format_usd", "metrics", "reconcile", "snapshot", "split",
+    "to_micro", "utcnow", "write_events",
 ]

@@ -47,7 +47,7 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
         e = Event.from_fields(fields)
         if e.kind == "paid":
             pending_paid[e.account_id] += e.price
-        else:
+        elif e.kind == "trial":
             pending_trial[(e.account_id, e.listing_id)] += 1
     held_paid: Counter[int] = Counter()
     held_trial: Counter[str] = Counter()
@@ -55,7 +55,7 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
         kind, price, trial_key, credit_key, *_ = meta.decode().split("|")
         if kind == "paid":
             held_paid[int(credit_key.rsplit(":", 1)[1])] += int(price)
-        else:
+        elif kind == "trial":
             held_trial[trial_key] += 1
     with engine.connect() as conn:
         accounts = set(conn.execute(select(CreditEntry.account_id).distinct()).scalars())

@@ -6,7 +6,8 @@ script; release and the sweeper (holds older than the longest call) refund it in
 So a reservation is either committed as exactly one usage event or refunded, never both.
 """
 
-# Refund one hold, shared by RELEASE and SWEEP. Hold value: kind|price|trial|credit|day|month
+# Refund one hold, shared by RELEASE and SWEEP. Hold value: kind|price|counter|credit|day|month
+# (kind trial or demo: counter is the counter to give the call back to)
 _REFUND = """
 local function refund(holds, holdq, rid)
   local meta = redis.call('HGET', holds, rid)
@@ -14,7 +15,7 @@ local function refund(holds, holdq, rid)
   local f = {}
   for part in string.gmatch(meta, '([^|]*)|?') do f[#f + 1] = part end
   local price = tonumber(f[2])
-  if f[1] == 'trial' then
+  if f[1] ~= 'paid' then  -- a trial or demo call gives its counter back
     redis.call('DECR', f[3])
   else
     redis.call('INCRBY', f[4], price)

@@ -71,6 +71,9 @@ class Manifest(_Strict):
     max_batch: int = Field(default=64, ge=1, le=4096)
     rate_limit: RateLimit | None = None
     license: str | None = Field(default=None, max_length=100)
+    # Example inputs the demo offers: images as base64 PNG (or data: URLs), table rows as
+    # objects keyed by feature name (or value lists), tensor inputs as {name: nested list}.
+    examples: list[Any] | None = Field(default=None, max_length=20)
 
     @model_validator(mode="after")
     def _task_fields(self) -> Manifest:

@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from metering.metrics import refresh
 
-from . import demo, errors, gateway
+from . import demo, errors, gateway, web
 from .config import Settings
 from .models import Account
 from .routes import accounts, admin, billing, exports, keys, models, usage
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(gateway.router)
     if settings.unmetered_route:
         app.include_router(gateway.unmetered)
+    web.install(app, settings)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     billing_sync_interval_s: float = Field(
         300, ge=0, description="Push usage to Stripe this often in Stripe mode (0: only by CLI)"
     )
+    demo_calls_per_day: int = Field(
+        20, ge=0, description="Free demo calls per anonymous visitor (client address) and UTC day"
+    )
+    demo_concurrency: int = Field(
+        4, ge=1, description="Demo calls of one listing in flight at once, across workers"
+    )
     unmetered_route: bool = Field(
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import secrets
@@ -29,6 +31,28 @@ def _clf_onnx(clf: Any, X: np.ndarray) -> bytes:
     return model.SerializeToString()  # type: ignore[no-any-return]
 
 
+def digit_png(row: np.ndarray, scale: int = 8) -> str:
+    """An 8x8 digits sample (0-16, light ink) as a base64 PNG of dark ink on white paper."""
+    from PIL import Image
+
+    pixels = (255 - np.asarray(row, dtype=np.float64).reshape(8, 8) * 255 / 16).astype(np.uint8)
+    img = Image.fromarray(pixels, mode="L").resize((8 * scale, 8 * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _rows(data: Any, indices: tuple[int, ...], names: list[str] | None = None
+          ) -> list[dict[str, float]]:
+    """Example rows for a demo form, keyed by feature name."""
+    names = names or list(data.feature_names)
+    return [{n: round(float(v), 4) for n, v in zip(names, data.data[i], strict=True)}
+            for i in indices]
+
+
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
 def digits() -> tuple[bytes, dict[str, Any]]:
     from sklearn.datasets import load_digits
     from sklearn.neural_network import MLPClassifier
@@ -47,6 +71,7 @@ def digits() -> tuple[bytes, dict[str, Any]]:
         "labels": [str(i) for i in range(10)],
         "preprocessing": {"size": [8, 8], "mode": "L", "scale": 0.0625, "invert": True},
         "pricing": {"per_call": "0.002", "trial_calls": 5, "export_price": "19.00"},
+        "examples": [digit_png(X[i]) for i in (0, 1, 2, 3)],
     }
 
 
@@ -65,8 +90,9 @@ def iris() -> tuple[bytes, dict[str, Any]]:
         "outputs": [{"name": "label", "dtype": "int64", "shape": [-1]},
                     {"name": "probabilities", "dtype": "float32", "shape": [-1, 3]}],
         "labels": [str(n) for n in data.target_names],
-        "feature_names": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+        "feature_names": IRIS_FEATURES,
         "pricing": {"per_call": "0.001", "trial_calls": 10, "export_price": "5.00"},
+        "examples": _rows(data, (0, 50, 100), IRIS_FEATURES),
     }
 
 
@@ -88,6 +114,7 @@ def wine() -> tuple[bytes, dict[str, Any]]:
         "labels": ["class_0", "class_1", "class_2"],
         "feature_names": list(data.feature_names),
         "pricing": {"per_call": "0.0015", "trial_calls": 10, "export_price": "8.00"},
+        "examples": _rows(data, (0, 60, 130)),
     }
 
 
@@ -108,6 +135,7 @@ def diabetes() -> tuple[bytes, dict[str, Any]]:
         "outputs": [{"name": "variable", "dtype": "float32", "shape": [-1, 1]}],
         "feature_names": list(data.feature_names),
         "pricing": {"per_call": "0.001", "trial_calls": 20, "export_price": "4.00"},
+        "examples": _rows(data, (0, 1, 2)),
     }
 
 

@@ -223,7 +223,7 @@ def _newest_live() -> Any:
 
 def catalog(
     db: Session, *, q: str | None, category: str | None, task: str | None, sort: str,
-    page: int, page_size: int,
+    page: int, page_size: int, max_price: int | None = None,
 ) -> dict[str, Any]:
     newest = _newest_live()
     calls = (
@@ -249,6 +249,8 @@ def catalog(
         query = query.where(Listing.category == category)
     if task:
         query = query.where(Listing.task == task)
+    if max_price is not None:
+        query = query.where(ListingVersion.price <= max_price)
     total = db.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     order = {
         "newest": [Listing.created_at.desc()], "popular": [n_calls.desc()],

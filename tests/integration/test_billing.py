@@ -397,3 +397,46 @@ def test_a_cancelled_subscription_closes_the_credit_line(bill, stripe_srv):
     codes = [bill.post("/v2/models/handwritten-digits/infer", headers=bearer(key),
                        json=v2_body()).status_code for _ in range(6)]
     assert codes == [200] * 5 + [402]  # the trial, then prepaid credit is needed again
+
+
+def test_pages_send_buyers_to_checkout_and_sellers_to_onboarding(bill, stripe_srv):
+    import re
+
+    from tests.helpers import email
+
+    def login(addr: str) -> str:
+        html = bill.get("/login").text
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
+        r = bill.post("/login", data={"email": addr, "password": "password-123", "csrf": csrf},
+                      follow_redirects=False)
+        assert r.status_code == 303, r.text
+        return csrf
+
+    bill.cookies.clear()
+    try:
+        addr, token = signup(bill, "buyer")
+        csrf = login(addr)
+        page = bill.get("/account").text
+        assert "Buy credits" in page and "Pay as you go" in page
+        r = bill.post("/account/credits", data={"amount": "15.00", "csrf": csrf},
+                      follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith(stripe_srv.url)
+        sid = r.headers["location"].rsplit("/", 1)[1]
+        deliver(bill, stripe_srv, stripe_srv.complete_checkout(sid))
+        assert "15.00 USD" in bill.get("/account").text
+        r = bill.post("/account/credits", data={"amount": "0.01", "csrf": csrf},
+                      follow_redirects=False)
+        assert r.status_code == 303 and "error=" in r.headers["location"]
+        r = bill.post("/account/credits", data={"amount": "15.00"}, follow_redirects=False)
+        assert r.status_code == 403  # no CSRF token
+
+        bill.cookies.clear()
+        seller = email("seller")
+        assert bill.post("/v1/accounts", json={"email": seller, "password": "password-123",
+                                               "role": "seller"}).status_code == 201
+        csrf = login(seller)
+        assert "Set up payouts with Stripe" in bill.get("/seller").text
+        r = bill.post("/seller/connect", data={"csrf": csrf}, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith(stripe_srv.url)
+    finally:
+        bill.cookies.clear()

@@ -1,0 +1,6 @@
+"""Try-before-you-buy demos: a Gradio app built from each listing's manifest, at /try/{slug}."""
+
+from .builder import DemoCall, DemoSpec, build_demo
+from .mount import Lookup, TryApps, default_temp_dir
+
+__all__ = ["DemoCall", "DemoSpec", "Lookup", "TryApps", "build_demo", "default_temp_dir"]

@@ -1,0 +1,193 @@
+"""A Gradio demo built from a listing's manifest.
+
+image-classification: an uploaded or sketched image -> the top labels
+tabular-*: a form with one number per feature -> the label (with scores) or the value
+tensor: JSON inputs -> JSON outputs
+Every call goes to ``call`` (the marketplace's demo path); its refusals show as Gradio errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from serving import AimarketError, Manifest
+
+# (slug, task-level payload, the HTTP request) -> the demo call's answer
+DemoCall = Callable[[str, Any, Any], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What a demo is built from: a live listing version."""
+
+    slug: str
+    version: int
+    title: str
+    manifest: Manifest
+
+
+def build_demo(spec: DemoSpec, call: DemoCall, concurrency: int = 4) -> gr.Blocks:
+    """The listing's demo; its API endpoint is ``/predict`` (gradio_client's ``api_name``).
+    At most ``concurrency`` calls run at once in this process; more wait in Gradio's queue."""
+    m = spec.manifest
+    # Uploaded and sketched images are deleted an hour after they arrive.
+    with gr.Blocks(title=f"Try {spec.title}", analytics_enabled=False,
+                   delete_cache=(3600, 3600)) as blocks:
+        gr.Markdown(f"### Try {spec.title} (version {spec.version})\n\n{m.description}")
+        if m.task == "image-classification":
+            _image_ui(spec, call)
+        elif m.task.startswith("tabular-"):
+            _tabular_ui(spec, call)
+        else:
+            _tensor_ui(spec, call)
+    blocks.queue(default_concurrency_limit=concurrency)
+    return blocks
+
+
+async def _run(call: DemoCall, slug: str, payload: Any, request: gr.Request | None
+               ) -> dict[str, Any]:
+    try:
+        return await call(slug, payload, getattr(request, "request", None))
+    except AimarketError as exc:
+        raise gr.Error(exc.message, title="Demo call refused") from exc
+
+
+def _labels(answer: dict[str, Any]) -> dict[str, float]:
+    pred = answer["predictions"][0]
+    top = pred.get("top") or [{"label": pred["label"], "score": 1.0}]
+    return {t["label"]: float(t["score"]) for t in top}
+
+
+def _png_b64(image: Any) -> str:
+    if isinstance(image, dict):  # a sketch: the editor's layers flattened
+        image = image.get("composite")
+    if image is None:
+        raise gr.Error("add an image first: upload one or draw one")
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    if image.mode in ("RGBA", "LA", "P"):
+        # Transparent pixels (an untouched canvas) are paper: flatten onto white.
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, rgba).convert("RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _example_images(m: Manifest) -> list[Image.Image]:
+    out = []
+    for ex in m.examples or []:
+        if isinstance(ex, str):
+            data = ex.partition(",")[2] if ex.startswith("data:") else ex
+            out.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+    return out
+
+
+def _image_ui(spec: DemoSpec, call: DemoCall) -> None:
+    async def classify(image: Any, request: gr.Request) -> tuple[dict[str, float], str]:
+        answer = await _run(call, spec.slug, {"image": _png_b64(image)}, request)
+        return _labels(answer), answer["remaining_text"]
+
+    with gr.Row():
+        with gr.Column():
+            with gr.Tab("Upload"):
+                image = gr.Image(type="pil", sources=["upload", "clipboard"], label="Image",
+                                 elem_id="demo-image")
+                upload_btn = gr.Button("Classify", variant="primary", elem_id="demo-run")
+                examples = _example_images(spec.manifest)
+                if examples:
+                    gr.Examples([[e] for e in examples], inputs=[image], label="Examples")
+            with gr.Tab("Draw"):
+                sketch = gr.Sketchpad(type="pil", label="Draw with the mouse",
+                                      canvas_size=(280, 280), elem_id="demo-sketch",
+                                      brush=gr.Brush(default_size=18, colors=["#000000"],
+                                                     color_mode="fixed"),
+                                      layers=False, transforms=())
+                sketch_btn = gr.Button("Classify drawing", variant="primary",
+                                       elem_id="demo-run-sketch")
+        with gr.Column():
+            label = gr.Label(num_top_classes=3, label="Top labels", elem_id="demo-output")
+            left = gr.Markdown(elem_id="demo-remaining")
+    upload_btn.click(classify, [image], [label, left], api_name="predict")
+    sketch_btn.click(classify, [sketch], [label, left], api_name="predict_sketch")
+
+
+def _tabular_ui(spec: DemoSpec, call: DemoCall) -> None:
+    m = spec.manifest
+    names = m.feature_names or []
+    rows = [_row(names, ex) for ex in m.examples or []]
+    first = rows[0] if rows else [0.0] * len(names)
+
+    async def predict(request: gr.Request, *values: float | None) -> tuple[Any, str]:
+        if any(v is None for v in values):
+            raise gr.Error("fill in every feature")
+        row = {n: float(v) for n, v in zip(names, values, strict=True)}  # type: ignore[arg-type]
+        answer = await _run(call, spec.slug, {"rows": [row]}, request)
+        if m.task == "tabular-regression":
+            return answer["predictions"][0]["value"], answer["remaining_text"]
+        return _labels(answer), answer["remaining_text"]
+
+    with gr.Row():
+        with gr.Column():
+            fields = []
+            for start in range(0, len(names), 3):  # three features a row keeps it short
+                with gr.Row():
+                    fields += [gr.Number(value=first[i], label=names[i], elem_id=f"feature-{i}",
+                                         min_width=120)
+                               for i in range(start, min(start + 3, len(names)))]
+            run = gr.Button("Predict", variant="primary", elem_id="demo-run")
+            if rows:
+                gr.Examples(rows, inputs=fields, label="Examples")
+        with gr.Column():
+            out: Any = (gr.Number(label="Predicted value", elem_id="demo-output")
+                        if m.task == "tabular-regression"
+                        else gr.Label(num_top_classes=3, label="Prediction",
+                                      elem_id="demo-output"))
+            left = gr.Markdown(elem_id="demo-remaining")
+    run.click(predict, fields, [out, left], api_name="predict")
+
+
+def _row(names: list[str], example: Any) -> list[float]:
+    if isinstance(example, dict):
+        return [float(example[n]) for n in names]
+    return [float(v) for v in example]
+
+
+def _tensor_ui(spec: DemoSpec, call: DemoCall) -> None:
+    m = spec.manifest
+    example = (m.examples or [None])[0] or {
+        t.name: _zeros([1 if d == -1 else d for d in t.shape]) for t in m.inputs
+    }
+
+    async def predict(text: str, request: gr.Request) -> tuple[Any, str]:
+        try:
+            inputs = json.loads(text)
+        except ValueError as exc:
+            raise gr.Error(f"inputs are not valid JSON: {exc}") from exc
+        answer = await _run(call, spec.slug, {"inputs": inputs}, request)
+        return answer["outputs"], answer["remaining_text"]
+
+    with gr.Row():
+        with gr.Column():
+            text = gr.Code(json.dumps(example), language="json", label="Inputs (JSON: input "
+                           "name -> nested list)", elem_id="demo-input")
+            run = gr.Button("Run", variant="primary", elem_id="demo-run")
+        with gr.Column():
+            out = gr.JSON(label="Outputs", elem_id="demo-output")
+            left = gr.Markdown(elem_id="demo-remaining")
+    run.click(predict, [text], [out, left], api_name="predict")
+
+
+def _zeros(shape: list[int]) -> Any:
+    if len(shape) == 1:
+        return [0.0] * shape[0]
+    return [_zeros(shape[1:]) for _ in range(shape[0])]

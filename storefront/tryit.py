@@ -1,0 +1,96 @@
+"""The demo call behind a listing's Try it box: the paid call's path, as a demo call.
+
+find the live version -> validate input -> take a demo slot of the listing -> reserve (a
+signed-in buyer's free trial call first, else the visitor's daily demo quota) -> infer ->
+commit or release. Never charged; committed as a usage event the seller sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from metering import DEMO, CallSpec, DemoMeter, Reservation
+from metering.metrics import CALLS, ERRORS, LATENCY
+from serving import AimarketError, TooManyRequests, postprocess, prepare
+
+from .gateway import _commit
+from .services import Services
+
+ANONYMOUS = 0  # the account id demo events of visitors who are not signed in carry
+
+
+@dataclass(frozen=True)
+class Visitor:
+    """Who makes a demo call: a signed-in account (or None) and the client's address."""
+
+    account_id: int | None
+    address: str
+
+    @property
+    def quota_key(self) -> str:
+        who = f"a{self.account_id}" if self.account_id else f"ip{self.address}"
+        return hashlib.sha256(who.encode()).hexdigest()[:24]
+
+
+async def demo_call(svc: Services, demos: DemoMeter, slug: str, payload: Any, visitor: Visitor
+                    ) -> dict[str, Any]:
+    """Run one demo call; the answer carries the predictions and what the visitor has left."""
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex
+    settings = svc.settings
+    try:
+        live = await svc.registry.get(slug)
+        inputs = prepare(live.manifest, payload)
+        call = CallSpec(
+            request_id=request_id, account_id=visitor.account_id or ANONYMOUS, api_key_id=None,
+            listing_id=live.listing_id, listing_version_id=live.version_id,
+            seller_id=live.seller_id, price=live.price, trial_calls=live.trial_calls,
+        )
+        async with demos.slot(live.listing_id, settings.demo_concurrency) as free:
+            if not free:
+                raise TooManyRequests(
+                    f"this demo is busy ({settings.demo_concurrency} calls running); "
+                    "try again in a moment", code="demo_busy", headers={"Retry-After": "1"})
+            res = await _reserve(demos, call, visitor, settings.demo_calls_per_day)
+            try:
+                outputs = await svc.backend.infer(live.ref.key, inputs)
+                answer = postprocess(live.manifest, outputs)
+                await _commit(svc, res, int((time.perf_counter() - started) * 1e6))
+            except BaseException:
+                await svc.meter.release(res)
+                raise
+    except AimarketError as exc:
+        ERRORS.labels(exc.code).inc()
+        raise
+    CALLS.labels(live.slug, res.kind).inc()
+    LATENCY.labels(live.slug).observe(time.perf_counter() - started)
+    left = await demos.remaining(visitor.quota_key, settings.demo_calls_per_day)
+    return {**answer, "id": request_id, "model": live.slug, "version": live.version,
+            "kind": res.kind, "trial_remaining": res.trial_remaining if res.kind != DEMO else 0,
+            "demo_remaining": left, "remaining_text": _remaining_text(res, left)}
+
+
+async def _reserve(demos: DemoMeter, call: CallSpec, visitor: Visitor, limit: int
+                   ) -> Reservation:
+    if visitor.account_id:
+        res = await demos.reserve_trial(call)
+        if res.ok:
+            return res
+    res = await demos.reserve(call, visitor.quota_key, limit)
+    if not res.ok:
+        raise TooManyRequests(
+            f"the {limit} free demo calls of today are used up; sign up for free trial calls "
+            "and an API key, or come back tomorrow (UTC)", code="demo_quota_exhausted")
+    return res
+
+
+def _remaining_text(res: Reservation, demo_left: int) -> str:
+    demos = f"{demo_left} free demo call{'' if demo_left == 1 else 's'}"
+    if res.kind == DEMO:
+        return f"{demos} left today"
+    n = res.trial_remaining
+    return f"{n} free trial call{'' if n == 1 else 's'} left on this model, then {demos} today"

@@ -1,0 +1,245 @@
+"""Signed-in pages: the buyer's keys, credits and usage; the seller's uploads and earnings;
+the admin's review queue and credit grants. Each action calls the API's own handler, so the
+pages and the API share one set of rules."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.responses import RedirectResponse, Response
+
+from metering import MoneyError, to_micro
+from serving import AimarketError, InvalidInput
+
+from .. import listings
+from ..models import Account
+from ..routes import admin as admin_api
+from ..routes import keys as keys_api
+from ..routes import usage as usage_api
+from . import queries
+from .charts import bar_chart
+from .render import page
+from .session import check_csrf, require, services
+
+router = APIRouter(include_in_schema=False)
+
+
+def _account(request: Request, role: str) -> Account:
+    with services(request).sessions() as db:
+        account = require(request, db, role)
+        db.expunge(account)
+        return account
+
+
+def _back(path: str, **flash: str) -> RedirectResponse:
+    query = "&".join(f"{k}={quote(v)}" for k, v in flash.items())
+    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+
+
+def _form_error(exc: Exception) -> str:
+    if isinstance(exc, AimarketError):
+        return exc.message
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    raise exc
+
+
+# -- buyer -------------------------------------------------------------------------------------
+@router.get("/account")
+async def buyer_dashboard(request: Request, new_key: str = "", error: str = "",
+                          done: str = "") -> Response:
+    account = _account(request, "buyer")
+    svc = services(request)
+    used = await usage_api.usage(account, svc, 30)
+    with svc.sessions() as db:
+        keys = keys_api.list_keys(account, db)["items"]
+    per_day: dict[str, int] = {}
+    for d in used["days"]:
+        per_day[d["date"]] = per_day.get(d["date"], 0) + d["calls"]
+    chart = bar_chart(list(per_day.items()), title="Your calls per day (last 30 days)")
+    billing = await run_in_threadpool(svc.billing.summary, account.id)
+    return page(request, "buyer.html", account, keys=keys, usage=used, chart=chart,
+                new_key=new_key, error=error, done=done, billing=billing)
+
+
+@router.post("/account/credits")
+async def buy_credits(request: Request) -> Response:
+    """Stripe mode: send the buyer to a Checkout page for prepaid credit (or a card on file
+    for postpaid usage); the webhook credits the account when Stripe confirms."""
+    account = _account(request, "buyer")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    svc = services(request)
+    try:
+        if form.get("action") == "postpaid":
+            session = await run_in_threadpool(svc.billing.checkout_postpaid, account.id,
+                                              account.email)
+        else:
+            try:
+                amount = to_micro(str(form.get("amount", "")))
+            except MoneyError as exc:
+                raise InvalidInput(str(exc), code="invalid_amount") from exc
+            session = await run_in_threadpool(svc.billing.checkout_credits, account.id,
+                                              account.email, amount)
+    except AimarketError as exc:
+        return _back("/account", error=_form_error(exc))
+    return RedirectResponse(session["url"], status_code=303)
+
+
+@router.post("/account/keys")
+async def create_key(request: Request) -> Response:
+    account = _account(request, "buyer")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    svc = services(request)
+    try:
+        body = keys_api.NewKey(name=str(form.get("name", "")),
+                               spend_cap_day=str(form.get("spend_cap_day", "")) or None)
+        with svc.sessions() as db:
+            created = keys_api.create_key(account, db, svc, body)
+    except (AimarketError, ValidationError) as exc:
+        return _back("/account", error=_form_error(exc))
+    # The secret is shown once, on the page the redirect lands on, and never stored.
+    return page(request, "key_created.html", account, key=created)
+
+
+@router.post("/account/keys/{key_id}")
+async def change_key(request: Request, key_id: int) -> Response:
+    account = _account(request, "buyer")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    svc = services(request)
+    try:
+        with svc.sessions() as db:
+            if form.get("action") == "revoke":
+                keys_api.revoke_key(key_id, account, db, svc)
+                return _back("/account", done="Key revoked.")
+            cap = str(form.get("spend_cap_day", "")).strip()
+            body = keys_api.KeyChange(name=str(form.get("name", "")) or None,
+                                      spend_cap_day=cap or None)
+            keys_api.change_key(key_id, body, account, db, svc)
+    except (AimarketError, ValidationError) as exc:
+        return _back("/account", error=_form_error(exc))
+    return _back("/account", done="Key saved.")
+
+
+# -- seller ------------------------------------------------------------------------------------
+@router.get("/seller")
+async def seller_dashboard(request: Request, uploaded: str = "", error: str = "") -> Response:
+    account = _account(request, "seller")
+    svc = services(request)
+    with svc.sessions() as db:
+        mine = listings.seller_listings(db, account)
+        earned = usage_api.earnings(account, db)
+        daily = queries.seller_daily(db, account.id)
+    calls = bar_chart([(d["date"], d["calls"]) for d in daily],
+                      title="Calls per day, demo calls included (last 30 days)")
+    revenue = bar_chart([(d["date"], d["revenue_micro"] / 1e6) for d in daily],
+                        title="Revenue per day, USD (last 30 days)", unit=" USD")
+    billing = await run_in_threadpool(svc.billing.summary, account.id)
+    return page(request, "seller.html", account, listings=mine, earnings=earned, daily=daily,
+                calls_chart=calls, revenue_chart=revenue, uploaded=uploaded, error=error,
+                max_mb=svc.settings.max_upload_mb, billing=billing)
+
+
+@router.post("/seller/connect")
+async def connect_payouts(request: Request) -> Response:
+    """Stripe mode: onboard for payouts with Stripe Connect (Express)."""
+    account = _account(request, "seller")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    svc = services(request)
+    try:
+        link = await run_in_threadpool(svc.billing.connect, account.id, account.email)
+    except AimarketError as exc:
+        return _back("/seller", error=_form_error(exc))
+    return RedirectResponse(link["url"], status_code=303)
+
+
+@router.post("/seller/upload")
+async def upload(request: Request) -> Response:
+    account = _account(request, "seller")
+    svc = services(request)
+    limit = svc.settings.max_upload_mb * 1024 * 1024
+    form = await request.form(max_files=2, max_fields=8, max_part_size=512 * 1024)
+    try:
+        check_csrf(request, form.get("csrf"))
+        model, manifest = form.get("model"), form.get("manifest")
+        if not isinstance(model, UploadFile) or not model.filename:
+            return _back("/seller", error="Choose the model file (.onnx) to upload.")
+        data = await model.read(limit + 1)
+        manifest_text: Any = (await manifest.read() if isinstance(manifest, UploadFile)
+                              else manifest)
+        if isinstance(manifest, UploadFile) and not manifest.filename:
+            manifest_text = None
+        sub = listings.Submission(
+            upload=data, manifest_text=manifest_text or None,
+            license=str(form.get("license", "")) or None,
+            attested=form.get("attest_rights") in ("true", "on", "1"),
+            slug=str(form.get("slug", "")).strip() or None)
+    finally:
+        await form.close()
+    if len(data) > limit:
+        return _back("/seller", error=f"Models are limited to {svc.settings.max_upload_mb} MB.")
+
+    def publish() -> listings.Published:
+        with svc.sessions() as db:
+            return listings.publish(db, svc.settings, account, sub)
+
+    try:
+        published = await run_in_threadpool(publish)
+    except AimarketError as exc:
+        return _back("/seller", error=exc.message)
+    return _back("/seller", uploaded=f"{published.slug} version {published.version}")
+
+
+# -- admin -------------------------------------------------------------------------------------
+@router.get("/admin")
+def admin_dashboard(request: Request, error: str = "", done: str = "") -> Response:
+    account = _account(request, "admin")
+    with services(request).sessions() as db:
+        queue = listings.review_queue(db)
+        log = admin_api.audit_log(account, db)["items"][:10]
+    return page(request, "admin.html", account, queue=queue, log=log, error=error, done=done)
+
+
+@router.post("/admin/review/{slug}/{version}")
+async def decide(request: Request, slug: str, version: int) -> Response:
+    account = _account(request, "admin")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    svc = services(request)
+    reason = str(form.get("reason", "")).strip()
+    try:
+        if form.get("decision") == "approve":
+            await admin_api.approve(slug, account, svc, admin_api.Decision(
+                version=version, reason=reason))
+            return _back("/admin", done=f"Approved {slug} version {version}: it is live.")
+        body = admin_api.Rejection(version=version, reason=reason)
+        with svc.sessions() as db:
+            admin_api.reject(slug, body, account, db)
+    except (AimarketError, ValidationError) as exc:
+        return _back("/admin", error=_form_error(exc) if reason or not isinstance(
+            exc, ValidationError) else "Write the reason for the rejection: the seller sees it.")
+    return _back("/admin", done=f"Rejected {slug} version {version}.")
+
+
+@router.post("/admin/credits")
+async def grant(request: Request) -> Response:
+    account = _account(request, "admin")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    try:
+        body = admin_api.Grant(account_email=str(form.get("email", "")),
+                               amount=str(form.get("amount", "")),
+                               note=str(form.get("note", ""))[:500])
+        granted = await admin_api.grant_credits(body, account, services(request))
+    except (AimarketError, ValidationError) as exc:
+        return _back("/admin", error=_form_error(exc))
+    return _back("/admin", done=f"Granted {granted['amount']} USD to {granted['account_email']}"
+                                f"; their credits: {granted['credits']} USD.")

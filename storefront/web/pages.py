@@ -1,0 +1,152 @@
+"""Public pages: the catalog, a model's page, sign-up, login and logout."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import RedirectResponse, Response
+
+from metering import MoneyError, to_micro
+from serving import AimarketError, Manifest
+
+from .. import listings
+from ..models import Account, Listing, ListingVersion
+from ..routes.accounts import NewAccount, create_account
+from ..security import verify_password
+from . import queries, snippets
+from .render import page
+from .session import check_csrf, current, end_session, safe_next, services, start_session
+
+router = APIRouter(include_in_schema=False)
+PAGE_SIZE = 12
+SORTS = {"popular": "Most used", "newest": "Newest", "price": "Price", "latency": "Fastest"}
+
+
+@router.get("/")
+def catalog(request: Request, q: str = "", category: str = "", task: str = "",
+            sort: str = "popular", max_price: str = "", page_no: int = 1) -> Response:
+    svc = services(request)
+    sort = sort if sort in SORTS else "popular"
+    page_no = max(1, min(page_no, 100_000))
+    error = ""
+    try:
+        limit = to_micro(max_price) if max_price.strip() else None
+    except MoneyError:
+        limit, error = None, f"'{max_price}' is not a price; write e.g. 0.002"
+    with svc.sessions() as db:
+        result = listings.catalog(db, q=q[:100] or None, category=category[:60] or None,
+                                  task=task[:40] or None, sort=sort, page=page_no,
+                                  page_size=PAGE_SIZE, max_price=limit)
+        cats, all_tasks = queries.categories(db), queries.tasks(db)
+        account = current(request, db)
+    pages = max(1, -(-result["total"] // PAGE_SIZE))
+    params = {"q": q, "category": category, "task": task, "sort": sort, "max_price": max_price}
+
+    def link(**change: Any) -> str:
+        merged = {**params, **change}
+        return "/?" + urlencode({k: v for k, v in merged.items() if v not in ("", None)})
+
+    return page(request, "catalog.html", account, items=result["items"],
+                total=result["total"], page_no=page_no, pages=pages, categories=cats,
+                tasks=all_tasks, sorts=SORTS, params=params, link=link, error=error)
+
+
+@router.get("/models/{slug}")
+def model_page(request: Request, slug: str) -> Response:
+    svc = services(request)
+    with svc.sessions() as db:
+        account = current(request, db)
+        try:
+            info = listings.detail(db, slug)
+        except AimarketError:
+            return page(request, "message.html", account, status=404, title="Not found",
+                        message=f"There is no listed model called '{slug}'.")
+        row = db.execute(
+            select(ListingVersion.manifest_json).join(Listing)
+            .where(Listing.slug == slug, ListingVersion.version == info["version"])
+        ).scalar_one()
+    manifest = Manifest.model_validate_json(row)
+    base = str(request.base_url).rstrip("/")
+    return page(request, "model.html", account, m=info, manifest=manifest,
+                snippets=snippets.snippets(base, slug, manifest))
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/") -> Response:
+    with services(request).sessions() as db:
+        account = current(request, db)
+    return page(request, "login.html", account, next=safe_next(next), error="", email="")
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    email, password = str(form.get("email", "")).lower(), str(form.get("password", ""))
+    target = safe_next(str(form.get("next", "/")))
+    svc = services(request)
+
+    def find() -> Account | None:
+        with svc.sessions() as db:
+            return db.execute(select(Account).where(Account.email == email)).scalar_one_or_none()
+
+    account = await run_in_threadpool(find)
+    ok = await run_in_threadpool(verify_password, password,
+                                 account.password_hash if account else None)
+    if not ok or account is None:
+        return page(request, "login.html", None, status=401, next=target, email=email,
+                    error="Wrong e-mail or password.")
+    response = RedirectResponse(target, status_code=303)
+    start_session(response, request, svc, account)
+    return response
+
+
+@router.get("/signup")
+def signup_form(request: Request, role: str = "buyer", next: str = "/account") -> Response:
+    return page(request, "signup.html", None, role=role if role in ("buyer", "seller")
+                else "buyer", next=safe_next(next), error="", email="")
+
+
+@router.post("/signup")
+async def signup(request: Request) -> Response:
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    svc = services(request)
+    email, role = str(form.get("email", "")), str(form.get("role", "buyer"))
+    target = safe_next(str(form.get("next", "/account")))
+    try:
+        body = NewAccount(email=email, password=str(form.get("password", "")), role=role,
+                          name=str(form.get("name", ""))[:120])
+    except ValidationError as exc:
+        msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return page(request, "signup.html", None, status=422, role=role, next=target,
+                    email=email, error=f"Check the form: {msg}")
+
+    def create() -> Account:
+        with svc.sessions() as db:
+            created = create_account(body, db)
+            return db.get(Account, created["id"])  # type: ignore[return-value]
+
+    try:
+        account = await run_in_threadpool(create)
+    except AimarketError as exc:
+        return page(request, "signup.html", None, status=exc.status, role=role, next=target,
+                    email=email, error=exc.message)
+    response = RedirectResponse(target if role == "buyer" or target != "/account"
+                                else "/seller", status_code=303)
+    start_session(response, request, svc, account)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    response = RedirectResponse("/", status_code=303)
+    end_session(response)
+    return response
