@@ -15,6 +15,21 @@ from .session import csrf_token, ensure_csrf
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
+def duration(ms: float | int | str | None) -> str:
+    """A latency as people read it: 7 µs, 2.4 ms, 1.2 s."""
+    if ms is None or ms == "":
+        return "—"
+    value = float(ms)
+    if value < 1:
+        return f"{value * 1000:.0f} µs"
+    if value < 1000:
+        return f"{value:.3g} ms"
+    return f"{value / 1000:.3g} s"
+
+
+templates.env.filters["duration"] = duration
+
+
 def page(request: Request, name: str, account: Account | None, status: int = 200,
          **context: Any) -> Response:
     response = templates.TemplateResponse(
