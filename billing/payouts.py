@@ -41,6 +41,8 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
     if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", period):
         raise InvalidInput(f"period must be YYYY-MM, not {period!r}", code="invalid_period")
     year, month = map(int, period.split("-"))
+    if not 2000 <= year <= 2999:
+        raise InvalidInput(f"period {period} is out of range", code="invalid_period")
     start = datetime(year, month, 1, tzinfo=UTC)
     end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
     return start, end
@@ -91,31 +93,43 @@ def run(engine: Engine, stripe: StripeGateway, period: str) -> list[PayoutResult
     with Session(engine) as db:
         rows = list(db.execute(select(Payout, BillingProfile).outerjoin(
             BillingProfile, BillingProfile.account_id == Payout.seller_id)
-            .where(Payout.period == period).order_by(Payout.seller_id)).all())
+            .where((Payout.period == period)
+                   | ((Payout.period < period) & (Payout.status == "pending")))
+            .order_by(Payout.seller_id, Payout.period)).all())
     for payout, prof in rows:
         if payout.status != "pending":
-            out.append(PayoutResult(payout.seller_id, period, payout.earned, payout.amount,
+            out.append(PayoutResult(payout.seller_id, payout.period, payout.earned, payout.amount,
                                     payout.status, payout.transfer_id))
             continue
+        if prof is not None and prof.connect_account_id and not prof.payouts_enabled:
+            try:  # a missed account.updated event must not keep a seller unpaid
+                if stripe.account(prof.connect_account_id)["payouts_enabled"]:
+                    prof.payouts_enabled = True
+                    with engine.begin() as conn:
+                        conn.execute(update(BillingProfile).where(
+                            BillingProfile.account_id == prof.account_id)
+                            .values(payouts_enabled=True))
+            except Exception as exc:
+                log.warning("could not refresh %s: %s", prof.connect_account_id, exc)
         if prof is None or not prof.connect_account_id or not prof.payouts_enabled:
-            out.append(PayoutResult(payout.seller_id, period, payout.earned, payout.amount,
+            out.append(PayoutResult(payout.seller_id, payout.period, payout.earned, payout.amount,
                                     "not_onboarded"))
             continue
         try:
             tid = stripe.transfer(prof.connect_account_id, payout.amount // MICRO_PER_CENT,
-                                  payout.id, period,
+                                  payout.id, payout.period,
                                   payout.idempotency_key(prof.connect_account_id))
         except Exception as exc:  # Stripe down or refusing: stays pending for the next run
             with engine.begin() as conn:
                 conn.execute(update(Payout).where(Payout.id == payout.id).values(
                     attempts=Payout.attempts + 1, last_error=str(exc)[:2000]))
-            out.append(PayoutResult(payout.seller_id, period, payout.earned, payout.amount,
+            out.append(PayoutResult(payout.seller_id, payout.period, payout.earned, payout.amount,
                                     "pending", error=str(exc)))
             continue
         with engine.begin() as conn:
             conn.execute(update(Payout).where(Payout.id == payout.id).values(
                 status="paid", transfer_id=tid, paid_at=utcnow(),
                 attempts=Payout.attempts + 1))
-        out.append(PayoutResult(payout.seller_id, period, payout.earned, payout.amount,
+        out.append(PayoutResult(payout.seller_id, payout.period, payout.earned, payout.amount,
                                 "paid", tid))
     return out

@@ -10,10 +10,12 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import stripe as stripe_sdk
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,9 +23,9 @@ from metering import add_credit, format_usd, utcnow
 from serving import BadRequest, Conflict, InvalidInput, ServiceUnavailable
 
 from . import payouts as payouts_mod
-from .stripe_api import MICRO_PER_CENT, StripeGateway
+from .stripe_api import CURRENCY, MICRO_PER_CENT, StripeGateway
 from .tables import BillingProfile, CheckoutRecord, StripeEvent
-from .usage import CreditFn, SyncResult, sync
+from .usage import CreditFn, SyncResult, collect_account, sync
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,8 @@ class Billing:
         prof = self.profile(account_id)
         return {
             "mode": self.mode, "customer_id": prof.customer_id,
-            "postpaid": prof.postpaid_since is not None,
+            "postpaid": prof.postpaid_since is not None and prof.postpaid_until is None,
+            "postpaid_suspended": bool(prof.subscription_id and prof.postpaid_until),
             "postpaid_since": prof.postpaid_since.isoformat() if prof.postpaid_since else None,
             "credit_line": format_usd(prof.credit_line),
             "connect_account_id": prof.connect_account_id,
@@ -110,24 +113,37 @@ class Billing:
                                           amount // MICRO_PER_CENT)
         except stripe_sdk.StripeError as exc:
             raise _stripe_down(exc) from exc
-        self._record_checkout(session.id, account_id, "credits", amount)
+        self._record_checkout(session.id, account_id, "credits", amount, session.url)
         return {"id": session.id, "url": session.url, "amount": format_usd(amount)}
 
     def checkout_postpaid(self, account_id: int, email: str) -> dict[str, Any]:
         gw = self._require()
-        if self.profile(account_id).postpaid_since is not None:
+        prof = self.profile(account_id)
+        if prof.subscription_id and prof.postpaid_until is None:
             raise Conflict("postpaid billing is already on for this account",
                            code="already_postpaid")
+        if prof.subscription_id:
+            raise Conflict("the last invoice was not paid; Stripe retries the card, and "
+                           "postpaid billing resumes when it is paid", code="postpaid_suspended")
+        with Session(self.engine) as db:  # one open sign-up at a time: no second subscription
+            open_one = db.execute(select(CheckoutRecord).where(
+                CheckoutRecord.account_id == account_id, CheckoutRecord.purpose == "postpaid",
+                CheckoutRecord.status == "open",
+                CheckoutRecord.created_at > utcnow() - timedelta(hours=23))).scalars().first()
+        if open_one is not None and open_one.url:
+            return {"id": open_one.id, "url": open_one.url}
         try:
             session = gw.checkout_postpaid(self._customer(account_id, email), account_id)
         except stripe_sdk.StripeError as exc:
             raise _stripe_down(exc) from exc
-        self._record_checkout(session.id, account_id, "postpaid", 0)
+        self._record_checkout(session.id, account_id, "postpaid", 0, session.url)
         return {"id": session.id, "url": session.url}
 
-    def _record_checkout(self, sid: str, account_id: int, purpose: str, amount: int) -> None:
+    def _record_checkout(self, sid: str, account_id: int, purpose: str, amount: int,
+                         url: str = "") -> None:
         with Session(self.engine) as db:
-            db.add(CheckoutRecord(id=sid, account_id=account_id, purpose=purpose, amount=amount))
+            db.add(CheckoutRecord(id=sid, account_id=account_id, purpose=purpose, amount=amount,
+                                  url=url or ""))
             db.commit()
 
     # -- sellers ----------------------------------------------------------------------------------
@@ -145,6 +161,8 @@ class Billing:
                         .values(connect_account_id=acct))
                 acct = self.profile(account_id).connect_account_id or acct
             url = gw.onboarding_link(acct)
+            if not prof.payouts_enabled:  # a missed account.updated event is caught up here
+                self._account_updated(gw.account(acct))
         except stripe_sdk.StripeError as exc:
             raise _stripe_down(exc) from exc
         return {"account_id": acct, "url": url,
@@ -166,37 +184,46 @@ class Billing:
         with Session(self.engine) as db:
             if db.get(StripeEvent, event.id) is not None:
                 return {"received": True, "duplicate": True}
-        obj = json.loads(payload)["data"]["object"]  # verified above; plain dicts
+        obj = (json.loads(payload).get("data") or {}).get("object")  # verified: plain dicts
+        if not isinstance(obj, dict) or "id" not in obj:
+            raise BadRequest("webhook event carries no object", code="invalid_payload")
         handled = True
         if event.type in ("checkout.session.completed",
                           "checkout.session.async_payment_succeeded"):
-            await self._checkout_completed(obj)
+            handled = await self._checkout_completed(obj)
         elif event.type == "account.updated":
             await asyncio.to_thread(self._account_updated, obj)
         elif event.type in ("customer.subscription.deleted", "invoice.payment_failed"):
-            await asyncio.to_thread(self._postpaid_off, obj)
+            await asyncio.to_thread(self._postpaid_off, obj, event.type)
+        elif event.type == "invoice.paid":
+            await asyncio.to_thread(self._postpaid_resume, obj)
         else:
             handled = False
         # Effects are idempotent on their own (unique references); recording the id after
         # them means a failure midway is retried by Stripe instead of forgotten.
+        table = StripeEvent.__table__
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         with self.engine.begin() as conn:
-            conn.execute(insert(StripeEvent).values(id=event.id, type=event.type,
-                                                    received_at=utcnow())
-                         .prefix_with("OR IGNORE", dialect="sqlite"))
+            conn.execute(dialect.insert(table).values(
+                id=event.id, type=event.type, received_at=utcnow()).on_conflict_do_nothing())
         return {"received": True, "duplicate": False, "handled": handled}
 
-    async def _checkout_completed(self, obj: Any) -> None:
+    async def _checkout_completed(self, obj: Any) -> bool:
         with Session(self.engine) as db:
             rec = db.get(CheckoutRecord, obj["id"])
         if rec is None:
             log.warning("checkout %s is not one of ours; ignored", obj["id"])
-            return
+            return False
         if rec.purpose == "credits":
             if obj.get("payment_status") != "paid":
-                return  # async payment methods: wait for the paid event
-            if int(obj.get("amount_total") or 0) * MICRO_PER_CENT != rec.amount:
-                raise BadRequest("checkout amount does not match what was ordered",
-                                 code="amount_mismatch")
+                return False  # async payment methods: wait for the paid event
+            paid = int(obj.get("amount_total") or 0) * MICRO_PER_CENT
+            if paid != rec.amount or obj.get("currency", CURRENCY) != CURRENCY:
+                # Acknowledged (a retry would not change it) but not credited: an operator
+                # must look at it.
+                log.error("checkout %s paid %s %s, ordered %s micro-USD: NOT credited",
+                          rec.id, obj.get("amount_total"), obj.get("currency"), rec.amount)
+                return False
 
             async def record() -> bool:
                 return await asyncio.to_thread(self._complete_credits, rec)
@@ -204,6 +231,7 @@ class Billing:
             await self.credit(rec.account_id, rec.amount, record)
         elif rec.purpose == "postpaid":
             await asyncio.to_thread(self._postpaid_on, rec, obj.get("subscription"))
+        return True
 
     def _complete_credits(self, rec: CheckoutRecord) -> bool:
         with self.engine.begin() as conn:
@@ -218,11 +246,14 @@ class Billing:
         with self.engine.begin() as conn:
             conn.execute(update(CheckoutRecord).where(CheckoutRecord.id == rec.id)
                          .values(status="completed", completed_at=utcnow()))
-            conn.execute(update(BillingProfile).where(
+            started = conn.execute(update(BillingProfile).where(
                 BillingProfile.account_id == rec.account_id,
-                BillingProfile.postpaid_since.is_(None))
-                .values(subscription_id=sub, postpaid_since=utcnow(),
-                        credit_line=self.policy.credit_line))
+                BillingProfile.subscription_id.is_(None))
+                .values(subscription_id=sub, postpaid_since=utcnow(), postpaid_until=None,
+                        credit_line=self.policy.credit_line)).rowcount
+        if not started:
+            log.error("account %s completed a second postpaid checkout (%s): subscription %s "
+                      "is not used; cancel it in Stripe", rec.account_id, rec.id, sub)
 
     def _account_updated(self, obj: Any) -> None:
         with self.engine.begin() as conn:
@@ -230,13 +261,41 @@ class Billing:
                          .where(BillingProfile.connect_account_id == obj["id"])
                          .values(payouts_enabled=bool(obj.get("payouts_enabled"))))
 
-    def _postpaid_off(self, obj: Any) -> None:
-        """A failed invoice or a cancelled subscription closes the credit line: calls need
-        prepaid credit again (usage already made is still reported and invoiced)."""
-        customer = obj.get("customer")
+    def _postpaid_off(self, obj: Any, why: str) -> None:
+        """A cancelled subscription ends postpaid billing, a failed invoice suspends it: the
+        calls made until now are still reported (and invoiced); later calls need prepaid
+        credit and are never reported."""
+        with Session(self.engine) as db:
+            prof = db.execute(select(BillingProfile).where(
+                BillingProfile.customer_id == obj.get("customer"))).scalar_one_or_none()
+        if prof is None or prof.postpaid_since is None:
+            return
+        values: dict[str, Any] = {"credit_line": 0}
+        if prof.postpaid_until is None:
+            values["postpaid_until"] = utcnow()
+        if why == "customer.subscription.deleted":
+            values["subscription_id"] = None
         with self.engine.begin() as conn:
-            conn.execute(update(BillingProfile).where(BillingProfile.customer_id == customer)
-                         .values(credit_line=0))
+            conn.execute(update(BillingProfile)
+                         .where(BillingProfile.account_id == prof.account_id).values(**values))
+        collect_account(self.engine, prof.account_id)
+
+    def _postpaid_resume(self, invoice: Any) -> None:
+        """A paid invoice of the current subscription lifts a suspension."""
+        sub = invoice.get("subscription")
+        if not sub:
+            return
+        with self.engine.begin() as conn:
+            ended = conn.execute(select(BillingProfile.account_id).where(
+                BillingProfile.subscription_id == sub,
+                BillingProfile.postpaid_until.is_not(None))).scalar_one_or_none()
+        if ended is None:
+            return
+        collect_account(self.engine, ended)  # what the old period owes is reported first
+        with self.engine.begin() as conn:
+            conn.execute(update(BillingProfile).where(BillingProfile.account_id == ended)
+                         .values(postpaid_since=utcnow(), postpaid_until=None,
+                                 credit_line=self.policy.credit_line))
 
     def credit_line(self, account_id: int) -> int:
         with Session(self.engine) as db:

@@ -62,27 +62,51 @@ class StripeGateway:
             return self._price_id
 
     def _ensure_price(self) -> str:
+        """Find or make the meter and its price. No fixed idempotency keys here (Stripe would
+        replay a failed first attempt for a day); Stripe's own uniqueness of the meter's event
+        name and the price's lookup key settles a race between two processes."""
         v1 = self.client.v1
         found = v1.prices.list(params={"lookup_keys": [PRICE_LOOKUP_KEY], "active": True})
         if found.data:
             return str(found.data[0].id)
-        meters = [m for m in v1.billing.meters.list(params={"limit": 100}).data
-                  if m.event_name == METER_EVENT]
-        meter = meters[0] if meters else v1.billing.meters.create(params={
-            "display_name": "aimarket paid calls (micro-USD)",
-            "event_name": METER_EVENT,
-            "default_aggregation": {"formula": "sum"},
-            "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
-            "value_settings": {"event_payload_key": "value"},
-        }, options={"idempotency_key": "aimarket-meter-v1"})
-        product = v1.products.create(params={"name": "aimarket pay-per-call inference"},
-                                     options={"idempotency_key": "aimarket-product-v1"})
-        price = v1.prices.create(params={
-            "currency": CURRENCY, "product": product.id, "unit_amount_decimal": "0.0001",
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-            "lookup_key": PRICE_LOOKUP_KEY,
-        }, options={"idempotency_key": "aimarket-price-v1"})
+        meter = self._meter()
+        product = v1.products.create(params={"name": "aimarket pay-per-call inference"})
+        try:
+            price = v1.prices.create(params={
+                "currency": CURRENCY, "product": product.id, "unit_amount_decimal": "0.0001",
+                "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
+                "lookup_key": PRICE_LOOKUP_KEY,
+            })
+        except stripe.InvalidRequestError:  # another process made it first
+            found = v1.prices.list(params={"lookup_keys": [PRICE_LOOKUP_KEY], "active": True})
+            if not found.data:
+                raise
+            return str(found.data[0].id)
         return str(price.id)
+
+    def _meter(self) -> str:
+        def existing() -> str | None:
+            for m in self.client.v1.billing.meters.list(params={"limit": 100}).data:
+                if m.event_name == METER_EVENT and m.status == "active":
+                    return str(m.id)
+            return None
+
+        found = existing()
+        if found:
+            return found
+        try:
+            return str(self.client.v1.billing.meters.create(params={
+                "display_name": "aimarket paid calls (micro-USD)",
+                "event_name": METER_EVENT,
+                "default_aggregation": {"formula": "sum"},
+                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                "value_settings": {"event_payload_key": "value"},
+            }).id)
+        except stripe.InvalidRequestError:
+            found = existing()
+            if not found:
+                raise
+            return found
 
     def meter_id(self) -> str:
         price = self.client.v1.prices.retrieve(self.usage_price())
@@ -119,15 +143,17 @@ class StripeGateway:
             "metadata": {"aimarket_purpose": "postpaid", "aimarket_account": str(account_id)},
         })
 
-    def meter_event(self, customer: str, value: int, identifier: str, timestamp: int) -> None:
-        """One aggregated usage figure; Stripe counts an identifier once, and the idempotency
-        key (the same identifier) makes a retried request replay the first answer."""
+    def meter_event(self, customer: str, value: int, identifier: str, timestamp: int,
+                    idempotency_key: str) -> None:
+        """One aggregated usage figure. Stripe counts an identifier once; the idempotency key
+        changes with each sync attempt (Stripe replays even a 500 for a key it has seen), so a
+        later attempt reaches Stripe and meets the identifier instead."""
         self.usage_price()  # the meter exists before any event names it
         try:
             self.client.v1.billing.meter_events.create(params={
                 "event_name": METER_EVENT, "identifier": identifier, "timestamp": timestamp,
                 "payload": {"stripe_customer_id": customer, "value": str(value)},
-            }, options={"idempotency_key": identifier})
+            }, options={"idempotency_key": idempotency_key})
         except stripe.InvalidRequestError as exc:
             # Past the idempotency key's lifetime Stripe answers a repeated identifier with
             # this error: the event was counted by an earlier attempt.
@@ -163,7 +189,8 @@ class StripeGateway:
         beyond the idempotency key's 24 h) is found by its metadata, never made twice."""
         for t in self.client.v1.transfers.list(
                 params={"destination": destination, "limit": 100}).data:
-            if (t.metadata or {}).get("aimarket_payout") == str(payout_id):
+            meta = t.metadata.to_dict() if t.metadata else {}
+            if meta.get("aimarket_payout") == str(payout_id):
                 return str(t.id)
         made = self.client.v1.transfers.create(params={
             "amount": cents, "currency": CURRENCY, "destination": destination,
@@ -174,7 +201,20 @@ class StripeGateway:
         return str(made.id)
 
     # -- webhooks -------------------------------------------------------------------------------
+    def account(self, connect_account: str) -> dict[str, Any]:
+        acct = self.client.v1.accounts.retrieve(connect_account)
+        return {"id": acct.id, "payouts_enabled": bool(acct.payouts_enabled)}
+
     def parse_webhook(self, payload: bytes, signature: str | None) -> Any:
-        """The verified event; raises ValueError or stripe.SignatureVerificationError."""
-        return self.client.construct_event(payload, signature or "",
-                                           self.config.webhook_secret or "")
+        """The verified event; raises ValueError or stripe.SignatureVerificationError.
+        Several secrets (comma-separated) serve the account endpoint and the Connect
+        endpoint, which Stripe signs with a secret of its own."""
+        secrets = [x.strip() for x in (self.config.webhook_secret or "").split(",") if x.strip()]
+        error: Exception | None = None
+        for secret in secrets or [""]:
+            try:
+                return self.client.construct_event(payload, signature or "", secret)
+            except stripe.SignatureVerificationError as exc:
+                error = exc
+        assert error is not None
+        raise error

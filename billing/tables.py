@@ -19,12 +19,15 @@ class BillingProfile(Base):
     customer_id: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
     subscription_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     postpaid_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set when the subscription ends or its invoice fails: calls from then on are prepaid.
+    postpaid_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     credit_line: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-units
     connect_account_id: Mapped[str | None] = mapped_column(String(64), unique=True,
                                                            nullable=True)
     payouts_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     sync_lock_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                              nullable=True)
+    sync_lock_token: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -37,6 +40,7 @@ class CheckoutRecord(Base):
     account_id: Mapped[int] = mapped_column(Integer, index=True)
     purpose: Mapped[str] = mapped_column(String(16))  # credits | postpaid
     amount: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-units (credits)
+    url: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | completed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -55,7 +59,9 @@ class UsageReport(Base):
     calls: Mapped[int] = mapped_column(Integer, default=0)
     value: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-units
     event_ts: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending|sent
+    # pending -> acked (Stripe holds it) -> sent (credited back); or rejected (Stripe refused it
+    # for good: the calls stay paid from prepaid credit)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -95,4 +101,6 @@ class Payout(Base):
     paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     def idempotency_key(self, destination: str) -> str:
-        return f"aimarket-payout-{self.id}-{self.period}-{destination}"
+        # The attempt number is part of it: Stripe replays even a 500 for a key it has seen;
+        # a transfer made by an attempt whose reply was lost is found by its metadata first.
+        return f"aimarket-payout-{self.id}-{self.period}-{destination}-{self.attempts}"

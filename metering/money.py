@@ -21,6 +21,8 @@ def to_micro(amount: Decimal | str | int) -> int:
         raise MoneyError(f"{amount!r} is not a decimal amount") from exc
     if not value.is_finite():
         raise MoneyError(f"{amount!r} is not a finite amount")
+    if value and value.adjusted() > 15:  # beyond any real amount; also keeps "1e999999" cheap
+        raise MoneyError(f"{amount} is too large an amount")
     micro = value * MICRO
     if micro != micro.to_integral_value():
         raise MoneyError(f"{amount} has more than 6 decimal places")

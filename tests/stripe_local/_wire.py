@@ -209,6 +209,7 @@ class Fault:
     status: int
     count: int
     after_processing: bool
+    method: str | None = None
 
 
 @dataclass

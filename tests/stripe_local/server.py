@@ -210,14 +210,15 @@ class StripeLocal:
         return f"t={t},v1={mac}"
 
     def fail_next(self, path_prefix: str, status: int = 500, count: int = 1,
-                  after_processing: bool = False) -> None:
+                  after_processing: bool = False, method: str | None = None) -> None:
         """Answer the next ``count`` requests under ``path_prefix`` with ``status``.
 
         ``after_processing=True`` processes the request first (side effects and idempotency
         record kept as the real answer) and then sends the error instead: a lost reply.
         """
         with self._lock:
-            self._faults.append(Fault(path_prefix, status, count, after_processing))
+            self._faults.append(Fault(path_prefix, status, count, after_processing,
+                                      method.upper() if method else None))
 
     def clear_faults(self) -> None:
         """Forget every failure still queued by ``fail_next``."""
@@ -240,10 +241,10 @@ class StripeLocal:
 
     # --- request pipeline -----------------------------------------------------------------
 
-    def _take_fault(self, path: str) -> Fault | None:
+    def _take_fault(self, path: str, method: str = "") -> Fault | None:
         with self._lock:
             for f in self._faults:
-                if f.count > 0 and path.startswith(f.prefix):
+                if f.count > 0 and path.startswith(f.prefix) and f.method in (None, method):
                     f.count -= 1
                     if f.count == 0:
                         self._faults.remove(f)
@@ -307,7 +308,7 @@ class StripeLocal:
             params = self._params(method, path, query, headers, body)
         except ApiError as e:
             return e.status, e.body(), e.headers
-        fault = self._take_fault(path)
+        fault = self._take_fault(path, method)
         if fault is not None and not fault.after_processing:
             e = fault_error(fault.status)
             return e.status, e.body(), {}

@@ -36,3 +36,14 @@ def test_split_adds_up_exactly_and_never_favors_platform(price, bps):
 def test_split_refuses_fee_out_of_range():
     with pytest.raises(MoneyError):
         split(100, 10_001)
+
+
+def test_absurd_exponents_are_refused_quickly():
+    import pytest
+
+    from metering import MoneyError, to_micro
+
+    for text in ("1e999999999", "1e999990", "1e16"):
+        with pytest.raises(MoneyError):
+            to_micro(text)
+    assert to_micro("1e3") == 1_000_000_000

@@ -30,10 +30,12 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.String(64), nullable=True, unique=True),
         sa.Column("subscription_id", sa.String(64), nullable=True),
         _ts("postpaid_since", True),
+        _ts("postpaid_until", True),
         sa.Column("credit_line", sa.BigInteger, nullable=False),
         sa.Column("connect_account_id", sa.String(64), nullable=True, unique=True),
         sa.Column("payouts_enabled", sa.Boolean, nullable=False),
         _ts("sync_lock_until", True),
+        sa.Column("sync_lock_token", sa.String(32), nullable=True),
         _ts("created_at"),
     )
     op.create_table(
@@ -42,6 +44,7 @@ def upgrade() -> None:
         sa.Column("account_id", sa.Integer, nullable=False, index=True),
         sa.Column("purpose", sa.String(16), nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
+        sa.Column("url", sa.Text, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         _ts("created_at"),
         _ts("completed_at", True),
