@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from metering import CreditEntry, UsageEvent, format_usd
 
 from .payouts import period_bounds
-from .tables import Payout, UsageReport
+from .tables import BillingProfile, Payout, UsageReport
 
 _paid = func.sum(case((UsageEvent.kind == "paid", 1), else_=0))
 _trial = func.sum(case((UsageEvent.kind == "trial", 1), else_=0))
@@ -39,7 +39,16 @@ def buyer(engine: Engine, account_id: int, month: str, slugs: dict[int, str]) ->
             select(func.coalesce(func.sum(UsageEvent.price), 0))
             .where(*in_month, UsageEvent.kind == "paid", UsageEvent.billed_in.is_not(None),
                    UsageEvent.billed_in.in_(select(UsageReport.id).where(
-                       UsageReport.status != "sent")))).scalar_one())
+                       UsageReport.status.in_(("pending", "acked")))))).scalar_one())
+        prof = db.get(BillingProfile, account_id)
+        if prof is not None and prof.postpaid_since is not None:  # not yet in a report
+            window = [UsageEvent.created_at >= prof.postpaid_since]
+            if prof.postpaid_until is not None:
+                window.append(UsageEvent.created_at < prof.postpaid_until)
+            pending += int(db.execute(
+                select(func.coalesce(func.sum(UsageEvent.price), 0))
+                .where(*in_month, *window, UsageEvent.kind == "paid",
+                       UsageEvent.billed_in.is_(None))).scalar_one())
         credits = db.execute(
             select(CreditEntry.reason, func.coalesce(func.sum(CreditEntry.amount), 0))
             .where(CreditEntry.account_id == account_id, CreditEntry.created_at >= start,

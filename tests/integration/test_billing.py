@@ -191,6 +191,8 @@ def test_postpaid_buyer_calls_without_credit_and_usage_reaches_stripe_once(bill,
     svc(bill).flusher.drain()
     calls, owed = ledger_paid(bill, addr)
     assert (calls, owed) == (12, 12 * 2000)
+    st = bill.get("/v1/billing/statement", headers=bearer(token)).json()
+    assert st["awaiting_report_micro"] == owed and st["billed_to_card"]["amount_micro"] == 0
 
     # Stripe down: nothing is lost, nothing is counted
     stripe_srv.fail_next("/v1/billing/meter_events", status=500, count=20)
