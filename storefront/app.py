@@ -21,7 +21,7 @@ from metering.metrics import refresh
 from . import demo, errors, gateway
 from .config import Settings
 from .models import Account
-from .routes import accounts, admin, exports, keys, models, usage
+from .routes import accounts, admin, exports, keys, models, serving, usage, v2
 from .security import hash_password
 from .services import Services
 
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
-                   exports.router):
+                   exports.router, serving.router, v2.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:

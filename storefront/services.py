@@ -74,7 +74,10 @@ class Services:
 
         meter = Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
                       namespace=settings.redis_namespace)
-        backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us)
+        backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us,
+                               ray_address=settings.ray_address,
+                               ray_temp_dir=settings.data_dir / "ray")
+        await backend.start()
         svc = cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
             redis_sync=sync_client, meter=meter, backend=backend,

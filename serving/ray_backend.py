@@ -1,0 +1,175 @@
+"""The ``ray`` backend: each live listing version is a Ray Serve application.
+
+The application of ``slug@3`` is named ``slug-v3``; it holds one deployment, ``model``, whose
+replicas run :class:`serving.ray_replica.ModelReplica`. Its autoscaling (min / max replicas,
+target ongoing requests) and dynamic batching come from the listing's ``ServingOptions``;
+changing them redeploys in place (Serve updates autoscaling and ``user_config`` without
+restarting replicas). Calls go through ``DeploymentHandle``s; a replica that dies mid-call
+surfaces as :class:`ServiceUnavailable` (503, the gateway releases the reservation) and Serve
+starts a new one.
+
+Without an address this process starts a local Ray (no dashboard, no usage stats, token auth
+off since it listens on loopback only, its files under ``temp_dir``) and stops it on close.
+With an address it joins that cluster and leaves the applications running on close: other
+gateway processes share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import ModelRef, ServingOptions
+from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+# Unix socket paths under Ray's temp dir must stay below 108 bytes; Ray adds ~70.
+MAX_TEMP_DIR_LEN = 36
+
+
+def app_name(key: str) -> str:
+    """The Serve application of a listing version: ``slug@3`` -> ``slug-v3``."""
+    slug, _, version = key.rpartition("@")
+    return f"{slug}-v{version}"
+
+
+def deployment_options(options: ServingOptions) -> dict[str, Any]:
+    """Serve deployment options for a listing's serving options."""
+    return {
+        "name": "model",
+        "max_ongoing_requests": options.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": options.min_replicas,
+            "initial_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.target_ongoing_requests,
+        },
+        "user_config": {"max_batch_size": options.max_batch_size,
+                        "batch_wait_ms": options.batch_wait_ms},
+        # Replicas reserve no CPU: a 2-core node still holds every listed model; onnxruntime
+        # uses one thread per session.
+        "ray_actor_options": {"num_cpus": 0},
+        "health_check_period_s": 2,
+    }
+
+
+class RayBackend:
+    """Listing versions as Ray Serve applications, called through deployment handles."""
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, temp_dir: Path | None = None) -> None:
+        self._address = address
+        self._temp_dir = temp_dir
+        self._handles: dict[str, Any] = {}
+        self._options: dict[str, ServingOptions] = {}
+        self._owns_ray = False
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            if self._address:
+                ray.init(address=self._address, logging_level=logging.WARNING,
+                         log_to_driver=False)
+            else:
+                # Loopback-only local cluster: token auth would write ~/.ray; no phoning home.
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                ray.init(include_dashboard=False, _temp_dir=self._ray_temp_dir(),
+                         logging_level=logging.WARNING, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")
+                self._owns_ray = True
+        # No Serve HTTP proxy: the gateway is the front door and calls through handles.
+        serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
+
+    def _ray_temp_dir(self) -> str:
+        wanted = self._temp_dir
+        if wanted is not None and len(str(wanted.resolve())) <= MAX_TEMP_DIR_LEN:
+            wanted.mkdir(parents=True, exist_ok=True)
+            return str(wanted.resolve())
+        short = tempfile.mkdtemp(prefix="amray-")
+        log.info("Ray's files go to %s (%s is too long for its socket paths)", short, wanted)
+        return short
+
+    async def close(self) -> None:
+        self._handles.clear()
+        if self._owns_ray:
+            await asyncio.to_thread(self._shutdown)
+
+    @staticmethod
+    def _shutdown() -> None:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+    # -- deployments -------------------------------------------------------------------------
+    async def deploy(self, ref: ModelRef) -> None:
+        if self._options.get(ref.key) == ref.serving and ref.key in self._handles:
+            return
+        async with self._lock:
+            if self._options.get(ref.key) == ref.serving and ref.key in self._handles:
+                return
+            handle = await asyncio.to_thread(self._run, ref)
+            self._handles[ref.key] = handle
+            self._options[ref.key] = ref.serving
+
+    @staticmethod
+    def _run(ref: ModelRef) -> Any:
+        from ray import serve
+
+        from .ray_replica import ModelReplica
+
+        app = serve.deployment(ModelReplica).options(**deployment_options(ref.serving)).bind(
+            str(ref.path), ref.sha256, ref.latency_us)
+        return serve.run(app, name=app_name(ref.key), route_prefix=None)
+
+    async def undeploy(self, key: str) -> None:
+        from ray import serve
+
+        self._handles.pop(key, None)
+        self._options.pop(key, None)
+        await asyncio.to_thread(serve.delete, app_name(key))
+
+    def is_deployed(self, key: str) -> bool:
+        return key in self._handles
+
+    def replicas(self, key: str) -> list[str]:
+        """Actor names of the application's live replicas (for operators and tests)."""
+        import ray
+
+        prefix = f"SERVE_REPLICA::{app_name(key)}#model#"
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["name"].startswith(prefix))
+
+    # -- the hot path ------------------------------------------------------------------------
+    async def infer(self, key: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        handle = self._handles.get(key)
+        if handle is None:
+            raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
+        try:
+            status, result = await handle.remote(inputs)
+        except Exception as exc:  # a dead replica, a deleted application, Ray going away
+            raise ServiceUnavailable(
+                "the model's replica is unavailable; the call was not charged, retry it",
+                code="replica_unavailable", headers={"Retry-After": "1"},
+            ) from exc
+        if status == "ok":
+            return result  # type: ignore[no-any-return]
+        if status == "invalid":
+            raise InvalidInput(result)
+        raise InferenceFailed(result)
