@@ -9,6 +9,7 @@ message)`` (the model's fault, 502).
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import numpy as np
@@ -16,20 +17,55 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from ray import serve
 
 from .runtime import new_session
+from .wire import serve_wire
 
 Reply = tuple[str, Any]
 INLINE_US = 200  # models faster than this run on the replica's event loop; heavier: a thread
+WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" in Ray's KV
 
 
 class ModelReplica:
-    """One onnxruntime session; ``reconfigure`` (Serve's user_config) sets dynamic batching."""
+    """One onnxruntime session; ``reconfigure`` (Serve's user_config) sets dynamic batching.
 
-    def __init__(self, path: str, sha256: str, latency_us: int = 0) -> None:
+    Besides Serve's own request path (handles), the replica answers the gateway's frames
+    (``serving.wire``) on a port of its node, announced in Ray's KV store. All model work runs
+    on that listener's event loop, so ``@serve.batch`` sees the calls of both paths.
+    """
+
+    def __init__(self, path: str, sha256: str, latency_us: int = 0, app: str = "",
+                 wire_secret: str = "") -> None:
         self.sha256 = sha256
         self._session = new_session(path)
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._inline = 0 < latency_us <= INLINE_US
         self._batching = False
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="wire", daemon=True).start()
+        self._kv_key = ""
+        if app and wire_secret:
+            self._listen(app, bytes.fromhex(wire_secret))
+
+    def _listen(self, app: str, secret: bytes) -> None:
+        import ray
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        host = ray.util.get_node_ip_address()
+        server = asyncio.run_coroutine_threadsafe(
+            serve_wire(self._call, secret, app, host), self._loop).result(30)
+        port = server.sockets[0].getsockname()[1]
+        replica = serve.get_replica_context().replica_id.unique_id
+        self._kv_key = f"{WIRE_KV_PREFIX}{app}:{replica}"
+        _internal_kv_put(self._kv_key, f"{host}:{port}")
+
+    def __del__(self) -> None:
+        if self._kv_key:
+            try:
+                from ray.experimental.internal_kv import _internal_kv_del
+
+                _internal_kv_del(self._kv_key)
+            except Exception:
+                pass  # Ray going down: the gateway drops endpoints it cannot reach
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         size = int(config.get("max_batch_size", 1))
@@ -39,6 +75,11 @@ class ModelReplica:
             self._batched.set_batch_wait_timeout_s(float(config.get("batch_wait_ms", 1)) / 1000)
 
     async def __call__(self, inputs: dict[str, np.ndarray]) -> Reply:
+        """Serve's request path (DeploymentHandle calls), run on the model's loop."""
+        future = asyncio.run_coroutine_threadsafe(self._call(inputs), self._loop)
+        return await asyncio.wrap_future(future)
+
+    async def _call(self, inputs: dict[str, np.ndarray]) -> Reply:
         if self._batching:
             return await self._batched(inputs)
         return await self._run(inputs)
