@@ -26,7 +26,7 @@ from .tasks import postprocess, prepare
 
 def make_backend(
     name: str, *, inline_us: int = 0, ray_address: str | None = None,
-    ray_temp_dir: Path | None = None,
+    ray_temp_dir: Path | None = None, ray_wire_secret: str | None = None,
 ) -> Backend:
     """The serving backend called ``name``."""
     if name == "local":
@@ -34,7 +34,8 @@ def make_backend(
     if name == "ray":
         from .ray_backend import RayBackend  # imports Ray only when asked for
 
-        return RayBackend(address=ray_address, temp_dir=ray_temp_dir)
+        return RayBackend(address=ray_address, temp_dir=ray_temp_dir,
+                          wire_secret=ray_wire_secret)
     raise ValueError(f"unknown serving backend {name!r}; available: local, ray")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import subprocess
@@ -29,6 +30,11 @@ from .keys import KeyCache
 from .registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+def _wire_secret(settings: Settings) -> str:
+    """The secret Ray replicas ask of callers: the same in every gateway process."""
+    return hashlib.sha256(b"aimarket ray wire\0" + settings.signing_key().encode()).hexdigest()
 
 
 @dataclass
@@ -76,7 +82,8 @@ class Services:
                       namespace=settings.redis_namespace)
         backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us,
                                ray_address=settings.ray_address,
-                               ray_temp_dir=settings.data_dir / "ray")
+                               ray_temp_dir=settings.data_dir / "ray",
+                               ray_wire_secret=_wire_secret(settings))
         await backend.start()
         svc = cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
