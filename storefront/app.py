@@ -20,6 +20,7 @@ from metering.metrics import refresh
 
 from . import demo, errors, gateway
 from .config import Settings
+from .fastpath import PaidCallFastPath
 from .models import Account
 from .routes import accounts, admin, exports, keys, models, serving, usage, v2
 from .security import hash_password
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="AI-model marketplace with hosted, pay-per-call inference.",
     )
     errors.install(app)
+    app.add_middleware(PaidCallFastPath)
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
                    exports.router, serving.router, v2.router):
         app.include_router(router)
