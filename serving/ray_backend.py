@@ -107,6 +107,9 @@ class RayBackend:
                 # Loopback-only local cluster: token auth would write ~/.ray; no phoning home.
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                # Ray runs workers at nice 15; replicas answer paid calls, so the gateway must
+                # not starve them
+                os.environ.setdefault("RAY_worker_niceness", "0")  # noqa: SIM112 (its name)
                 ray.init(include_dashboard=False, _temp_dir=self._ray_temp_dir(),
                          logging_level=logging.WARNING, log_to_driver=False,
                          _node_ip_address="127.0.0.1")

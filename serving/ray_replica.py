@@ -24,6 +24,15 @@ INLINE_US = 200  # models faster than this run on the replica's event loop; heav
 WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" in Ray's KV
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # a faster loop where installed (uvicorn[standard] brings it)
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
 class ModelReplica:
     """One onnxruntime session; ``reconfigure`` (Serve's user_config) sets dynamic batching.
 
@@ -39,7 +48,7 @@ class ModelReplica:
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._inline = 0 < latency_us <= INLINE_US
         self._batching = False
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         threading.Thread(target=self._loop.run_forever, name="wire", daemon=True).start()
         self._kv_key = ""
         if app and wire_secret:

@@ -85,9 +85,9 @@ async def serve_wire(run: Runner, secret: bytes, app: str, host: str) -> asyncio
                     header, buffers = orjson.dumps({"m": result}), []
                     code = INVALID if status == "invalid" else FAILED
                 size = 3 + len(header) + sum(len(b) for b in buffers)
-                writer.write(_U32.pack(size) + _STATUS.pack(code, len(header)) + header)
-                for b in buffers:
-                    writer.write(b)
+                # one write, one send(): small frames are the common case
+                writer.write(b"".join([_U32.pack(size), _STATUS.pack(code, len(header)),
+                                       header, *buffers]))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, TypeError):
             pass
@@ -131,9 +131,7 @@ class WireClient:
         header, buffers = encode_arrays(inputs)
         size = 2 + len(header) + sum(len(b) for b in buffers)
         try:
-            writer.write(_U32.pack(size) + _U16.pack(len(header)) + header)
-            for b in buffers:
-                writer.write(b)
+            writer.write(b"".join([_U32.pack(size), _U16.pack(len(header)), header, *buffers]))
             frame = memoryview(await _read_frame(reader))
         except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
             writer.close()
