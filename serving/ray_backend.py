@@ -21,12 +21,15 @@ gateway processes share them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import json
 import logging
 import os
 import secrets
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
 from .wire import WireClient
 
 WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" (ray_replica.py)
+SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
 REFRESH_S = 2.0  # how often a listing's replica addresses are re-read while it is called
 
 log = logging.getLogger(__name__)
@@ -158,12 +162,24 @@ class RayBackend:
 
     def _run(self, ref: ModelRef) -> Any:
         from ray import serve
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
         from .ray_replica import ModelReplica
 
+        name = app_name(ref.key)
+        # serve.run replaces the replicas even when nothing changed: another gateway process
+        # (or a restarted one) adopts a running application deployed with the same settings.
+        settings = json.dumps([asdict(ref.serving), str(ref.path), ref.sha256, ref.latency_us,
+                               hashlib.sha256(self._secret.encode()).hexdigest()]).encode()
+        app_status = serve.status().applications.get(name)
+        if (app_status is not None and app_status.status == "RUNNING"
+                and _internal_kv_get(SETTINGS_KV_PREFIX + name) == settings):
+            return serve.get_app_handle(name)
         app = serve.deployment(ModelReplica).options(**deployment_options(ref.serving)).bind(
-            str(ref.path), ref.sha256, ref.latency_us, app_name(ref.key), self._secret)
-        return serve.run(app, name=app_name(ref.key), route_prefix=None)
+            str(ref.path), ref.sha256, ref.latency_us, name, self._secret)
+        handle = serve.run(app, name=name, route_prefix=None)
+        _internal_kv_put(SETTINGS_KV_PREFIX + name, settings)
+        return handle
 
     async def undeploy(self, key: str) -> None:
         from ray import serve
@@ -239,6 +255,7 @@ class RayBackend:
         from ray.experimental.internal_kv import _internal_kv_del
 
         _internal_kv_del(f"{WIRE_KV_PREFIX}{app_name(key)}:", del_by_prefix=True)
+        _internal_kv_del(SETTINGS_KV_PREFIX + app_name(key))
 
     def is_deployed(self, key: str) -> bool:
         return key in self._handles
