@@ -169,6 +169,34 @@ def test_approval_deploys_a_serve_application_and_paid_calls_run_on_it(
     assert _credits(http, addr) == "0.998"  # the refused call cost nothing
 
 
+def test_another_gateway_process_adopts_the_running_application(
+        http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
+    import asyncio
+
+    from serving import ModelRef
+    from serving.ray_backend import RayBackend
+    from storefront.registry import model_path
+
+    slug, backend = digits["slug"], _backend(server)
+    v1 = http.get(f"/v1/models/{slug}").json()["versions"][-1]
+    ref = ModelRef(key=f"{slug}@1", sha256=v1["sha256"],
+                   path=model_path(server[1].state.services.settings.data_dir, v1["sha256"]),
+                   latency_us=round(v1["latency_ms"] * 1000))
+    before = backend.replicas(ref.key)
+    other = RayBackend(wire_secret=backend._secret)  # as a second gateway would, same Ray
+
+    async def deploy_and_call() -> Any:
+        await other.deploy(ref)
+        try:
+            return await other.infer(ref.key, {"X": np.asarray([DIGIT_ZERO], np.float32)})
+        finally:
+            await other.close()  # its connections only: it did not start this Ray
+
+    out = asyncio.run(deploy_and_call())
+    assert backend.replicas(ref.key) == before  # adopted, not redeployed
+    assert out["label"].tolist() == [0]
+
+
 def test_a_new_version_deploys_beside_the_old_and_the_route_pins_it(
         http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
     slug = digits["slug"]
