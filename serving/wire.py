@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import math
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,8 +35,18 @@ OK, INVALID, FAILED = 0, 1, 2
 Runner = Callable[[dict[str, np.ndarray]], Awaitable[tuple[str, Any]]]
 
 
+_NAMES: dict[np.dtype, str] = {}  # numpy computes dtype names in Python: once is enough
+
+
+def _name(dtype: np.dtype) -> str:
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES[dtype] = str(dtype)
+    return name
+
+
 def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[bytes, list[bytes | memoryview]]:
-    header = orjson.dumps([[k, str(v.dtype), list(v.shape)] for k, v in arrays.items()])
+    header = orjson.dumps([[k, _name(v.dtype), v.shape] for k, v in arrays.items()])
     return header, [memoryview(np.ascontiguousarray(v)).cast("B") for v in arrays.values()]
 
 
@@ -44,7 +55,7 @@ def decode_arrays(specs: Any, body: bytes | memoryview) -> dict[str, np.ndarray]
     for name, dtype, shape in specs:
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}")
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)  # 1 for a scalar
         arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
         offset += arr.nbytes
         out[name] = arr
