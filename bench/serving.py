@@ -11,7 +11,7 @@ Also: approve -> first paid call on Ray, with Ray running. The model is the 20 K
 (the demo catalog's). wrk (Debian package, installed here when running as root) drives every
 HTTP row with the same body, connections and bounded duration. Usage:
 
-    .venv/bin/python bench/serving.py [--seconds 10] [--connections 16] [--only ROWS]
+    .venv/bin/python bench/serving.py [--seconds 10] [--rounds 3] [--connections 16] [--only ROWS]
 """
 
 from __future__ import annotations
@@ -163,9 +163,25 @@ def noop(tmp: Path, seconds: int, conns: int) -> dict:
         stop(proc)
 
 
+def measure(row: str, tmp: Path, model: Path, seconds: int, conns: int,
+            first_calls: list[float]) -> dict:
+    """One row, measured once, its servers started and stopped around it."""
+    if row in ("ray", "local"):
+        with aimarket(tmp, row) as (base, auth, c):
+            if row == "ray":
+                first_calls.append(approve_to_first_call(c, auth))
+            return wrk(f"{base}/v2/models/handwritten-digits/infer", auth, seconds, conns, tmp)
+    if row.startswith("bare-"):
+        return bare(tmp, model, row.removeprefix("bare-"), seconds, conns)
+    if row == "ort":
+        return raw_ort(model, min(seconds, 5))
+    return noop(tmp, seconds, conns)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated among {ROWS}")
     args = ap.parse_args()
@@ -179,42 +195,41 @@ def main() -> None:
         "local": "our paid call, local backend", "ort": "raw onnxruntime in-process",
         "noop": "no-op pure ASGI (HTTP limit)",
     }
-    results: dict[str, dict] = {}
-    first_call = None
+    runs: dict[str, list[dict]] = {row: [] for row in ROWS if row in only}
+    first_calls: list[float] = []
     from storefront.demo import digits
 
     model = tmp / "digits.onnx"
     model.write_bytes(digits()[0])
-    for row in ROWS:
-        if row not in only:
-            continue
-        print(f"measuring {names[row]} ...", flush=True)
-        if row in ("ray", "local"):
-            with aimarket(tmp, row) as (base, auth, c):
-                if row == "ray":
-                    first_call = approve_to_first_call(c, auth)
-                results[row] = wrk(f"{base}/v2/models/handwritten-digits/infer", auth, s, n, tmp)
-        elif row.startswith("bare-"):
-            results[row] = bare(tmp, model, row.removeprefix("bare-"), s, n)
-        elif row == "ort":
-            results[row] = raw_ort(model, min(s, 5))
-        else:
-            results[row] = noop(tmp, s, n)
+    # Rounds, each measuring every row once: other load on the machine drifts, and a row
+    # measured only before or after a drift would carry it into the ratios.
+    for round_ in range(args.rounds):
+        for row in runs:
+            print(f"round {round_ + 1}/{args.rounds}: {names[row]} ...", flush=True)
+            runs[row].append(measure(row, tmp, model, s, n, first_calls))
 
     print(f"\nwrk -t1 -c{n} -d{s}s, the digits model, {os.cpu_count()} cores shared by servers "
-          "and load generator; raw onnxruntime in calls/s")
-    print(f"{'path':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-    for row, r in results.items():
+          f"and load generator; raw onnxruntime in calls/s; the median of {args.rounds} "
+          "round(s) by req/s, every round's req/s in brackets")
+    print(f"{'path':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  rounds")
+    results = {}
+    for row, rs in runs.items():
+        r = results[row] = sorted(rs, key=lambda x: x["rps"])[len(rs) // 2]
+        each = ", ".join(f"{x['rps']:.0f}" for x in rs)
         print(f"{names[row]:42} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} "
-              f"{r['errors']:>8}")
+              f"{r['errors']:>8}  [{each}]")
     ours = results.get("ray")
     if ours:
         print()
         for row in ("bare-default", "bare-best", "local", "ort", "noop"):
             if row in results:
-                print(f"paid on Ray / {names[row]}: {ours['rps'] / results[row]['rps']:.3f}")
-    if first_call is not None:
-        print(f"approve -> first paid call on Ray (Ray running): {first_call:.2f} s")
+                per_round = [a["rps"] / b["rps"] for a, b in zip(runs["ray"], runs[row],
+                                                                 strict=True)]
+                print(f"paid on Ray / {names[row]}: {ours['rps'] / results[row]['rps']:.3f} "
+                      f"(per round: {', '.join(f'{x:.2f}' for x in per_round)})")
+    if first_calls:
+        print("approve -> first paid call on Ray (Ray running): "
+              + ", ".join(f"{x:.2f} s" for x in first_calls))
     shutil.rmtree(tmp, ignore_errors=True)
 
 
