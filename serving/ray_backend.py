@@ -75,7 +75,7 @@ def deployment_options(options: ServingOptions) -> dict[str, Any]:
 
 
 class RayBackend:
-    """Listing versions as Ray Serve applications, called through deployment handles."""
+    """Listing versions as Ray Serve applications, called over ``serving.wire`` or handles."""
 
     name = "ray"
 
@@ -118,7 +118,7 @@ class RayBackend:
                          logging_level=logging.WARNING, log_to_driver=False,
                          _node_ip_address="127.0.0.1")
                 self._owns_ray = True
-        # No Serve HTTP proxy: the gateway is the front door and calls through handles.
+        # No Serve HTTP proxy: the gateway is the front door.
         serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
 
     def _ray_temp_dir(self) -> str:
