@@ -23,7 +23,7 @@ class Settings(BaseSettings):
         "local", description="Engine that runs models: local onnxruntime or Ray Serve"
     )
     ray_address: str | None = Field(
-        None, description="Join this Ray cluster (ray://... or host:port); default a local Ray"
+        None, description="Join this Ray cluster (its GCS host:port); default a local Ray"
     )
     platform_fee_bps: int = Field(2000, ge=0, le=10_000, description="Platform fee, basis points")
     admin_email: str | None = Field(None, description="Bootstrap admin account e-mail")
