@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
@@ -93,6 +94,7 @@ class RayBackend:
         self._refreshing: set[str] = set()
         self._options: dict[str, ServingOptions] = {}
         self._owns_ray = False
+        self._own_temp = ""  # a temp dir this backend made for Ray (the data dir's was too long)
         self._lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -126,7 +128,7 @@ class RayBackend:
         if wanted is not None and len(str(wanted.resolve())) <= MAX_TEMP_DIR_LEN:
             wanted.mkdir(parents=True, exist_ok=True)
             return str(wanted.resolve())
-        short = tempfile.mkdtemp(prefix="amray-")
+        short = self._own_temp = tempfile.mkdtemp(prefix="amray-")
         log.info("Ray's files go to %s (%s is too long for its socket paths)", short, wanted)
         return short
 
@@ -138,6 +140,8 @@ class RayBackend:
         self._wires.clear()
         if self._owns_ray:
             await asyncio.to_thread(self._shutdown)
+            if self._own_temp:
+                shutil.rmtree(self._own_temp, ignore_errors=True)
 
     @staticmethod
     def _shutdown() -> None:
