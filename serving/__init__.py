@@ -1,7 +1,9 @@
 """Serving: the model manifest, onnxruntime checks, and the backends that run listed models."""
 
-from .backend import Backend, ModelRef
-from .codec import decode_v2_request, encode_v2_response
+from pathlib import Path
+
+from .backend import Backend, ModelRef, ServingOptions
+from .codec import decode_v2_request, encode_v2_response, parse_v2_body, v2_model_metadata
 from .errors import (
     AimarketError,
     BadRequest,
@@ -22,17 +24,26 @@ from .runtime import sample_inputs
 from .tasks import postprocess, prepare
 
 
-def make_backend(name: str, *, inline_us: int = 0) -> Backend:
+def make_backend(
+    name: str, *, inline_us: int = 0, ray_address: str | None = None,
+    ray_temp_dir: Path | None = None, ray_wire_secret: str | None = None,
+) -> Backend:
     """The serving backend called ``name``."""
     if name == "local":
         return LocalBackend(inline_us=inline_us)
-    raise ValueError(f"unknown serving backend {name!r}; available: local")
+    if name == "ray":
+        from .ray_backend import RayBackend  # imports Ray only when asked for
+
+        return RayBackend(address=ray_address, temp_dir=ray_temp_dir,
+                          wire_secret=ray_wire_secret)
+    raise ValueError(f"unknown serving backend {name!r}; available: local, ray")
 
 
 __all__ = [
     "AimarketError", "Backend", "BadRequest", "Conflict", "Forbidden", "InferenceFailed",
     "InvalidInput", "LocalBackend", "Manifest", "ModelRef", "NotFound",
-    "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "TensorSpec", "TooManyRequests",
-    "Unauthorized", "decode_v2_request", "encode_v2_response", "make_backend",
-    "parse_manifest", "postprocess", "prepare", "sample_inputs",
+    "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
+    "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response",
+    "make_backend", "parse_manifest", "parse_v2_body", "postprocess", "prepare",
+    "sample_inputs", "v2_model_metadata",
 ]

@@ -10,6 +10,22 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class ServingOptions:
+    """How a listing is served by engines that scale (Ray Serve); the local backend ignores it.
+
+    ``max_batch_size`` 1 turns dynamic batching off: it pays for heavy models and costs
+    throughput on a microsecond one.
+    """
+
+    min_replicas: int = 1
+    max_replicas: int = 1
+    target_ongoing_requests: float = 32
+    max_ongoing_requests: int = 64
+    max_batch_size: int = 1
+    batch_wait_ms: float = 1.0
+
+
+@dataclass(frozen=True)
 class ModelRef:
     """One listing version as a serving backend sees it."""
 
@@ -17,12 +33,16 @@ class ModelRef:
     path: Path  # the content-addressed .onnx file
     sha256: str
     latency_us: int = 0  # measured batch-1 latency at review; 0 when unknown
+    serving: ServingOptions = ServingOptions()
 
 
 class Backend(Protocol):
     """Deploys listing versions and runs inference on them."""
 
     name: str
+
+    async def start(self) -> None:
+        """Connect to or start the engine; called once before anything else."""
 
     async def deploy(self, ref: ModelRef) -> None:
         """Make ``ref`` servable; idempotent."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .errors import InvalidInput
 from .manifest import Manifest, TensorSpec
@@ -102,4 +103,56 @@ def encode_v2_response(
             }
             for name in wanted
         ],
+    }
+
+
+def parse_v2_body(raw: bytes, header_length: str | None) -> Any:
+    """The JSON of a v2 request; with the binary tensor extension (``Inference-Header-Content-
+    Length``, what tritonclient sends by default) the inputs' raw bytes follow the JSON and
+    become each input's ``data``."""
+    if header_length is None:
+        return orjson_loads(raw)
+    if not header_length.isdigit() or int(header_length) > len(raw):
+        raise InvalidInput("Inference-Header-Content-Length must be a length within the body")
+    cut = int(header_length)
+    body = orjson_loads(raw[:cut])
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise InvalidInput("body must be a JSON object with an 'inputs' list")
+    offset = cut
+    for item in body["inputs"]:
+        params = item.get("parameters") if isinstance(item, dict) else None
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None:
+            continue
+        dtype = V2_TO_NP.get(item.get("datatype"))  # type: ignore[arg-type]
+        if not isinstance(size, int) or size < 0 or offset + size > len(raw) or dtype is None:
+            raise InvalidInput(f"input {item.get('name')!r}: binary_data_size does not fit "
+                               "the body, or its datatype is unsupported")
+        if size % np.dtype(dtype).itemsize:
+            raise InvalidInput(f"input {item.get('name')!r}: {size} bytes is not a whole "
+                               f"number of {item.get('datatype')} values")
+        item["data"] = np.frombuffer(raw, dtype=dtype, count=size // np.dtype(dtype).itemsize,
+                                     offset=offset)
+        offset += size
+    if offset != len(raw):
+        raise InvalidInput("the body holds bytes that no input's binary_data_size accounts for")
+    return body
+
+
+def orjson_loads(raw: bytes) -> Any:
+    """JSON from a request body; 422 ``invalid_json`` when it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+def v2_model_metadata(name: str, versions: list[str], manifest: Manifest) -> dict[str, Any]:
+    """The v2 model metadata response (what tritonclient's get_model_metadata reads)."""
+    return {
+        "name": name, "versions": versions, "platform": "onnxruntime_onnx",
+        "inputs": [{"name": t.name, "datatype": NP_TO_V2[t.dtype], "shape": t.shape}
+                   for t in manifest.inputs],
+        "outputs": [{"name": t.name, "datatype": NP_TO_V2[t.dtype], "shape": t.shape}
+                    for t in manifest.outputs],
     }

@@ -39,6 +39,9 @@ class LocalBackend:
             max_workers=threads or os.cpu_count() or 2, thread_name_prefix="ort"
         )
 
+    async def start(self) -> None:
+        return None
+
     async def deploy(self, ref: ModelRef) -> None:
         if ref.key in self._models:
             return

@@ -21,8 +21,9 @@ from metering.metrics import refresh
 
 from . import demo, errors, gateway, web
 from .config import Settings
+from .fastpath import PaidCallFastPath
 from .models import Account
-from .routes import accounts, admin, billing, exports, keys, models, usage
+from .routes import accounts, admin, billing, exports, keys, models, serving, usage, v2
 from .security import hash_password
 from .services import Services
 
@@ -91,8 +92,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="AI-model marketplace with hosted, pay-per-call inference.",
     )
     errors.install(app)
+    app.add_middleware(PaidCallFastPath)
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
-                   exports.router, billing.router):
+                   exports.router, billing.router, serving.router, v2.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:

@@ -21,7 +21,12 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     redis_url: str | None = Field(None, description="Redis URL; default an embedded Valkey server")
     redis_namespace: str = Field("am:", description="Prefix of every Redis key aimarket writes")
-    serving_backend: Literal["local"] = Field("local", description="Engine that runs models")
+    serving_backend: Literal["local", "ray"] = Field(
+        "local", description="Engine that runs models: local onnxruntime or Ray Serve"
+    )
+    ray_address: str | None = Field(
+        None, description="Join this Ray cluster (its GCS host:port); default a local Ray"
+    )
     platform_fee_bps: int = Field(2000, ge=0, le=10_000, description="Platform fee, basis points")
     admin_email: str | None = Field(None, description="Bootstrap admin account e-mail")
     admin_password: SecretStr | None = Field(None, description="Bootstrap admin password")

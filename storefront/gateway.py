@@ -35,6 +35,7 @@ from serving import (
     TooManyRequests,
     decode_v2_request,
     encode_v2_response,
+    parse_v2_body,
     postprocess,
     prepare,
 )
@@ -94,7 +95,8 @@ async def paid_call(
         # 1 authenticate, find the live version, validate input: nothing is reserved yet
         key = await svc.keys.authenticate(request.headers.get("authorization"))
         live = await svc.registry.get(slug, version)
-        inputs, extra = decode(live.manifest, _json(await request.body()))
+        inputs, extra = decode(live.manifest, _json(
+            await request.body(), request.headers.get("inference-header-content-length")))
 
         # 2 reserve a trial call or the price, in one Redis script
         try:
@@ -209,13 +211,10 @@ def _refused(live: LiveVersion, key: KeyPrincipal, res: Reservation) -> Aimarket
     )
 
 
-def _json(raw: bytes) -> Any:
+def _json(raw: bytes, binary_header_length: str | None = None) -> Any:
     if len(raw) > 32 * 1024 * 1024:
         raise InvalidInput("request body is larger than 32 MB")
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    return parse_v2_body(raw, binary_header_length)
 
 
 def _metering_down() -> ServiceUnavailable:

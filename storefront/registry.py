@@ -10,8 +10,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from serving import Backend, Manifest, ModelRef, NotFound
+from serving import Backend, Manifest, ModelRef, NotFound, ServingOptions
 
+from .deployments import serving_options
 from .models import Listing, ListingVersion
 
 
@@ -65,7 +66,9 @@ class Registry:
     def _load(self, slug: str, version: int | None) -> LiveVersion | None:
         with Session(self.engine) as s:
             row = live_row(s, slug, version)
-        return None if row is None else to_live(*row, self.data_dir)
+            if row is None:
+                return None
+            return to_live(*row, self.data_dir, serving_options(s, row[0].id))
 
 
 def live_row(db: Session, slug: str, version: int | None = None
@@ -82,7 +85,8 @@ def live_row(db: Session, slug: str, version: int | None = None
     return None if row is None else (row[0], row[1])
 
 
-def to_live(listing: Listing, lv: ListingVersion, data_dir: Path) -> LiveVersion:
+def to_live(listing: Listing, lv: ListingVersion, data_dir: Path,
+            serving: ServingOptions | None = None) -> LiveVersion:
     manifest = Manifest.model_validate_json(lv.manifest_json)
     limit = manifest.rate_limit
     return LiveVersion(
@@ -92,5 +96,5 @@ def to_live(listing: Listing, lv: ListingVersion, data_dir: Path) -> LiveVersion
         rate_rps=limit.rps if limit else 0, rate_burst=limit.burst if limit else 0,
         ref=ModelRef(key=f"{listing.slug}@{lv.version}",
                      path=model_path(data_dir, lv.model_sha256), sha256=lv.model_sha256,
-                     latency_us=lv.latency_us),
+                     latency_us=lv.latency_us, serving=serving or ServingOptions()),
     )

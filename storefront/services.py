@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import subprocess
@@ -45,6 +46,11 @@ def build_billing(settings: Settings, engine: Engine, meter: Meter) -> Billing:
         ))
     policy = BillingPolicy(credit_line=to_micro(settings.postpaid_credit_line))
     return Billing(engine, gateway, meter.add_credits, policy)
+
+
+def _wire_secret(settings: Settings) -> str:
+    """The secret Ray replicas ask of callers: the same in every gateway process."""
+    return hashlib.sha256(b"aimarket ray wire\0" + settings.signing_key().encode()).hexdigest()
 
 
 @dataclass
@@ -91,7 +97,11 @@ class Services:
 
         meter = Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
                       namespace=settings.redis_namespace)
-        backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us)
+        backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us,
+                               ray_address=settings.ray_address,
+                               ray_temp_dir=settings.data_dir / "ray",
+                               ray_wire_secret=_wire_secret(settings))
+        await backend.start()
         svc = cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
             redis_sync=sync_client, meter=meter, backend=backend,

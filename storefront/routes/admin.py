@@ -15,6 +15,7 @@ from metering import MoneyError, add_credit, format_usd, to_micro
 from serving import InvalidInput, NotFound
 
 from .. import listings
+from ..deployments import serving_options
 from ..deps import Admin, ServicesDep, SessionDep
 from ..models import Account, Listing, ListingVersion, Review
 from ..registry import to_live
@@ -43,7 +44,7 @@ async def approve(
     body = body or Decision()
     with svc.sessions() as db:
         listing, lv = await run_in_threadpool(listings.pending_version, db, slug, body.version)
-        live = to_live(listing, lv, svc.settings.data_dir)
+        live = to_live(listing, lv, svc.settings.data_dir, serving_options(db, listing.id))
         await svc.backend.deploy(live.ref)  # deploy first: a version that cannot run is not live
         await run_in_threadpool(listings.decide, db, listing, lv, admin, "approve", body.reason)
     svc.registry.invalidate(slug)

@@ -1,0 +1,309 @@
+"""The ``ray`` backend: each live listing version is a Ray Serve application.
+
+The application of ``slug@3`` is named ``slug-v3``; it holds one deployment, ``model``, whose
+replicas run :class:`serving.ray_replica.ModelReplica`. Its autoscaling (min / max replicas,
+target ongoing requests) and dynamic batching come from the listing's ``ServingOptions``;
+changing them redeploys in place.
+
+How a call reaches a replica: a listing with a fixed number of replicas (min = max, the
+default) is called over ``serving.wire``, straight to the replicas' own ports (round robin),
+an order of magnitude faster than a handle; one that autoscales is called through a
+``DeploymentHandle``, so that Serve's autoscaler sees its load. Either way a replica that dies
+mid-call surfaces as :class:`ServiceUnavailable` (503, the gateway releases the reservation)
+and Serve starts a new one, which announces itself in Ray's KV store.
+
+Without an address this process starts a local Ray (no dashboard, no usage stats, token auth
+off since it listens on loopback only, its files under ``temp_dir``) and stops it on close.
+With an address it joins that cluster and leaves the applications running on close: other
+gateway processes share them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import ModelRef, ServingOptions
+from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
+from .wire import WireClient
+
+WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" (ray_replica.py)
+SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
+REFRESH_S = 2.0  # how often a listing's replica addresses are re-read while it is called
+
+log = logging.getLogger(__name__)
+# Unix socket paths under Ray's temp dir must stay below 108 bytes; Ray adds ~70.
+MAX_TEMP_DIR_LEN = 36
+
+
+def app_name(key: str) -> str:
+    """The Serve application of a listing version: ``slug@3`` -> ``slug-v3``."""
+    slug, _, version = key.rpartition("@")
+    return f"{slug}-v{version}"
+
+
+def deployment_options(options: ServingOptions) -> dict[str, Any]:
+    """Serve deployment options for a listing's serving options."""
+    return {
+        "name": "model",
+        "max_ongoing_requests": options.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": options.min_replicas,
+            "initial_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.target_ongoing_requests,
+        },
+        "user_config": {"max_batch_size": options.max_batch_size,
+                        "batch_wait_ms": options.batch_wait_ms},
+        # Replicas reserve no CPU: a 2-core node still holds every listed model; onnxruntime
+        # uses one thread per session.
+        "ray_actor_options": {"num_cpus": 0},
+        "health_check_period_s": 2,
+    }
+
+
+class RayBackend:
+    """Listing versions as Ray Serve applications, called over ``serving.wire`` or handles."""
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, temp_dir: Path | None = None,
+                 wire_secret: str | None = None) -> None:
+        """``wire_secret``: 64 hex digits shared by every gateway process of this marketplace
+        (replicas accept only callers that know it); random when unset (one process)."""
+        self._address = address
+        self._temp_dir = temp_dir
+        self._secret = wire_secret or secrets.token_hex(32)
+        self._handles: dict[str, Any] = {}
+        self._wires: dict[str, list[WireClient]] = {}
+        self._rr: dict[str, itertools.count[int]] = {}
+        self._refreshed: dict[str, float] = {}
+        self._refreshing: set[str] = set()
+        self._options: dict[str, ServingOptions] = {}
+        self._owns_ray = False
+        self._own_temp = ""  # a temp dir this backend made for Ray (the data dir's was too long)
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            if self._address:
+                ray.init(address=self._address, logging_level=logging.WARNING,
+                         log_to_driver=False)
+            else:
+                # Loopback-only local cluster: token auth would write ~/.ray; no phoning home.
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                # Ray runs workers at nice 15; replicas answer paid calls, so the gateway must
+                # not starve them
+                os.environ.setdefault("RAY_worker_niceness", "0")  # noqa: SIM112 (its name)
+                ray.init(include_dashboard=False, _temp_dir=self._ray_temp_dir(),
+                         logging_level=logging.WARNING, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")
+                self._owns_ray = True
+        # No Serve HTTP proxy: the gateway is the front door.
+        serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
+
+    def _ray_temp_dir(self) -> str:
+        wanted = self._temp_dir
+        if wanted is not None and len(str(wanted.resolve())) <= MAX_TEMP_DIR_LEN:
+            wanted.mkdir(parents=True, exist_ok=True)
+            return str(wanted.resolve())
+        short = self._own_temp = tempfile.mkdtemp(prefix="amray-")
+        log.info("Ray's files go to %s (%s is too long for its socket paths)", short, wanted)
+        return short
+
+    async def close(self) -> None:
+        self._handles.clear()
+        for clients in self._wires.values():
+            for client in clients:
+                client.close()
+        self._wires.clear()
+        if self._owns_ray:
+            await asyncio.to_thread(self._shutdown)
+            if self._own_temp:
+                shutil.rmtree(self._own_temp, ignore_errors=True)
+
+    @staticmethod
+    def _shutdown() -> None:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+    # -- deployments -------------------------------------------------------------------------
+    async def deploy(self, ref: ModelRef) -> None:
+        if self._options.get(ref.key) == ref.serving and ref.key in self._handles:
+            return
+        async with self._lock:
+            if self._options.get(ref.key) == ref.serving and ref.key in self._handles:
+                return
+            handle = await asyncio.to_thread(self._run, ref)
+            self._handles[ref.key] = handle
+            self._options[ref.key] = ref.serving
+            if self._wired(ref.key):
+                await self._refresh(ref.key, wait_for=ref.serving.min_replicas)
+
+    def _run(self, ref: ModelRef) -> Any:
+        from ray import serve
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+
+        from .ray_replica import ModelReplica
+
+        name = app_name(ref.key)
+        # serve.run replaces the replicas even when nothing changed: another gateway process
+        # (or a restarted one) adopts a running application deployed with the same settings.
+        settings = json.dumps([asdict(ref.serving), str(ref.path), ref.sha256, ref.latency_us,
+                               hashlib.sha256(self._secret.encode()).hexdigest()]).encode()
+        app_status = serve.status().applications.get(name)
+        if (app_status is not None and app_status.status == "RUNNING"
+                and _internal_kv_get(SETTINGS_KV_PREFIX + name) == settings):
+            return serve.get_app_handle(name)
+        app = serve.deployment(ModelReplica).options(**deployment_options(ref.serving)).bind(
+            str(ref.path), ref.sha256, ref.latency_us, name, self._secret)
+        handle = serve.run(app, name=name, route_prefix=None)
+        _internal_kv_put(SETTINGS_KV_PREFIX + name, settings)
+        return handle
+
+    async def undeploy(self, key: str) -> None:
+        from ray import serve
+
+        self._handles.pop(key, None)
+        self._options.pop(key, None)
+        for client in self._wires.pop(key, []):
+            client.close()
+        await asyncio.to_thread(serve.delete, app_name(key))
+        await asyncio.to_thread(self._forget_addresses, key)
+
+    # -- replica addresses (serving.wire) ----------------------------------------------------
+    def _wired(self, key: str) -> bool:
+        o = self._options.get(key)
+        return o is not None and o.min_replicas == o.max_replicas
+
+    async def _refresh(self, key: str, wait_for: int = 0) -> None:
+        """Re-read the application's replica addresses; with ``wait_for``, until that many
+        answer (a deployment's replicas announce themselves as they start)."""
+        deadline = time.monotonic() + 30
+        while True:
+            found = await asyncio.to_thread(self._addresses, key)
+            known = {c.kv_key: c for c in self._wires.get(key, []) if not c.broken}
+            self._wires[key] = [known.get(kv) or self._client(key, kv, host, port)
+                                for kv, host, port in found]
+            self._refreshed[key] = time.monotonic()
+            if len(found) >= wait_for or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)
+
+    def _client(self, key: str, kv_key: str, host: str, port: int) -> WireClient:
+        client = WireClient(host, port, bytes.fromhex(self._secret), app_name(key))
+        client.kv_key = kv_key
+        return client
+
+    def _refresh_soon(self, key: str) -> None:
+        if key in self._refreshing:
+            return
+        self._refreshing.add(key)
+
+        async def run() -> None:
+            try:
+                await self._refresh(key)
+            except Exception:
+                log.exception("reading the replica addresses of %s failed", key)
+            finally:
+                self._refreshing.discard(key)
+
+        asyncio.get_running_loop().create_task(run())
+
+    @staticmethod
+    def _addresses(key: str) -> list[tuple[str, str, int]]:
+        """(KV key, host, port) of each replica that announced itself."""
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+
+        out = []
+        for k in _internal_kv_list(f"{WIRE_KV_PREFIX}{app_name(key)}:"):
+            value = _internal_kv_get(k)
+            if value:
+                host, _, port = value.decode().rpartition(":")
+                out.append((k.decode(), host, int(port)))
+        return sorted(out)
+
+    @staticmethod
+    def _forget_replica(kv_key: str) -> None:
+        """A replica that refuses connections is dead (Serve is replacing it): drop its entry."""
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        _internal_kv_del(kv_key)
+
+    @staticmethod
+    def _forget_addresses(key: str) -> None:
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        _internal_kv_del(f"{WIRE_KV_PREFIX}{app_name(key)}:", del_by_prefix=True)
+        _internal_kv_del(SETTINGS_KV_PREFIX + app_name(key))
+
+    def is_deployed(self, key: str) -> bool:
+        return key in self._handles
+
+    def replicas(self, key: str) -> list[str]:
+        """Actor names of the application's live replicas (for operators and tests)."""
+        import ray
+
+        prefix = f"SERVE_REPLICA::{app_name(key)}#model#"
+        return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["name"].startswith(prefix))
+
+    # -- the hot path ------------------------------------------------------------------------
+    async def infer(self, key: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        handle = self._handles.get(key)
+        if handle is None:
+            raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
+        if self._wired(key):
+            if time.monotonic() - self._refreshed.get(key, 0) > REFRESH_S:
+                self._refresh_soon(key)
+            clients = self._wires.get(key, [])
+            turn = next(self._rr.setdefault(key, itertools.count()))
+            for i in range(len(clients)):
+                client = clients[(turn + i) % len(clients)]
+                if client.broken:
+                    continue
+                try:
+                    return await client.call(inputs)
+                except ConnectionError:  # nothing was sent: another replica may take it
+                    await asyncio.to_thread(self._forget_replica, client.kv_key)
+                    self._refresh_soon(key)
+                except ServiceUnavailable:
+                    self._refresh_soon(key)
+                    raise
+            # no replica reachable directly (all being replaced): Serve's handle waits for one
+        try:
+            status, result = await handle.remote(inputs)
+        except Exception as exc:  # a dead replica, a deleted application, Ray going away
+            raise ServiceUnavailable(
+                "the model's replica is unavailable; the call was not charged, retry it",
+                code="replica_unavailable", headers={"Retry-After": "1"},
+            ) from exc
+        if status == "ok":
+            return result  # type: ignore[no-any-return]
+        if status == "invalid":
+            raise InvalidInput(result)
+        raise InferenceFailed(result)

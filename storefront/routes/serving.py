@@ -1,0 +1,94 @@
+"""A listing's serving: its options (replicas, autoscaling, batching) and delisting.
+
+The listing's seller or an admin may change either. Changed options are applied at once to
+every live version (Serve updates autoscaling and batching in place); delisting undeploys
+every version, and paid calls answer 404 from then on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from serving import Forbidden, InvalidInput, NotFound
+
+from ..deployments import live_versions, serving_options, set_serving_options
+from ..deps import Seller, ServicesDep
+from ..models import Account, Listing
+from ..registry import to_live
+
+router = APIRouter(tags=["serving"])
+
+
+class ServingPatch(BaseModel):
+    """Fields left out keep their value."""
+
+    min_replicas: int | None = Field(None, ge=0, le=64)
+    max_replicas: int | None = Field(None, ge=1, le=64)
+    target_ongoing_requests: float | None = Field(None, gt=0, le=10_000)
+    max_ongoing_requests: int | None = Field(None, ge=1, le=10_000)
+    max_batch_size: int | None = Field(None, ge=1, le=1024,
+                                       description="1 turns dynamic batching off")
+    batch_wait_ms: float | None = Field(None, ge=0, le=1000)
+
+    model_config = {"extra": "forbid"}
+
+    @model_validator(mode="after")
+    def _something(self) -> ServingPatch:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("send at least one option to change")
+        return self
+
+
+def _owned(db: Session, slug: str, account: Account) -> Listing:
+    listing = db.execute(select(Listing).where(Listing.slug == slug)).scalar_one_or_none()
+    if listing is None:
+        raise NotFound(f"no listing '{slug}'", code="model_not_found")
+    if account.role != "admin" and listing.seller_id != account.id:
+        raise Forbidden(f"listing '{slug}' belongs to another seller", code="not_owner")
+    return listing
+
+
+@router.get("/v1/models/{slug}/serving")
+def get_serving(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]:
+    with svc.sessions() as db:
+        listing = _owned(db, slug, account)
+        return {"slug": slug, "backend": svc.backend.name,
+                **asdict(serving_options(db, listing.id))}
+
+
+@router.patch("/v1/models/{slug}/serving")
+async def patch_serving(slug: str, body: ServingPatch, account: Seller,
+                        svc: ServicesDep) -> dict[str, Any]:
+    with svc.sessions() as db:
+        listing = _owned(db, slug, account)
+        options = replace(serving_options(db, listing.id), **body.model_dump(exclude_none=True))
+        if options.max_replicas < max(options.min_replicas, 1):
+            raise InvalidInput("max_replicas must be at least min_replicas (and 1)",
+                               code="invalid_serving_options")
+        set_serving_options(db, listing, options, account.id)
+        if listing.status == "listed":
+            for lv in live_versions(db, listing):
+                await svc.backend.deploy(to_live(listing, lv, svc.settings.data_dir,
+                                                 options).ref)
+    svc.registry.invalidate(slug)
+    return {"slug": slug, "backend": svc.backend.name, **asdict(options)}
+
+
+@router.post("/v1/models/{slug}/delist")
+async def delist(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]:
+    """Take a listing off the catalog and undeploy every version of it."""
+    with svc.sessions() as db:
+        listing = _owned(db, slug, account)
+        listing.status = "delisted"
+        keys = [f"{slug}@{lv.version}" for lv in live_versions(db, listing)]
+        db.commit()
+    svc.registry.invalidate(slug)
+    for key in keys:
+        await svc.backend.undeploy(key)
+    return {"slug": slug, "status": "delisted", "undeployed": keys}

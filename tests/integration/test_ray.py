@@ -1,0 +1,397 @@
+"""The ``ray`` backend on a real local Ray, started once for this module: approval deploys,
+paid calls, version pinning, serving options, a killed replica (503, not charged, replaced),
+delisting undeploys, and tritonclient against the paid gateway.
+
+One real server (uvicorn in a thread, so tritonclient has a socket) on SQLite + the embedded
+Valkey; the test talks HTTP to it and reads Ray's state through the app's backend.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.helpers import DIGIT_ZERO, v2_body
+
+pytestmark = [pytest.mark.integration, pytest.mark.ray]
+ray = pytest.importorskip("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _until(fn: Any, deadline_s: float = 60, what: str = "condition") -> Any:
+    """Poll ``fn`` until truthy (Ray and the ledger act asynchronously); not a timing test."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory,
+           embedded_redis_url: str) -> Iterator[tuple[str, Any]]:
+    import uvicorn
+
+    from storefront.app import create_app
+    from storefront.config import Settings
+
+    data = tmp_path_factory.mktemp("ray-data")
+    settings = Settings(
+        data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite'}",
+        redis_url=embedded_redis_url, redis_namespace="ray:", serving_backend="ray",
+        admin_email="admin@test.local", admin_password="admin-pass-123", seed_demo=False,
+        flusher_process=False, flush_interval_ms=50, smoke_cpu_s=5,
+    )
+    app = create_app(settings)
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    _until(lambda: srv.started, 120, "the server to start Ray and listen")
+    yield url, app
+    srv.should_exit = True
+    thread.join(60)
+    assert not ray.is_initialized(), "closing the app stops the Ray it started"
+
+
+@pytest.fixture(scope="module")
+def http(server: tuple[str, Any]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server[0], timeout=120) as c:
+        yield c
+
+
+def _signup(http: httpx.Client, role: str) -> tuple[str, dict[str, str]]:
+    addr = f"{role}-{time.monotonic_ns()}@example.com"
+    r = http.post("/v1/accounts", json={"email": addr, "password": "password-123", "role": role})
+    assert r.status_code == 201, r.text
+    r = http.post("/v1/auth/token", data={"username": addr, "password": "password-123"})
+    return addr, {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _admin(http: httpx.Client) -> dict[str, str]:
+    r = http.post("/v1/auth/token",
+                  data={"username": "admin@test.local", "password": "admin-pass-123"})
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _publish(http: httpx.Client, seller: dict[str, str], model: bytes, manifest: dict,
+             slug: str | None = None) -> dict[str, Any]:
+    data = {"attest_rights": "true", "manifest": json.dumps(manifest), "license": "MIT"}
+    if slug:
+        data["slug"] = slug
+    r = http.post("/v1/models", headers=seller, data=data,
+                  files={"model": ("m.onnx", model, "application/octet-stream")})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _approve(http: httpx.Client, slug: str, version: int) -> None:
+    r = http.post(f"/v1/admin/models/{slug}/approve", headers=_admin(http),
+                  json={"version": version, "reason": "ok"})
+    assert r.status_code == 200, r.text
+
+
+def _buyer(http: httpx.Client, credits: str | None = "1.00") -> tuple[dict[str, str], str]:
+    addr, buyer = _signup(http, "buyer")
+    r = http.post("/v1/keys", headers=buyer, json={"name": "k"})
+    key = {"Authorization": f"Bearer {r.json()['key']}"}
+    if credits:
+        r = http.post("/v1/admin/credits", headers=_admin(http),
+                      json={"account_email": addr, "amount": credits})
+        assert r.status_code == 201, r.text
+    return key, addr
+
+
+def _credits(http: httpx.Client, addr: str) -> str:
+    r = http.post("/v1/auth/token", data={"username": addr, "password": "password-123"})
+    me = http.get("/v1/account", headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+    return str(me.json()["credits"])
+
+
+@pytest.fixture(scope="module")
+def digits(http: httpx.Client) -> dict[str, Any]:
+    """The digits MLP listed by a seller (version 1, 0.002 a call, no trial)."""
+    from storefront.demo import digits as train
+
+    model, manifest = train()
+    manifest["pricing"] = {"per_call": "0.002", "trial_calls": 0}
+    _, seller = _signup(http, "seller")
+    slug = f"ray-digits-{time.monotonic_ns() % 10**6}"
+    pub = _publish(http, seller, model, manifest, slug=slug)
+    return {"slug": slug, "seller": seller, "model": model, "manifest": manifest,
+            "version": pub["version"]}
+
+
+def _backend(server: tuple[str, Any]) -> Any:
+    return server[1].state.services.backend
+
+
+def test_approval_deploys_a_serve_application_and_paid_calls_run_on_it(
+        http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
+    slug = digits["slug"]
+    assert _backend(server).replicas(f"{slug}@1") == []
+    _approve(http, slug, 1)
+    assert len(_backend(server).replicas(f"{slug}@1")) == 1  # slug-v1, one replica
+
+    key, addr = _buyer(http)
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Cost"] == "0.002" and r.headers["X-Model-Version"] == "1"
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert out["label"]["data"] == [0]
+    assert _credits(http, addr) == "0.998"
+
+    r = http.post(f"/v2/models/{slug}/infer", headers=key,
+                  json={"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32",
+                                    "data": [1, 2, 3]}]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+    assert _credits(http, addr) == "0.998"  # the refused call cost nothing
+
+
+def test_another_gateway_process_adopts_the_running_application(
+        http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
+    import asyncio
+
+    from serving import ModelRef
+    from serving.ray_backend import RayBackend
+    from storefront.registry import model_path
+
+    slug, backend = digits["slug"], _backend(server)
+    v1 = http.get(f"/v1/models/{slug}").json()["versions"][-1]
+    ref = ModelRef(key=f"{slug}@1", sha256=v1["sha256"],
+                   path=model_path(server[1].state.services.settings.data_dir, v1["sha256"]),
+                   latency_us=round(v1["latency_ms"] * 1000))
+    before = backend.replicas(ref.key)
+    other = RayBackend(wire_secret=backend._secret)  # as a second gateway would, same Ray
+
+    async def deploy_and_call() -> Any:
+        await other.deploy(ref)
+        try:
+            return await other.infer(ref.key, {"X": np.asarray([DIGIT_ZERO], np.float32)})
+        finally:
+            await other.close()  # its connections only: it did not start this Ray
+
+    out = asyncio.run(deploy_and_call())
+    assert backend.replicas(ref.key) == before  # adopted, not redeployed
+    assert out["label"].tolist() == [0]
+
+
+def test_a_new_version_deploys_beside_the_old_and_the_route_pins_it(
+        http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
+    slug = digits["slug"]
+    manifest = {**digits["manifest"], "pricing": {"per_call": "0.005", "trial_calls": 0}}
+    pub = _publish(http, digits["seller"], digits["model"], manifest, slug=slug)
+    assert pub["version"] == 2
+    _approve(http, slug, 2)
+    backend = _backend(server)
+    assert backend.replicas(f"{slug}@1") and backend.replicas(f"{slug}@2")
+
+    key, _ = _buyer(http)
+    newest = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    pinned = http.post(f"/v2/models/{slug}/versions/1/infer", headers=key, json=v2_body())
+    assert (newest.headers["X-Model-Version"], newest.headers["X-Cost"]) == ("2", "0.005")
+    assert (pinned.headers["X-Model-Version"], pinned.headers["X-Cost"]) == ("1", "0.002")
+    assert pinned.json()["model_version"] == "1"
+    r = http.post(f"/v2/models/{slug}/versions/9/infer", headers=key, json=v2_body())
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_serving_options_are_the_sellers_and_batching_keeps_answers_apart(
+        http: httpx.Client, digits: dict[str, Any]) -> None:
+    slug = digits["slug"]
+    _, stranger = _signup(http, "seller")
+    r = http.patch(f"/v1/models/{slug}/serving", headers=stranger, json={"max_replicas": 2})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "not_owner"
+    r = http.patch(f"/v1/models/{slug}/serving", headers=digits["seller"],
+                   json={"min_replicas": 3, "max_replicas": 2})
+    assert r.status_code == 422
+    r = http.patch(f"/v1/models/{slug}/serving", headers=digits["seller"],
+                   json={"max_batch_size": 8, "batch_wait_ms": 5, "max_replicas": 2,
+                         "target_ongoing_requests": 4})
+    assert r.status_code == 200, r.text
+    got = http.get(f"/v1/models/{slug}/serving", headers=_admin(http)).json()
+    assert (got["max_batch_size"], got["max_replicas"], got["backend"]) == (8, 2, "ray")
+
+    # Concurrent calls with different digits are batched on the replica; each gets its own.
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    key, _ = _buyer(http)
+
+    def call(i: int) -> int:
+        r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body([list(X[i])]))
+        assert r.status_code == 200, r.text
+        return int(r.json()["outputs"][0]["data"][0])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        labels = list(pool.map(call, range(24)))
+    assert sum(a == b for a, b in zip(labels, y[:24], strict=True)) >= 22
+
+
+def _slow_model() -> tuple[bytes, dict[str, Any]]:
+    """A real ONNX model whose run time the caller chooses: ``n`` rounds of tanh(x @ W)."""
+    w = helper.make_tensor("W", TensorProto.FLOAT, [64, 64],
+                           (np.eye(64, dtype=np.float32) * 0.5).ravel().tolist())
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Constant", [], ["W"], value=w),
+         helper.make_node("MatMul", ["acc", "W"], ["mm"]),
+         helper.make_node("Tanh", ["mm"], ["acc_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["N", 64])],
+    )
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [0])
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["axes"], value=axes),
+         helper.make_node("Squeeze", ["n", "axes"], ["trip"]),
+         helper.make_node("Constant", [], ["cond"],
+                          value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+         helper.make_node("Loop", ["trip", "cond", "X"], ["Y"], body=body)],
+        "slow",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 64])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    manifest = {
+        "title": "Slow tensor model", "description": "n rounds of tanh(x @ W)",
+        "category": "test", "task": "tensor",
+        "inputs": [{"name": "X", "dtype": "float32", "shape": [-1, 64]},
+                   {"name": "n", "dtype": "int64", "shape": [1]}],
+        "outputs": [{"name": "Y", "dtype": "float32", "shape": [-1, 64]}],
+        "pricing": {"per_call": "0.010", "trial_calls": 0},
+    }
+    return model.SerializeToString(), manifest
+
+
+def _slow_body(n: int) -> dict[str, Any]:
+    return {"inputs": [
+        {"name": "X", "shape": [1, 64], "datatype": "FP32", "data": [0.1] * 64},
+        {"name": "n", "shape": [1], "datatype": "INT64", "data": [n]}]}
+
+
+def _replica_process(app: str) -> Any:
+    """The OS process of the application's one replica (Ray titles it ServeReplica:app:...)."""
+    import psutil
+
+    found = [p for p in psutil.process_iter(["cmdline"])
+             if any(f"ServeReplica:{app}:" in part for part in p.info["cmdline"] or [])]
+    assert len(found) == 1, [p.info["cmdline"] for p in found]
+    return found[0]
+
+
+def test_a_replica_killed_mid_call_answers_503_charges_nothing_and_is_replaced(
+        http: httpx.Client, server: tuple[str, Any]) -> None:
+    model, manifest = _slow_model()
+    _, seller = _signup(http, "seller")
+    slug = f"ray-slow-{time.monotonic_ns() % 10**6}"
+    _publish(http, seller, model, manifest, slug=slug)
+    _approve(http, slug, 1)
+    key, addr = _buyer(http)
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=_slow_body(2))
+    assert r.status_code == 200, r.text
+    assert _credits(http, addr) == "0.99"
+
+    svc = server[1].state.services
+    holds = f"{svc.settings.redis_namespace}holds"
+    backend = _backend(server)
+    [victim] = backend.replicas(f"{slug}@1")
+    replica = _replica_process(f"{slug}-v1")
+    idle = replica.cpu_times().user
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # Minutes of work unless interrupted; once its replica burns CPU the call is running
+        # there (before that, Serve would still send it to a new replica).
+        pending = pool.submit(http.post, f"/v2/models/{slug}/infer", headers=key,
+                              json=_slow_body(50_000_000))
+        _until(lambda: replica.cpu_times().user > idle + 1.0, 60, "the replica to run the call")
+        assert svc.redis_sync.hlen(holds) == 1  # reserved, not yet charged
+        replica.send_signal(signal.SIGKILL)  # the replica's process dies mid-call
+        r = pending.result(timeout=60)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "replica_unavailable"
+    assert _credits(http, addr) == "0.99"  # not charged
+    assert svc.redis_sync.hlen(holds) == 0  # the hold was released, not left to the sweeper
+
+    # Serve replaces the replica; the listing answers again without anyone redeploying it.
+    _until(lambda: (reps := backend.replicas(f"{slug}@1")) and reps != [victim], 90,
+           "a replacement replica")
+    _until(lambda: http.post(f"/v2/models/{slug}/infer", headers=key,
+                             json=_slow_body(1)).status_code == 200, 90, "a served call")
+    assert _credits(http, addr) == "0.98"
+
+
+def test_tritonclient_calls_the_paid_gateway(http: httpx.Client, server: tuple[str, Any],
+                                             digits: dict[str, Any]) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    slug = digits["slug"]
+    key, addr = _buyer(http)
+    client = triton.InferenceServerClient(server[0].removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_server_metadata()["name"] == "aimarket"
+    meta = client.get_model_metadata(slug, headers=key)
+    assert meta["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 64]}]
+    assert client.is_model_ready(slug, "1", headers=key)
+
+    x = np.asarray([DIGIT_ZERO], dtype=np.float32)
+    for binary in (True, False):  # tritonclient's default binary tensors, and plain JSON
+        inp = triton.InferInput("X", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        # tritonclient writes its own headers into the dict it is given: pass a fresh one
+        result = client.infer(slug, [inp], model_version="1", headers=dict(key),
+                              outputs=[triton.InferRequestedOutput("label", binary_data=False)])
+        assert result.as_numpy("label").tolist() == [0]
+        assert result.get_response()["model_version"] == "1"
+    assert _credits(http, addr) == "0.996"
+
+    with pytest.raises(InferenceServerException) as err:
+        client.infer(slug, [inp], headers={"Authorization": "Bearer amk_nope_nope"})
+    assert err.value.status() == "401"
+    with pytest.raises(InferenceServerException) as err:
+        client.get_model_metadata(slug)  # no key
+    assert err.value.status() == "401"
+
+
+def test_delisting_undeploys_every_version(http: httpx.Client, server: tuple[str, Any],
+                                           digits: dict[str, Any]) -> None:
+    slug = digits["slug"]
+    _, stranger = _signup(http, "seller")
+    assert http.post(f"/v1/models/{slug}/delist", headers=stranger).status_code == 403
+    r = http.post(f"/v1/models/{slug}/delist", headers=digits["seller"])
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["undeployed"]) == [f"{slug}@1", f"{slug}@2"]
+    backend = _backend(server)
+    assert backend.replicas(f"{slug}@1") == [] and backend.replicas(f"{slug}@2") == []
+    key, addr = _buyer(http)
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert http.get(f"/v1/models/{slug}").status_code == 404
+    assert _credits(http, addr) == "1.00"
