@@ -25,6 +25,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+# bench/ holds serving.py and metering.py: the repository's packages must come first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 BIN = Path(sys.executable).parent / "aimarket"
 DIGIT = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0, 0, 4,
          12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0, 0, 2, 14, 5, 10,
