@@ -52,3 +52,10 @@ def test_binary_tensors_are_a_paid_call_like_json(client) -> None:  # type: igno
     r = client.post(f"/v2/models/{SLUG}/infer", content=header + raw[:-4],
                     headers={**key, "Inference-Header-Content-Length": str(len(header))})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+
+
+def test_the_unmetered_benchmark_route_is_off_by_default(client) -> None:  # type: ignore[no-untyped-def]
+    body = {"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32",
+                        "data": [float(v) for v in DIGIT_ZERO]}]}
+    r = client.post(f"/internal/unmetered/v2/models/{SLUG}/infer", json=body)
+    assert r.status_code == 404 and "error" in r.json()
