@@ -17,6 +17,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from billing import metrics as billing_metrics
 from metering.metrics import refresh
 
 from . import demo, errors, gateway, web
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc: Services = app.state.services
         with contextlib.suppress(redis.exceptions.RedisError):  # scrape what we have
             await refresh(svc.redis, svc.settings.redis_namespace)
+        await run_in_threadpool(billing_metrics.refresh, svc.engine)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

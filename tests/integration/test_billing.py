@@ -209,6 +209,11 @@ def test_postpaid_buyer_calls_without_credit_and_usage_reaches_stripe_once(bill,
     assert result.failed == 0 and result.reports_sent == 1
     assert stripe_srv.meter_totals(METER_EVENT)[customer] == owed  # still once
     assert sync(bill).reports_sent == 0  # nothing new
+    scrape = bill.get("/metrics").text
+    assert 'aimarket_billing_usage_reports{status="sent"}' in scrape
+    sent = [line for line in scrape.splitlines()
+            if line.startswith("aimarket_billing_usage_reported_micro_usd ")]
+    assert sent and float(sent[0].split()[1]) >= owed
 
     # the card pays: the balance is whole again; the statement matches Stripe
     assert credits(bill, token) == "0.00"
