@@ -19,6 +19,7 @@ router = APIRouter(tags=["usage"])
 _paid = func.sum(case((UsageEvent.kind == "paid", 1), else_=0))
 _trial = func.sum(case((UsageEvent.kind == "trial", 1), else_=0))
 _exports = func.sum(case((UsageEvent.kind == "export", 1), else_=0))
+_demo = func.sum(case((UsageEvent.kind == "demo", 1), else_=0))
 _calls = func.sum(case((UsageEvent.kind.in_(("trial", "paid")), 1), else_=0))
 
 
@@ -70,16 +71,17 @@ async def usage(
 def earnings(seller: Seller, db: SessionDep) -> dict[str, Any]:
     rows = db.execute(
         select(Listing.slug, _calls, _trial, _paid, func.sum(UsageEvent.price),
-               func.sum(UsageEvent.seller_share), func.sum(UsageEvent.platform_fee), _exports)
+               func.sum(UsageEvent.seller_share), func.sum(UsageEvent.platform_fee), _exports,
+               _demo)
         .join(Listing, Listing.id == UsageEvent.listing_id)
         .where(UsageEvent.seller_id == seller.id)
         .group_by(Listing.slug).order_by(Listing.slug)
     ).all()
     items = []
-    totals = [0, 0, 0, 0, 0, 0, 0]
-    for slug, n, t, p, gross, share, fee, ex in rows:
+    totals = [0, 0, 0, 0, 0, 0, 0, 0]
+    for slug, n, t, p, gross, share, fee, ex, demo in rows:
         vals = [int(n or 0), int(t or 0), int(p or 0), int(gross or 0), int(share or 0),
-                int(fee or 0), int(ex or 0)]
+                int(fee or 0), int(ex or 0), int(demo or 0)]
         totals = [a + b for a, b in zip(totals, vals, strict=True)]
         items.append(_earn(slug, vals))
     return {"total": _earn(None, totals), "listings": items}
@@ -89,5 +91,5 @@ def _earn(slug: str | None, v: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {} if slug is None else {"slug": slug}
     out.update({"calls": v[0], "trial_calls": v[1], "paid_calls": v[2], "revenue": format_usd(v[3]),
                 "seller_share": format_usd(v[4]), "platform_fee": format_usd(v[5]),
-                "exports_sold": v[6]})
+                "exports_sold": v[6], "demo_calls": v[7]})
     return out

@@ -236,6 +236,10 @@ def test_seller_upload_form_review_and_demo_calls_counted(web: Any, iris_files: 
     row = re.search(r"<tr><td>\d{4}-\d\d-\d\d</td><td>(\d+)</td><td>(\d+)</td>", page)
     assert row is not None and row.groups() == ("2", "2")  # 2 calls, both demo calls
     assert '<svg class="chart"' in page
+    token = web.post("/v1/auth/token", data={"username": seller,
+                                              "password": "password-123"}).json()["access_token"]
+    earned = web.get("/v1/seller/earnings", headers={"Authorization": f"Bearer {token}"}).json()
+    assert earned["total"]["demo_calls"] == 2 and earned["total"]["revenue"] == "0.00"
 
 
 def test_logout_ends_the_session(web: Any) -> None:
