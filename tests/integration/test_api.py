@@ -103,7 +103,8 @@ def test_the_whole_journey(client, digits_model):
                               "paid_calls": 4, "spend": "0.01"}]
     earn = client.get("/v1/seller/earnings", headers=bearer(seller)).json()["total"]
     assert earn == {"calls": 6, "trial_calls": 2, "paid_calls": 4, "revenue": "0.01",
-                    "seller_share": "0.008", "platform_fee": "0.002", "exports_sold": 0}
+                    "seller_share": "0.008", "platform_fee": "0.002", "exports_sold": 0,
+                    "demo_calls": 0}
     listed = client.get("/v1/models", params={"q": "Journey"}).json()
     assert [i["slug"] for i in listed["items"]] == [slug]
     assert listed["items"][0]["calls_served"] == 6
