@@ -21,6 +21,23 @@ from .builder import DemoCall, DemoSpec, build_demo
 Lookup = Callable[[str], Awaitable[DemoSpec | None]]
 
 
+# Gradio's sketchpad opens with no tool selected ("select the draw tool to start"), so a
+# visitor's first strokes select text instead of drawing: pick the brush once it is shown.
+PICK_BRUSH = """
+() => {
+  const pick = () => {
+    const pad = document.querySelector('#demo-sketch');
+    if (!pad || pad.dataset.brushPicked || pad.offsetParent === null) return;
+    const brush = [...pad.querySelectorAll('button')].find(
+      (b) => (b.getAttribute('aria-label') || b.title || '').toLowerCase() === 'brush');
+    if (brush) { brush.click(); pad.dataset.brushPicked = '1'; }
+  };
+  new MutationObserver(pick).observe(document.body, {subtree: true, childList: true,
+                                                    attributes: true});
+  pick();
+}
+"""
+
 class TryApps:
     """The ASGI app at the mount point: ``/{slug}/...`` goes to that listing's demo."""
 
@@ -62,7 +79,7 @@ class TryApps:
             holder = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
             blocks = build_demo(spec, self.call, self.concurrency)
             gr.mount_gradio_app(holder, blocks, path=f"/{spec.slug}", footer_links=["api"],
-                                run_history=False, ssr_mode=False,
+                                run_history=False, ssr_mode=False, js=PICK_BRUSH,
                                 max_file_size=10 * 1024 * 1024, show_error=True)
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(holder.router.lifespan_context(holder))
