@@ -9,8 +9,11 @@ Every call goes to ``call`` (the marketplace's demo path); its refusals show as 
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
+import keyword
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -153,7 +156,26 @@ def _tabular_ui(spec: DemoSpec, call: DemoCall) -> None:
                         else gr.Label(num_top_classes=3, label="Prediction",
                                       elem_id="demo-output"))
             left = gr.Markdown(elem_id="demo-remaining")
+    _name_parameters(predict, names)
     run.click(predict, fields, [out, left], api_name="predict")
+
+
+def _name_parameters(fn: Any, names: list[str]) -> None:
+    """Give ``fn(request, *values)`` one named parameter per feature, so gradio_client and the
+    API page show ``sepal_length`` rather than ``param_0``."""
+    params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                annotation=gr.Request)]
+    seen: set[str] = {"request"}
+    for i, name in enumerate(names):
+        ident = re.sub(r"\W", "_", name).strip("_") or f"feature_{i}"
+        if ident[0].isdigit() or keyword.iskeyword(ident):
+            ident = f"f_{ident}"
+        while ident in seen:
+            ident += "_"
+        seen.add(ident)
+        params.append(inspect.Parameter(ident, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        annotation=float | None))
+    fn.__signature__ = inspect.Signature(params)
 
 
 def _row(names: list[str], example: Any) -> list[float]:

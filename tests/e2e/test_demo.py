@@ -40,7 +40,11 @@ def test_gradio_client_calls_demos_within_the_daily_quota(server) -> None:
     assert label["label"] == str(y[7]) and left == f"{QUOTA - 1} free demo calls left today"
 
     iris = Client(f"{url}/try/iris-species/", verbose=False)
-    label, left = iris.predict(6.7, 3.0, 5.2, 2.3, api_name="/predict")
+    api = iris.view_api(return_format="dict", print_info=False)
+    assert [p["parameter_name"] for p in api["named_endpoints"]["/predict"]["parameters"]] == \
+        ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    label, left = iris.predict(sepal_length=6.7, sepal_width=3.0, petal_length=5.2,
+                               petal_width=2.3, api_name="/predict")
     assert label["label"] == "virginica" and left == "1 free demo call left today"
     iris.predict(5.1, 3.5, 1.4, 0.2, api_name="/predict")
     with pytest.raises(AppError, match="free demo calls of today are used up"):
