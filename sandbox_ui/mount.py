@@ -80,6 +80,7 @@ class TryApps:
             blocks = build_demo(spec, self.call, self.concurrency)
             gr.mount_gradio_app(holder, blocks, path=f"/{spec.slug}", footer_links=["api"],
                                 run_history=False, ssr_mode=False, js=PICK_BRUSH,
+                                theme=gr.themes.Default(primary_hue="blue"),  # the site's blue
                                 max_file_size=10 * 1024 * 1024, show_error=True)
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(holder.router.lifespan_context(holder))
