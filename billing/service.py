@@ -297,11 +297,6 @@ class Billing:
                          .values(postpaid_since=utcnow(), postpaid_until=None,
                                  credit_line=self.policy.credit_line))
 
-    def credit_line(self, account_id: int) -> int:
-        with Session(self.engine) as db:
-            return int(db.execute(select(BillingProfile.credit_line).where(
-                BillingProfile.account_id == account_id)).scalar_one_or_none() or 0)
-
     # -- batch jobs -----------------------------------------------------------------------------
     async def sync(self) -> SyncResult:
         return await sync(self.engine, self._require(), self.credit)

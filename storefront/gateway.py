@@ -119,7 +119,7 @@ async def paid_call(
             body = orjson.dumps(encode(live, request_id, outputs, extra),
                                 option=orjson.OPT_SERIALIZE_NUMPY)
             latency_us = int((time.perf_counter() - started) * 1e6)
-            await _commit(svc, res, latency_us)
+            await commit_with_retry(svc, res, latency_us)
         except BaseException as exc:
             try:
                 if await svc.meter.release(res):
@@ -145,7 +145,7 @@ async def paid_call(
         return response
 
 
-async def _commit(svc: Services, res: Reservation, latency_us: int) -> None:
+async def commit_with_retry(svc: Services, res: Reservation, latency_us: int) -> None:
     """Commit, retrying through a Redis restart so the answer matches the ledger.
 
     A commit whose reply was lost may or may not have run. Retrying is safe: the commit script

@@ -65,14 +65,14 @@ class KeyCache:
 
     def _load(self, prefix: str) -> KeyPrincipal | None:
         with Session(self.engine) as s:
-            key = s.execute(
-                select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
-            ).scalar_one_or_none()
-            line = None if key is None else s.execute(
-                select(BillingProfile.credit_line)
-                .where(BillingProfile.account_id == key.account_id)).scalar_one_or_none()
-        if key is None:
+            row = s.execute(
+                select(ApiKey, BillingProfile.credit_line)
+                .outerjoin(BillingProfile, BillingProfile.account_id == ApiKey.account_id)
+                .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+            ).one_or_none()
+        if row is None:
             return None
+        key, line = row
         return KeyPrincipal(
             key.id, key.account_id, key.secret_hash,
             rps=key.rate_limit_rps or self.default_rps,

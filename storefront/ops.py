@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 import redis
@@ -50,12 +50,14 @@ def redis_server(settings: Settings) -> Iterator[str]:
 
 
 @contextmanager
-def ledger_parts(settings: Settings) -> Iterator[tuple[redis.Redis, Engine, Flusher]]:
-    """(Redis client, ledger engine, flusher) for the configured or embedded servers; the
-    embedded Redis is started for the duration when `aimarket up` is not running."""
+def ledger_parts(settings: Settings, redis_url: str | None = None
+                 ) -> Iterator[tuple[redis.Redis, Engine, Flusher]]:
+    """(Redis client, ledger engine, flusher) for ``redis_url`` or the configured or embedded
+    servers; the embedded Redis is started for the duration when `aimarket up` is not
+    running."""
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
-    with redis_server(settings) as url:
+    with nullcontext(redis_url) if redis_url else redis_server(settings) as url:
         client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
         flusher = Flusher(client, engine, namespace=settings.redis_namespace,
                           hold_timeout_s=settings.hold_timeout_s,
@@ -70,7 +72,7 @@ def ledger_parts(settings: Settings) -> Iterator[tuple[redis.Redis, Engine, Flus
 async def run_billing(settings: Settings, job: Callable[[Billing], Awaitable[T]]) -> T:
     """Run ``job`` with the billing service of these settings, as a batch process: the
     ledger's stream is flushed first so the usage it reports is complete."""
-    with ledger_parts(settings) as (client, engine, flusher), redis_server(settings) as url:
+    with redis_server(settings) as url, ledger_parts(settings, url) as (_, engine, flusher):
         await asyncio.to_thread(flusher.drain)
         aclient = aioredis.Redis.from_url(url, socket_timeout=10)
 

@@ -17,7 +17,7 @@ from metering import DEMO, CallSpec, DemoMeter, Reservation
 from metering.metrics import CALLS, ERRORS, LATENCY
 from serving import AimarketError, TooManyRequests, postprocess, prepare
 
-from .gateway import _commit
+from .gateway import commit_with_retry
 from .services import Services
 
 ANONYMOUS = 0  # the account id demo events of visitors who are not signed in carry
@@ -59,7 +59,7 @@ async def demo_call(svc: Services, demos: DemoMeter, slug: str, payload: Any, vi
             try:
                 outputs = await svc.backend.infer(live.ref.key, inputs)
                 answer = postprocess(live.manifest, outputs)
-                await _commit(svc, res, int((time.perf_counter() - started) * 1e6))
+                await commit_with_retry(svc, res, int((time.perf_counter() - started) * 1e6))
             except BaseException:
                 await svc.meter.release(res)
                 raise

@@ -13,12 +13,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import RedirectResponse, Response
 
-from metering import MoneyError, to_micro
-from serving import AimarketError, InvalidInput
+from serving import AimarketError
 
 from .. import listings
 from ..models import Account
 from ..routes import admin as admin_api
+from ..routes import billing as billing_api
 from ..routes import keys as keys_api
 from ..routes import usage as usage_api
 from . import queries
@@ -77,16 +77,11 @@ async def buy_credits(request: Request) -> Response:
     svc = services(request)
     try:
         if form.get("action") == "postpaid":
-            session = await run_in_threadpool(svc.billing.checkout_postpaid, account.id,
-                                              account.email)
+            session = await run_in_threadpool(billing_api.postpaid, account, svc)
         else:
-            try:
-                amount = to_micro(str(form.get("amount", "")))
-            except MoneyError as exc:
-                raise InvalidInput(str(exc), code="invalid_amount") from exc
-            session = await run_in_threadpool(svc.billing.checkout_credits, account.id,
-                                              account.email, amount)
-    except AimarketError as exc:
+            body = billing_api.CheckoutRequest(amount=str(form.get("amount", "")))
+            session = await run_in_threadpool(billing_api.checkout, body, account, svc)
+    except (AimarketError, ValidationError) as exc:
         return _back("/account", error=_form_error(exc))
     return RedirectResponse(session["url"], status_code=303)
 
@@ -155,7 +150,7 @@ async def connect_payouts(request: Request) -> Response:
     check_csrf(request, form.get("csrf"))
     svc = services(request)
     try:
-        link = await run_in_threadpool(svc.billing.connect, account.id, account.email)
+        link = await run_in_threadpool(billing_api.connect, account, svc)
     except AimarketError as exc:
         return _back("/seller", error=_form_error(exc))
     return RedirectResponse(link["url"], status_code=303)
