@@ -9,6 +9,7 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import onnx
 import onnxruntime as ort
 
 from serving import InvalidInput, Manifest, sample_inputs
+from serving import errors as serving_errors
 
 from . import templates
 from .signing import Signer
@@ -74,6 +76,7 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
             "Dockerfile": templates.DOCKERFILE.encode(),
             "aimarket-model.service": templates.SERVICE.format(**fmt).encode(),
             "run.py": templates.RUNNER.encode(),
+            "errors.py": Path(serving_errors.__file__).read_bytes(),
         })
     files["SHA256SUMS"] = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())

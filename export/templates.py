@@ -118,6 +118,7 @@ import argparse
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from errors import AimarketError, InvalidInput, NotFound, error_reply  # the marketplace's own
 from predict import predict, session
 
 SESSION = session()
@@ -125,17 +126,23 @@ SESSION = session()
 
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
-        if self.path != "/predict":
-            self.send_error(404)
-            return
+        status, headers = 200, {"Content-Type": "application/json"}
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            reply, status = {"predictions": predict(body, SESSION)}, 200
-        except Exception as exc:  # bad input: say what, keep serving
-            reply, status = {"error": {"code": "invalid_input", "message": str(exc)}}, 422
-        data = json.dumps(reply).encode()
+            if self.path != "/predict":
+                raise NotFound(f"no route {self.path}; POST /predict")
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                data = json.dumps({"predictions": predict(body, SESSION)}).encode()
+            except AimarketError:
+                raise
+            except Exception as exc:  # bad input: say what, keep serving
+                raise InvalidInput(str(exc)) from exc
+        except AimarketError as exc:  # the same JSON error envelope as the marketplace
+            reply = error_reply(exc)
+            status, headers, data = reply.status, reply.headers, reply.body
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+from .hold import Hold, Refuse
 from .meter import CallSpec, Meter, Reservation, day_month
 
 DEMO = "demo"
@@ -77,6 +78,19 @@ class DemoMeter:
         ok = bool(allowed)
         return Reservation(replace(call, price=0), ok, DEMO if ok else "", int(left), 0,
                            refusal="" if ok else DEMO)
+
+    def hold(self, call: CallSpec, visitor: str, limit_per_day: int, *, refuse: Refuse,
+             started: float | None = None) -> Hold:
+        """``Meter.hold`` for a demo call: a signed-in buyer's free trial call on the listing
+        while any are left (``call.account_id`` set), else one of ``visitor``'s demo calls."""
+        async def reserve() -> Reservation:
+            if call.account_id:
+                res = await self.reserve_trial(call)
+                if res.ok:
+                    return res
+            return await self.reserve(call, visitor, limit_per_day)
+
+        return self.meter.hold(call, refuse=refuse, started=started, reserve=reserve)
 
     async def remaining(self, visitor: str, limit_per_day: int) -> int:
         used = int(await self.meter.redis.get(self.visitor_key(visitor)) or 0)

@@ -18,6 +18,7 @@ from redis.exceptions import NoScriptError
 
 from . import scripts
 from .autopipe import AutoPipeline
+from .hold import Hold, Refuse
 from .ledger import Event
 from .money import split
 
@@ -57,6 +58,7 @@ class CallSpec:
     cap_day: int | None = None  # micro-units per UTC day and key
     cap_month: int | None = None
     credit_line: int = 0  # postpaid: credit may go this far below zero (micro-units)
+    charge_kind: str = "paid"  # the usage event's kind when charged: paid | export
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ class Meter:
         event = Event(
             id=c.request_id, account_id=c.account_id, api_key_id=c.api_key_id,
             listing_id=c.listing_id, listing_version_id=c.listing_version_id,
-            seller_id=c.seller_id, kind=res.kind, price=res.cost, seller_share=share,
+            seller_id=c.seller_id, kind=c.charge_kind if res.kind == PAID else res.kind,
+            price=res.cost, seller_share=share,
             platform_fee=fee, latency_us=latency_us, ts_ms=int(time.time() * 1000),
         )
         done = await self._script("COMMIT", [self.holds, self.holdq, self.stream],
@@ -178,6 +181,13 @@ class Meter:
             return False
         return bool(await self._script("RELEASE", [self.holds, self.holdq],
                                        [res.call.request_id]))
+
+    def hold(self, call: CallSpec, *, refuse: Refuse, started: float | None = None,
+             reserve: Callable[[], Awaitable[Reservation]] | None = None) -> Hold:
+        """Reserve ``call`` for the block: commit when it succeeds, release when it raises;
+        a refusal raises ``refuse(reservation)``. ``reserve`` replaces the paid-call
+        reservation (the demo quota's); ``started`` is when the call began (its latency)."""
+        return Hold(self, reserve or (lambda: self.reserve(call)), refuse, started=started)
 
     async def sweep(self, older_than_s: float, limit: int = 500) -> int:
         """Refund holds of calls that never committed nor released (their worker died)."""

@@ -12,8 +12,10 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from serving import NotFound, error_reply
 
 from .builder import DemoCall, DemoSpec, build_demo
 
@@ -60,9 +62,8 @@ class TryApps:
         slug = path.lstrip("/").partition("/")[0]
         spec = await self.lookup(slug) if slug else None
         if spec is None:
-            response = JSONResponse({"error": {
-                "code": "model_not_found", "message": f"no live model '{slug}' to try"}},
-                status_code=404)
+            reply = error_reply(NotFound(f"no live model '{slug}' to try", code="model_not_found"))
+            response = Response(reply.body, status_code=reply.status, headers=reply.headers)
             await response(scope, receive, send)
             return
         app = await self._app(spec)

@@ -8,15 +8,18 @@ from .errors import (
     AimarketError,
     BadRequest,
     Conflict,
+    ErrorReply,
     Forbidden,
     InferenceFailed,
     InvalidInput,
+    MeteringUnavailable,
     NotFound,
     PayloadTooLarge,
     PaymentRequired,
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
+    error_reply,
 )
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
@@ -40,10 +43,11 @@ def make_backend(
 
 
 __all__ = [
-    "AimarketError", "Backend", "BadRequest", "Conflict", "Forbidden", "InferenceFailed",
-    "InvalidInput", "LocalBackend", "Manifest", "ModelRef", "NotFound",
+    "AimarketError", "Backend", "BadRequest", "Conflict", "ErrorReply", "Forbidden",
+    "InferenceFailed", "InvalidInput", "LocalBackend", "Manifest", "MeteringUnavailable",
+    "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
-    "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response",
+    "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
     "make_backend", "parse_manifest", "parse_v2_body", "postprocess", "prepare",
     "sample_inputs", "v2_model_metadata",
 ]

@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.seed_demo:
                 await run_in_threadpool(seed_demo, svc)
             if settings.run_flusher:
-                svc.start_flusher(svc.redis_url)
+                svc.start_flusher()
             if svc.billing.stripe is not None and settings.billing_sync_interval_s > 0:
                 syncer = asyncio.create_task(billing_loop(svc, settings.billing_sync_interval_s))
             # Start-up objects (libraries, demo training) never die: keep them out of the
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if syncer is not None:
                 syncer.cancel()
+            await demos.close()
             await svc.close()
 
     app = FastAPI(
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(gateway.router)
     if settings.unmetered_route:
         app.include_router(gateway.unmetered)
-    web.install(app, settings)
+    demos = web.install(app, settings)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:

@@ -11,27 +11,25 @@ answered 200.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import orjson
-import redis.exceptions
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from metering import CallSpec, Reservation, format_usd
-from metering.metrics import CALLS, ERRORS, LATENCY, REJECTIONS, RELEASED
+from metering.metrics import CALLS, ERRORS, LATENCY, REJECTIONS
 from serving import (
     AimarketError,
     InvalidInput,
     Manifest,
     PaymentRequired,
-    ServiceUnavailable,
     TooManyRequests,
     decode_v2_request,
     encode_v2_response,
@@ -46,7 +44,6 @@ from .registry import LiveVersion
 from .services import Services
 
 router = APIRouter(tags=["inference"])
-COMMIT_RETRY_S = 10.0  # covers a Redis restart that reloads its append-only file
 
 Decoded = tuple[dict[str, np.ndarray], Any]
 Decoder = Callable[[Manifest, Any], Decoded]
@@ -98,37 +95,21 @@ async def paid_call(
         inputs, extra = decode(live.manifest, _json(
             await request.body(), request.headers.get("inference-header-content-length")))
 
-        # 2 reserve a trial call or the price, in one Redis script
-        try:
-            res = await svc.meter.reserve(CallSpec(
-                request_id=request_id, account_id=key.account_id, api_key_id=key.key_id,
-                listing_id=live.listing_id, listing_version_id=live.version_id,
-                seller_id=live.seller_id, price=live.price, trial_calls=live.trial_calls,
-                key_rps=key.rps, key_burst=key.burst, listing_rps=live.rate_rps,
-                listing_burst=live.rate_burst, cap_day=key.cap_day, cap_month=key.cap_month,
-                credit_line=key.credit_line,
-            ))
-        except redis.exceptions.RedisError as exc:
-            raise _metering_down() from exc
-        if not res.ok:
-            raise _refused(live, key, res)
-
-        # 3 infer; 4 commit on success, release on any failure
-        try:
+        # 2 reserve a trial call or the price, in one Redis script (refused: 402 / 429);
+        # 3 infer; 4 commit when the block succeeds, release when it raises
+        call = CallSpec(
+            request_id=request_id, account_id=key.account_id, api_key_id=key.key_id,
+            listing_id=live.listing_id, listing_version_id=live.version_id,
+            seller_id=live.seller_id, price=live.price, trial_calls=live.trial_calls,
+            key_rps=key.rps, key_burst=key.burst, listing_rps=live.rate_rps,
+            listing_burst=live.rate_burst, cap_day=key.cap_day, cap_month=key.cap_month,
+            credit_line=key.credit_line,
+        )
+        async with svc.meter.hold(call, refuse=partial(_refused, live, key),
+                                  started=started) as res:
             outputs = await svc.backend.infer(live.ref.key, inputs)
             body = orjson.dumps(encode(live, request_id, outputs, extra),
                                 option=orjson.OPT_SERIALIZE_NUMPY)
-            latency_us = int((time.perf_counter() - started) * 1e6)
-            await commit_with_retry(svc, res, latency_us)
-        except BaseException as exc:
-            try:
-                if await svc.meter.release(res):
-                    RELEASED.labels("failed").inc()
-            except redis.exceptions.RedisError:
-                pass  # the sweeper refunds the hold; the ledger never sees this call
-            if isinstance(exc, redis.exceptions.RedisError):
-                raise _metering_down() from exc
-            raise
 
         # 5 respond
         CALLS.labels(live.slug, res.kind).inc()
@@ -143,32 +124,6 @@ async def paid_call(
         response = error_response(exc)
         response.headers["X-Request-Id"] = request_id
         return response
-
-
-async def commit_with_retry(svc: Services, res: Reservation, latency_us: int) -> None:
-    """Commit, retrying through a Redis restart so the answer matches the ledger.
-
-    A commit whose reply was lost may or may not have run. Retrying is safe: the commit script
-    deletes the hold and appends the event atomically, so a retry that finds no hold means the
-    first attempt ran (holds are refunded only by release, never called here, or by the
-    sweeper, which waits far longer than these retries). Only if Redis stays away past the
-    deadline is the call answered 503 while its charge may stand; reconcile shows such calls.
-    """
-    deadline = time.monotonic() + COMMIT_RETRY_S
-    retried = False
-    while True:
-        try:
-            if await svc.meter.commit(res, latency_us=latency_us) or retried:
-                return
-            raise ServiceUnavailable(
-                "the call outlived its reservation and was not charged; retry it",
-                code="reservation_expired",
-            )
-        except redis.exceptions.RedisError:
-            if time.monotonic() > deadline:
-                raise
-            retried = True
-            await asyncio.sleep(0.05)
 
 
 def _rate_headers(res: Reservation) -> dict[str, str]:
@@ -215,13 +170,6 @@ def _json(raw: bytes, binary_header_length: str | None = None) -> Any:
     if len(raw) > 32 * 1024 * 1024:
         raise InvalidInput("request body is larger than 32 MB")
     return parse_v2_body(raw, binary_header_length)
-
-
-def _metering_down() -> ServiceUnavailable:
-    return ServiceUnavailable(
-        "metering is unavailable; the call was not served and not charged",
-        code="metering_unavailable", headers={"Retry-After": "1"},
-    )
 
 
 unmetered = APIRouter(tags=["benchmark"])

@@ -1,4 +1,5 @@
-"""Operator commands' plumbing: reach the ledger and the Redis the app uses."""
+"""Operator commands' plumbing: reach the ledger and the Redis the app uses (built by the same
+functions as the running app's ``Services``)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 import redis
-import redis.asyncio as aioredis
 from sqlalchemy import Engine
 
 from billing import Billing
-from metering import Flusher, Meter, Snapshot, snapshot
+from metering import Flusher
 
 from .config import Settings
 from .db import make_engine, migrate
 from .embedded import EmbeddedRedis
-from .services import build_billing
+from .services import async_redis, build_billing, build_flusher, build_meter, sync_redis
 
 T = TypeVar("T")
 
@@ -58,12 +58,9 @@ def ledger_parts(settings: Settings, redis_url: str | None = None
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     with nullcontext(redis_url) if redis_url else redis_server(settings) as url:
-        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
-        flusher = Flusher(client, engine, namespace=settings.redis_namespace,
-                          hold_timeout_s=settings.hold_timeout_s,
-                          claim_idle_ms=settings.flush_claim_idle_ms)
+        client = sync_redis(url)
         try:
-            yield client, engine, flusher
+            yield client, engine, build_flusher(settings, client, engine)
         finally:
             client.close()
             engine.dispose()
@@ -74,14 +71,9 @@ async def run_billing(settings: Settings, job: Callable[[Billing], Awaitable[T]]
     ledger's stream is flushed first so the usage it reports is complete."""
     with redis_server(settings) as url, ledger_parts(settings, url) as (_, engine, flusher):
         await asyncio.to_thread(flusher.drain)
-        aclient = aioredis.Redis.from_url(url, socket_timeout=10)
-
-        async def load(account_id: int) -> Snapshot:
-            return await asyncio.to_thread(snapshot, engine, account_id)
-
-        meter = Meter(aclient, fee_bps=settings.platform_fee_bps, load_snapshot=load,
-                      namespace=settings.redis_namespace)
+        aclient = async_redis(url)
         try:
-            return await job(build_billing(settings, engine, meter))
+            return await job(build_billing(settings, engine, build_meter(settings, aclient,
+                                                                          engine)))
         finally:
             await aclient.aclose()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import redis
 import redis.asyncio as aioredis
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from billing import Billing, BillingPolicy, StripeConfig, StripeGateway
 from export import Signer
-from metering import Flusher, Meter, Snapshot, snapshot, to_micro
+from metering import DemoMeter, Flusher, Meter, Snapshot, snapshot, to_micro
 from serving import Backend, make_backend
 
 from .config import Settings
@@ -31,6 +32,36 @@ from .keys import KeyCache
 from .registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+def async_redis(url: str) -> aioredis.Redis:
+    """The hot path's client: short timeouts, no automatic retries (a command that may have
+    run is never sent twice; a failed call answers 503 and its hold is refunded by release
+    or by the flusher's sweep)."""
+    return aioredis.Redis.from_url(
+        url, socket_timeout=2, socket_connect_timeout=0.5, max_connections=256,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def sync_redis(url: str) -> redis.Redis:
+    """The flusher's and the operator commands' client."""
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
+
+
+def build_meter(settings: Settings, client: aioredis.Redis, engine: Engine) -> Meter:
+    """The meter on ``client``, rebuilding missing counters from the ledger on ``engine``."""
+    async def load_snapshot(account_id: int) -> Snapshot:
+        return await run_in_threadpool(snapshot, engine, account_id)
+
+    return Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
+                 namespace=settings.redis_namespace)
+
+
+def build_flusher(settings: Settings, client: redis.Redis, engine: Engine) -> Flusher:
+    return Flusher(client, engine, namespace=settings.redis_namespace,
+                   hold_timeout_s=settings.hold_timeout_s,
+                   claim_idle_ms=settings.flush_claim_idle_ms)
 
 
 def build_billing(settings: Settings, engine: Engine, meter: Meter) -> Billing:
@@ -55,24 +86,30 @@ def _wire_secret(settings: Settings) -> str:
 
 @dataclass
 class Services:
+    """The object graph of a running app, built once by ``start`` (the only place)."""
+
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     redis: aioredis.Redis
     redis_sync: redis.Redis
+    redis_url: str
     meter: Meter
+    demos: DemoMeter
     backend: Backend
     registry: Registry
     keys: KeyCache
     flusher: Flusher
-    signing_key: str
     signer: Signer
     billing: Billing
     embedded: EmbeddedRedis | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _child: subprocess.Popen[bytes] | None = None
-    redis_url: str = ""
+
+    @cached_property
+    def signing_key(self) -> str:
+        return self.settings.signing_key()
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -84,44 +121,29 @@ class Services:
         if url is None:
             embedded = EmbeddedRedis(settings.data_dir)
             url = await run_in_threadpool(embedded.start)
-        # No automatic retries: a command that may have run is never sent twice; a failed
-        # call answers 503 and its hold is refunded by release or by the sweeper.
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=0.5, max_connections=256,
-            retry=Retry(NoBackoff(), 0),
-        )
-        sync_client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
-
-        async def load_snapshot(account_id: int) -> Snapshot:
-            return await run_in_threadpool(snapshot, engine, account_id)
-
-        meter = Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
-                      namespace=settings.redis_namespace)
+        client, sync_client = async_redis(url), sync_redis(url)
+        meter = build_meter(settings, client, engine)
         backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us,
                                ray_address=settings.ray_address,
                                ray_temp_dir=settings.data_dir / "ray",
                                ray_wire_secret=_wire_secret(settings))
         await backend.start()
-        svc = cls(
+        return cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
-            redis_sync=sync_client, meter=meter, backend=backend,
-            registry=Registry(engine, backend, settings.data_dir),
+            redis_sync=sync_client, redis_url=url, meter=meter, demos=DemoMeter(meter),
+            backend=backend, registry=Registry(engine, backend, settings.data_dir),
             keys=KeyCache(engine, settings.key_cache_seconds, rps=settings.rate_limit_rps,
                           burst=settings.rate_limit_burst),
-            flusher=Flusher(sync_client, engine, namespace=settings.redis_namespace,
-                            hold_timeout_s=settings.hold_timeout_s,
-                            claim_idle_ms=settings.flush_claim_idle_ms),
-            signing_key=settings.signing_key(), embedded=embedded,
-            signer=Signer(settings.data_dir / "keys" / "export-ed25519.pem"), redis_url=url,
+            flusher=build_flusher(settings, sync_client, engine), embedded=embedded,
+            signer=Signer(settings.data_dir / "keys" / "export-ed25519.pem"),
             billing=build_billing(settings, engine, meter),
         )
-        return svc
 
-    def start_flusher(self, redis_url: str) -> None:
+    def start_flusher(self) -> None:
         """Run the ledger flusher in a child process (off this process's GIL and event loop)
         or, with ``flusher_process`` off, in a thread."""
         if self.settings.flusher_process:
-            env = {**os.environ, **self.settings.as_env(), "AIMARKET_REDIS_URL": redis_url}
+            env = {**os.environ, **self.settings.as_env(), "AIMARKET_REDIS_URL": self.redis_url}
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "storefront.cli", "ledger", "flush",
                  "--parent-pid", str(os.getpid())], env=env)

@@ -13,11 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from metering import DEMO, CallSpec, DemoMeter, Reservation
+from metering import DEMO, CallSpec, Reservation
 from metering.metrics import CALLS, ERRORS, LATENCY
 from serving import AimarketError, TooManyRequests, postprocess, prepare
 
-from .gateway import commit_with_retry
 from .services import Services
 
 ANONYMOUS = 0  # the account id demo events of visitors who are not signed in carry
@@ -36,12 +35,13 @@ class Visitor:
         return hashlib.sha256(who.encode()).hexdigest()[:24]
 
 
-async def demo_call(svc: Services, demos: DemoMeter, slug: str, payload: Any, visitor: Visitor
+async def demo_call(svc: Services, slug: str, payload: Any, visitor: Visitor
                     ) -> dict[str, Any]:
     """Run one demo call; the answer carries the predictions and what the visitor has left."""
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     settings = svc.settings
+    limit = settings.demo_calls_per_day
     try:
         live = await svc.registry.get(slug)
         inputs = prepare(live.manifest, payload)
@@ -50,42 +50,30 @@ async def demo_call(svc: Services, demos: DemoMeter, slug: str, payload: Any, vi
             listing_id=live.listing_id, listing_version_id=live.version_id,
             seller_id=live.seller_id, price=live.price, trial_calls=live.trial_calls,
         )
-        async with demos.slot(live.listing_id, settings.demo_concurrency) as free:
+        async with svc.demos.slot(live.listing_id, settings.demo_concurrency) as free:
             if not free:
                 raise TooManyRequests(
                     f"this demo is busy ({settings.demo_concurrency} calls running); "
                     "try again in a moment", code="demo_busy", headers={"Retry-After": "1"})
-            res = await _reserve(demos, call, visitor, settings.demo_calls_per_day)
-            try:
+            async with svc.demos.hold(call, visitor.quota_key, limit, started=started,
+                                      refuse=lambda _: _quota_used_up(limit)) as res:
                 outputs = await svc.backend.infer(live.ref.key, inputs)
                 answer = postprocess(live.manifest, outputs)
-                await commit_with_retry(svc, res, int((time.perf_counter() - started) * 1e6))
-            except BaseException:
-                await svc.meter.release(res)
-                raise
     except AimarketError as exc:
         ERRORS.labels(exc.code).inc()
         raise
     CALLS.labels(live.slug, res.kind).inc()
     LATENCY.labels(live.slug).observe(time.perf_counter() - started)
-    left = await demos.remaining(visitor.quota_key, settings.demo_calls_per_day)
+    left = await svc.demos.remaining(visitor.quota_key, limit)
     return {**answer, "id": request_id, "model": live.slug, "version": live.version,
             "kind": res.kind, "trial_remaining": res.trial_remaining if res.kind != DEMO else 0,
             "demo_remaining": left, "remaining_text": _remaining_text(res, left)}
 
 
-async def _reserve(demos: DemoMeter, call: CallSpec, visitor: Visitor, limit: int
-                   ) -> Reservation:
-    if visitor.account_id:
-        res = await demos.reserve_trial(call)
-        if res.ok:
-            return res
-    res = await demos.reserve(call, visitor.quota_key, limit)
-    if not res.ok:
-        raise TooManyRequests(
-            f"the {limit} free demo calls of today are used up; sign up for free trial calls "
-            "and an API key, or come back tomorrow (UTC)", code="demo_quota_exhausted")
-    return res
+def _quota_used_up(limit: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"the {limit} free demo calls of today are used up; sign up for free trial calls "
+        "and an API key, or come back tomorrow (UTC)", code="demo_quota_exhausted")
 
 
 def _remaining_text(res: Reservation, demo_left: int) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
 from export import build
-from metering import Event, format_usd, split, write_events
+from metering import CallSpec, Reservation, format_usd
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
 from ..deps import Admin, Buyer, ServicesDep, SessionDep
@@ -63,34 +63,29 @@ async def purchase(slug: str, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
             raise Conflict(f"you already hold the export license of '{slug}'",
                            code="already_purchased") from exc
 
-        async def undo() -> None:
+        # The charge is a hold like a paid call's: committed as one usage event of kind
+        # export (the seller's share in the same ledger), released if anything fails.
+        charge = CallSpec(
+            request_id=f"purchase-{pid}", account_id=buyer.id, api_key_id=None,
+            listing_id=listing.id, listing_version_id=lv.id, seller_id=listing.seller_id,
+            price=price, trial_calls=0, charge_kind="export",
+        )
+        try:
+            async with svc.meter.hold(charge, refuse=partial(_cannot_pay, price)) as res:
+                pass
+        except BaseException:  # refused, or metering unavailable: no charge, so no license
             await run_in_threadpool(_delete_purchase, svc, pid)
-
-        try:
-            ok, balance = await svc.meter.charge(buyer.id, price)
-        except BaseException:  # Redis unavailable: no charge, so no license
-            await undo()
             raise
-        if not ok:
-            await undo()
-            raise PaymentRequired(
-                f"the export license costs {format_usd(price)} USD and your credits are "
-                f"{format_usd(balance)} USD", code="insufficient_credits",
-                details={"price": format_usd(price), "credits": format_usd(balance)})
-        share, fee = split(price, svc.settings.platform_fee_bps)
-        event = Event(id=f"purchase-{pid}", account_id=buyer.id, api_key_id=None,
-                      listing_id=listing.id, listing_version_id=lv.id,
-                      seller_id=listing.seller_id, kind="export", price=price,
-                      seller_share=share, platform_fee=fee, latency_us=0,
-                      ts_ms=int(time.time() * 1000))
-        try:
-            await run_in_threadpool(write_events, svc.engine, [event])
-        except Exception:
-            await svc.meter.refund(buyer.id, price)
-            await undo()
-            raise
+        balance = res.credits_remaining
     return {"purchase_id": pid, "slug": slug, "price": format_usd(price),
             "credits": format_usd(balance)}
+
+
+def _cannot_pay(price: int, res: Reservation) -> PaymentRequired:
+    return PaymentRequired(
+        f"the export license costs {format_usd(price)} USD and your credits are "
+        f"{format_usd(res.credits_remaining)} USD", code="insufficient_credits",
+        details={"price": format_usd(price), "credits": format_usd(res.credits_remaining)})
 
 
 def _delete_purchase(svc: Any, pid: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +9,6 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
-from metering import DemoMeter
 from sandbox_ui import DemoSpec, TryApps, default_temp_dir
 from serving import NotFound
 
@@ -25,8 +22,9 @@ from .session import LoginRequired, PageForbidden, account_id, login_redirect
 __all__ = ["install"]
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Add the pages, their static files and the demos to ``app``."""
+def install(app: FastAPI, settings: Settings) -> TryApps:
+    """Add the pages, their static files and the demos to ``app``; the app's lifespan closes
+    the demos it returns."""
     app.include_router(pages.router)
     app.include_router(dashboards.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
@@ -45,24 +43,11 @@ def install(app: FastAPI, settings: Settings) -> None:
         client = getattr(request, "client", None)
         visitor = Visitor(account_id(request, svc) if request is not None else None,
                           client.host if client else "unknown")
-        return await demo_call(svc, app.state.demo_meter, slug, payload, visitor)
+        return await demo_call(svc, slug, payload, visitor)
 
     demos = TryApps(lookup, call, concurrency=settings.demo_concurrency,
                     temp_dir=default_temp_dir(settings.data_dir.resolve()))
     app.mount("/try", demos, name="try")
-
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
-        async with inner(a) as state:
-            app.state.demo_meter = DemoMeter(app.state.services.meter)
-            try:
-                yield state
-            finally:
-                await demos.close()
-
-    app.router.lifespan_context = lifespan
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, _: LoginRequired) -> Response:
@@ -72,3 +57,5 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def _forbidden(request: Request, exc: PageForbidden) -> Response:
         return page(request, "message.html", None, status=403, title="Not allowed",
                     message=exc.message)
+
+    return demos
