@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from .backend import Backend, ModelRef, ServingOptions
+from .backend import Backend, ModelRef, ServingOptions, model_key, parse_model_key
 from .codec import decode_v2_request, encode_v2_response, parse_v2_body, v2_model_metadata
 from .errors import (
     AimarketError,
@@ -48,6 +48,6 @@ __all__ = [
     "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
-    "make_backend", "parse_manifest", "parse_v2_body", "postprocess", "prepare",
+    "make_backend", "model_key", "parse_manifest", "parse_model_key", "parse_v2_body", "postprocess", "prepare",
     "sample_inputs", "v2_model_metadata",
 ]

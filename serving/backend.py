@@ -9,6 +9,17 @@ from typing import Protocol
 import numpy as np
 
 
+def model_key(slug: str, version: int) -> str:
+    """The one name of a listing version across backends: ``slug@3``."""
+    return f"{slug}@{version}"
+
+
+def parse_model_key(key: str) -> tuple[str, int]:
+    """``slug@3`` -> ("slug", 3)."""
+    slug, _, version = key.rpartition("@")
+    return slug, int(version)
+
+
 @dataclass(frozen=True)
 class ServingOptions:
     """How a listing is served by engines that scale (Ray Serve); the local backend ignores it.
@@ -29,7 +40,7 @@ class ServingOptions:
 class ModelRef:
     """One listing version as a serving backend sees it."""
 
-    key: str  # stable deployment name, "<slug>@<version>"
+    key: str  # stable deployment name, model_key(slug, version)
     path: Path  # the content-addressed .onnx file
     sha256: str
     latency_us: int = 0  # measured batch-1 latency at review; 0 when unknown

@@ -36,11 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import ModelRef, ServingOptions
+from .backend import ModelRef, ServingOptions, parse_model_key
 from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
-from .wire import WireClient
+from .wire import WIRE_KV_PREFIX, WireClient
 
-WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" (ray_replica.py)
 SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
 REFRESH_S = 2.0  # how often a listing's replica addresses are re-read while it is called
 
@@ -51,7 +50,7 @@ MAX_TEMP_DIR_LEN = 36
 
 def app_name(key: str) -> str:
     """The Serve application of a listing version: ``slug@3`` -> ``slug-v3``."""
-    slug, _, version = key.rpartition("@")
+    slug, version = parse_model_key(key)
     return f"{slug}-v{version}"
 
 

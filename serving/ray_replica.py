@@ -17,11 +17,10 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from ray import serve
 
 from .runtime import new_session
-from .wire import serve_wire
+from .wire import WIRE_KV_PREFIX, serve_wire
 
 Reply = tuple[str, Any]
 INLINE_US = 200  # models faster than this run on the replica's event loop; heavier: a thread
-WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" in Ray's KV
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

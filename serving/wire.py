@@ -29,6 +29,7 @@ from .errors import InferenceFailed, InvalidInput, ServiceUnavailable
 DTYPES = {"bool", "uint8", "uint16", "int8", "int16", "int32", "int64", "float16", "float32",
           "float64"}
 SECRET_LEN = 32  # bytes
+WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" in Ray's KV
 MAX_FRAME = 64 * 1024 * 1024
 _U32, _U16, _STATUS = struct.Struct("!I"), struct.Struct("!H"), struct.Struct("!BH")
 OK, INVALID, FAILED = 0, 1, 2

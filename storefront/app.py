@@ -20,7 +20,7 @@ from starlette.responses import Response
 from billing import metrics as billing_metrics
 from metering.metrics import refresh
 
-from . import demo, errors, gateway, web
+from . import VERSION, demo, errors, gateway, web
 from .config import Settings
 from .fastpath import PaidCallFastPath
 from .models import Account
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await svc.close()
 
     app = FastAPI(
-        title="aimarket", version="0.1.0", lifespan=lifespan,
+        title="aimarket", version=VERSION, lifespan=lifespan,
         description="AI-model marketplace with hosted, pay-per-call inference.",
     )
     errors.install(app)

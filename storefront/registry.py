@@ -10,7 +10,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from serving import Backend, Manifest, ModelRef, NotFound, ServingOptions
+from serving import Backend, Manifest, ModelRef, NotFound, ServingOptions, model_key
 
 from .deployments import serving_options
 from .models import Listing, ListingVersion
@@ -94,7 +94,7 @@ def to_live(listing: Listing, lv: ListingVersion, data_dir: Path,
         seller_id=listing.seller_id, price=lv.price, trial_calls=lv.trial_calls,
         manifest=manifest,
         rate_rps=limit.rps if limit else 0, rate_burst=limit.burst if limit else 0,
-        ref=ModelRef(key=f"{listing.slug}@{lv.version}",
+        ref=ModelRef(key=model_key(listing.slug, lv.version),
                      path=model_path(data_dir, lv.model_sha256), sha256=lv.model_sha256,
                      latency_us=lv.latency_us, serving=serving or ServingOptions()),
     )

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from serving import Forbidden, InvalidInput, NotFound
+from serving import Forbidden, InvalidInput, NotFound, model_key
 
 from ..deployments import live_versions, serving_options, set_serving_options
 from ..deps import Seller, ServicesDep
@@ -86,7 +86,7 @@ async def delist(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]
     with svc.sessions() as db:
         listing = _owned(db, slug, account)
         listing.status = "delisted"
-        keys = [f"{slug}@{lv.version}" for lv in live_versions(db, listing)]
+        keys = [model_key(slug, lv.version) for lv in live_versions(db, listing)]
         db.commit()
     svc.registry.invalidate(slug)
     for key in keys:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from serving import ServiceUnavailable, v2_model_metadata
 
+from .. import VERSION
 from ..deps import ServicesDep
 from ..registry import LiveVersion
 
@@ -36,7 +37,7 @@ async def ready(svc: ServicesDep) -> dict[str, bool]:
 
 @router.get("/v2")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "aimarket", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+    return {"name": "aimarket", "version": VERSION, "extensions": ["binary_tensor_data"]}
 
 
 async def _model(request: Request, svc: ServicesDep, slug: str,
