@@ -48,6 +48,6 @@ __all__ = [
     "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
-    "make_backend", "model_key", "parse_manifest", "parse_model_key", "parse_v2_body", "postprocess", "prepare",
-    "sample_inputs", "v2_model_metadata",
+    "make_backend", "model_key", "parse_manifest", "parse_model_key", "parse_v2_body",
+    "postprocess", "prepare", "sample_inputs", "v2_model_metadata",
 ]
