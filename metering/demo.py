@@ -14,38 +14,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+from . import scripts
 from .hold import Hold, Refuse
 from .meter import CallSpec, Meter, Reservation, day_month
 
 DEMO = "demo"
-
-# KEYS: 1 the visitor's demo counter today, 2 holds, 3 holdq; ARGV: 1 daily limit, 2 request id
-# -> {allowed 0/1, remaining}
-_RESERVE = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local limit = tonumber(ARGV[1])
-if used >= limit then return {0, 0} end
-local t = redis.call('TIME')
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], 172800000)
-redis.call('HSET', KEYS[2], ARGV[2], 'demo|0|' .. KEYS[1] .. '|||')
-redis.call('ZADD', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[2])
-return {1, limit - used - 1}
-"""
-
-# KEYS: the listing's demo calls in flight; ARGV: limit, key lifetime (ms) -> 1 taken, 0 full.
-# The lifetime bounds how long a slot of a worker that died stays taken.
-_ACQUIRE = """
-local n = redis.call('INCR', KEYS[1])
-if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-_RELEASE = """
-if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR', KEYS[1]) end
-return 0
-"""
-
 
 class DemoMeter:
     """Demo reservations and per-listing demo concurrency, on the meter's Redis."""
@@ -54,12 +27,12 @@ class DemoMeter:
         self.meter = meter
         self.ns = meter.ns
         self.slot_ttl_ms = int(slot_ttl_s * 1000)
-        self._reserve = meter.redis.register_script(_RESERVE)
-        self._acquire = meter.redis.register_script(_ACQUIRE)
-        self._release = meter.redis.register_script(_RELEASE)
+        self._reserve = meter.redis.register_script(scripts.DEMO_RESERVE)
+        self._acquire = meter.redis.register_script(scripts.DEMO_SLOT_ACQUIRE)
+        self._release = meter.redis.register_script(scripts.DEMO_SLOT_RELEASE)
 
     def visitor_key(self, visitor: str, ts: float | None = None) -> str:
-        return f"{self.ns}demo:{day_month(ts)[0]}:{visitor}"
+        return self.meter.names.demo_visitor(day_month(ts)[0], visitor)
 
     async def reserve_trial(self, call: CallSpec) -> Reservation:
         """One of the buyer's free trial calls on the listing, or a refusal; never money."""
@@ -100,7 +73,7 @@ class DemoMeter:
     async def slot(self, listing_id: int, limit: int) -> AsyncIterator[bool]:
         """A demo slot of the listing for the duration of the block: yields False when all
         ``limit`` slots are taken (nothing is held then)."""
-        key = f"{self.ns}demo:inflight:{listing_id}"
+        key = self.meter.names.demo_inflight(listing_id)
         taken = bool(await self._acquire([key], [limit, self.slot_ttl_ms]))
         try:
             yield taken

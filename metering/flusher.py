@@ -19,6 +19,7 @@ import redis
 from sqlalchemy import Engine
 
 from . import metrics, scripts
+from .keys import Keys
 from .ledger import Event, write_events
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,14 @@ class Flusher:
     ) -> None:
         self.redis = client
         self.engine = engine
-        self.stream = f"{namespace}usage"
+        names = Keys(namespace)
+        self.stream = names.stream
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self.hold_timeout_s = hold_timeout_s
-        self.holds, self.holdq = f"{namespace}holds", f"{namespace}holdq"
-        self.flushed_key = metrics.flushed_key(namespace)
+        self.holds, self.holdq, self.flushed_key = names.holds, names.holdq, names.flushed
         self._sweep = client.register_script(scripts.SWEEP)
         self._last_sweep = 0.0
         self._group_ready = False

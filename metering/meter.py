@@ -19,6 +19,7 @@ from redis.exceptions import NoScriptError
 from . import scripts
 from .autopipe import AutoPipeline
 from .hold import Hold, Refuse
+from .keys import Keys
 from .ledger import Event
 from .money import split
 
@@ -97,8 +98,8 @@ class Meter:
         self.redis = client
         self.fee_bps = fee_bps
         self.ns = namespace
-        self.stream = f"{namespace}usage"
-        self.holds, self.holdq = f"{namespace}holds", f"{namespace}holdq"
+        self.names = Keys(namespace)
+        self.stream, self.holds, self.holdq = self.names.stream, self.names.holds, self.names.holdq
         self._load_snapshot = load_snapshot
         self._pipe = AutoPipeline(client)
         self._sha = {
@@ -109,18 +110,17 @@ class Meter:
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
         self._sweep = client.register_script(scripts.SWEEP)
         self._demo = client.register_script(scripts.DEMO_QUOTA)
-        self._charge = client.register_script(scripts.CHARGE)
 
     # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
-        return f"{self.ns}h:{account_id}", f"{self.ns}c:{account_id}"
+        return self.names.marker(account_id), self.names.credit(account_id)
 
     def _trial_key(self, account_id: int, listing_id: int) -> str:
-        return f"{self.ns}t:{account_id}:{listing_id}"
+        return self.names.trial(account_id, listing_id)
 
     def _spend_keys(self, key_id: int | None, ts: float | None = None) -> tuple[str, str]:
         day, month = day_month(ts)
-        return f"{self.ns}s:d:{key_id}:{day}", f"{self.ns}s:m:{key_id}:{month}"
+        return self.names.spend_day(key_id, day), self.names.spend_month(key_id, month)
 
     async def _script(self, name: str, keys: list[str], args: list[object]) -> object:
         try:
@@ -136,8 +136,8 @@ class Meter:
         day, month = self._spend_keys(call.api_key_id)
         keys = [
             marker, self._trial_key(call.account_id, call.listing_id), credit,
-            f"{self.ns}rl:k:{call.api_key_id}",
-            f"{self.ns}rl:kl:{call.api_key_id}:{call.listing_id}",
+            self.names.rate_key(call.api_key_id),
+            self.names.rate_key_listing(call.api_key_id, call.listing_id),
             day, month, self.holds, self.holdq,
         ]
         args: list[object] = [
@@ -207,7 +207,7 @@ class Meter:
             keys.append(self._trial_key(account_id, lid))
             values.append(used)
         for name, spent in snap.spend.items():
-            keys.append(f"{self.ns}s:{name}")
+            keys.append(self.names.spend(name))
             values.append(spent)
         return bool(await self._hydrate(keys, values))
 
@@ -228,19 +228,6 @@ class Meter:
         if new is None:  # Redis lost the counters meanwhile: the rebuild reads the ledger
             return await self.credits(account_id)
         return int(new)  # type: ignore[arg-type]
-
-    async def charge(self, account_id: int, amount: int) -> tuple[bool, int]:
-        """Take ``amount`` from prepaid credit if it covers it: (taken, balance after)."""
-        keys = list(self._keys(account_id))
-        ok, balance = await self._charge(keys, [amount])  # type: ignore[misc]
-        if ok == -1:
-            await self.hydrate(account_id)
-            ok, balance = await self._charge(keys, [amount])  # type: ignore[misc]
-        return ok == 1, int(balance)
-
-    async def refund(self, account_id: int, amount: int) -> None:
-        """Give back a charge whose ledger write failed."""
-        await self._add_credits(list(self._keys(account_id)), [amount])
 
     async def credits(self, account_id: int) -> int:
         """Current spendable credit (after holds of calls in flight)."""

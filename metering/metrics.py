@@ -6,6 +6,8 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
+from .keys import Keys
+
 CALLS = Counter("aimarket_calls_total", "Answered calls", ["listing", "kind"])
 LATENCY = Histogram(
     "aimarket_call_latency_seconds", "Paid-call latency, gateway in to gateway out", ["listing"],
@@ -36,11 +38,8 @@ EVENTS_FLUSHED = _Flushed()
 REGISTRY.register(EVENTS_FLUSHED)  # type: ignore[arg-type]
 
 
-def flushed_key(namespace: str) -> str:
-    return f"{namespace}flushed"
-
-
 async def refresh(client: Any, namespace: str) -> None:
     """Read what the flushers report (lag, events written) before a scrape."""
-    FLUSH_LAG.set(await client.xlen(f"{namespace}usage"))
-    EVENTS_FLUSHED.value = int(await client.get(flushed_key(namespace)) or 0)
+    names = Keys(namespace)
+    FLUSH_LAG.set(await client.xlen(names.stream))
+    EVENTS_FLUSHED.value = int(await client.get(names.flushed) or 0)

@@ -14,6 +14,7 @@ import redis
 from sqlalchemy import Engine, select
 
 from .flusher import Flusher
+from .keys import Keys
 from .ledger import CreditEntry, Event, UsageEvent, balance, snapshot
 
 # Set KEYS[1] to ARGV[2] only if it still holds ARGV[1]: never overwrite a concurrent change.
@@ -40,18 +41,18 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
     Holds older than the flusher's hold timeout are refunded first, as the sweeper would."""
     flusher.drain()
     flusher.sweep()
-    ns = namespace
+    names = Keys(namespace)
     pending_paid: Counter[int] = Counter()
     pending_trial: Counter[tuple[int, int]] = Counter()
     for _id, fields in client.xrange(flusher.stream):  # committed after the drain
         e = Event.from_fields(fields)
-        if e.kind == "paid":
+        if e.price > 0:  # a paid call or an export purchase: debited when flushed
             pending_paid[e.account_id] += e.price
         elif e.kind == "trial":
             pending_trial[(e.account_id, e.listing_id)] += 1
     held_paid: Counter[int] = Counter()
     held_trial: Counter[str] = Counter()
-    for meta in client.hvals(f"{ns}holds"):
+    for meta in client.hvals(names.holds):
         kind, price, trial_key, credit_key, *_ = meta.decode().split("|")
         if kind == "paid":
             held_paid[int(credit_key.rsplit(":", 1)[1])] += int(price)
@@ -64,14 +65,14 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
     drifts: list[Drift] = []
     checked = 0
     for acct in sorted(accounts):
-        if not client.exists(f"{ns}h:{acct}"):
+        if not client.exists(names.marker(acct)):
             continue  # not in Redis: rebuilt from the ledger on first use
         checked += 1
-        want = {f"{ns}c:{acct}": balance(engine, acct) - pending_paid[acct] - held_paid[acct]}
+        want = {names.credit(acct): balance(engine, acct) - pending_paid[acct] - held_paid[acct]}
         for lid, used in snapshot(engine, acct).trials.items():
-            key = f"{ns}t:{acct}:{lid}"
+            key = names.trial(acct, lid)
             want[key] = used + pending_trial[(acct, lid)] + held_trial[key]
-        for key in client.scan_iter(f"{ns}t:{acct}:*"):
+        for key in client.scan_iter(names.trials_of(acct)):
             name = key.decode()
             want.setdefault(name, held_trial[name] + pending_trial[
                 (acct, int(name.rsplit(":", 1)[1]))])
@@ -81,6 +82,6 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
             if actual == expected:
                 continue
             fixed = bool(repair and cas([key], [raw.decode() if raw else "0", expected]))
-            counter = "credits" if key.startswith(f"{ns}c:") else f"trial:{key.rsplit(':', 1)[1]}"
+            counter = "credits" if key == names.credit(acct) else f"trial:{key.rsplit(':', 1)[1]}"
             drifts.append(Drift(acct, counter, actual, expected, fixed))
     return checked, drifts

@@ -117,6 +117,34 @@ end
 return n
 """
 
+# Demo calls (demo.py): a visitor's daily quota as a hold, and per-listing slots in flight.
+# KEYS: 1 the visitor's demo counter today, 2 holds, 3 holdq; ARGV: 1 daily limit, 2 request id
+# -> {allowed 0/1, remaining}
+DEMO_RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local limit = tonumber(ARGV[1])
+if used >= limit then return {0, 0} end
+local t = redis.call('TIME')
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], 172800000)
+redis.call('HSET', KEYS[2], ARGV[2], 'demo|0|' .. KEYS[1] .. '|||')
+redis.call('ZADD', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[2])
+return {1, limit - used - 1}
+"""
+
+# KEYS: the listing's demo calls in flight; ARGV: limit, key lifetime (ms) -> 1 taken, 0 full.
+# The lifetime bounds how long a slot of a worker that died stays taken.
+DEMO_SLOT_ACQUIRE = """
+local n = redis.call('INCR', KEYS[1])
+if n > tonumber(ARGV[1]) then redis.call('DECR', KEYS[1]) return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+DEMO_SLOT_RELEASE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
 # KEYS: 1 hydrated marker, 2 credit balance, then trial-used keys, then spend keys
 # ARGV: credit balance, then one value per further key
 HYDRATE = """
@@ -131,15 +159,6 @@ return 1
 ADD_CREDITS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('INCRBY', KEYS[2], ARGV[1])
-"""
-
-# KEYS: hydrated marker, credit balance; ARGV: amount -> {1, new balance} | {0, balance} when
-# the credit does not cover it | {-1, 0} when the account needs hydration
-CHARGE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
-local credits = tonumber(redis.call('GET', KEYS[2]) or '0')
-if credits < tonumber(ARGV[1]) then return {0, credits} end
-return {1, redis.call('DECRBY', KEYS[2], ARGV[1])}
 """
 
 # KEYS: visitor's counter for today; ARGV: daily limit -> {allowed 0/1, remaining}
