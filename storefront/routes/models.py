@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 
 from serving import BadRequest, InvalidInput, PayloadTooLarge
 
-from .. import listings
+from .. import catalog, publishing
 from ..deps import Seller, ServicesDep, SessionDep
 from ..models import Account
 
@@ -48,7 +48,7 @@ async def upload_model(request: Request, seller: Seller, svc: ServicesDep) -> di
     if any(v is not None and not isinstance(v, str) for v in fields.values()):
         raise InvalidInput("'slug', 'license' and 'attest_rights' are text fields",
                            code="invalid_field")
-    submission = listings.Submission(
+    submission = publishing.Submission(
         upload=data, manifest_text=manifest_text, license=fields["license"],  # type: ignore[arg-type]
         attested=str(fields["attest_rights"]).lower() in ("true", "1", "yes", "on"),
         slug=fields["slug"] or None,  # type: ignore[arg-type]
@@ -59,9 +59,9 @@ async def upload_model(request: Request, seller: Seller, svc: ServicesDep) -> di
             "findings": published.findings}
 
 
-def _publish(svc: Any, seller: Account, sub: listings.Submission) -> listings.Published:
+def _publish(svc: Any, seller: Account, sub: publishing.Submission) -> publishing.Published:
     with svc.sessions() as db:
-        return listings.publish(db, svc.settings, seller, sub)
+        return publishing.publish(db, svc.settings, seller, sub)
 
 
 @router.get("/v1/models")
@@ -74,15 +74,15 @@ def list_models(
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    return listings.catalog(db, q=q, category=category, task=task, sort=sort, page=page,
-                            page_size=page_size)
+    return catalog.catalog(db, q=q, category=category, task=task, sort=sort, page=page,
+                           page_size=page_size)
 
 
 @router.get("/v1/models/{slug}")
 def get_model(slug: str, db: SessionDep) -> dict[str, Any]:
-    return listings.detail(db, slug)
+    return catalog.detail(db, slug)
 
 
 @router.get("/v1/seller/models")
 def my_models(seller: Seller, db: SessionDep) -> dict[str, Any]:
-    return {"items": listings.seller_listings(db, seller)}
+    return {"items": catalog.seller_listings(db, seller)}
