@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
 
 from metering import to_micro
-from serving import Forbidden, InvalidInput, Manifest
+from serving import BadRequest, Forbidden, InvalidInput, Manifest, PayloadTooLarge
 from serving.fingerprint import COPY_SCORE, similarity
 from serving.intake import intake
 
@@ -173,3 +176,63 @@ def _target_listing(db: Session, seller: Account, manifest: Manifest, slug: str 
     return listing
 
 
+
+# -- the upload form ---------------------------------------------------------------------------
+#: The values of ``attest_rights`` that attest (any letter case); anything else does not.
+ATTEST_YES = frozenset({"true", "on", "1", "yes"})
+TEXT_FIELDS = ("slug", "license", "attest_rights")
+
+
+async def read_upload(
+    request: Request, max_upload_mb: int, *, check: Callable[[FormData], None] | None = None
+) -> Submission:
+    """Read the multipart upload of a model, for the API and the seller's page alike.
+
+    Parts: ``model`` (an .onnx file, or a zip/tar holding one with its external data and
+    manifest), ``manifest`` (a file or text; an empty part counts as absent), ``license``,
+    ``attest_rights`` (one of :data:`ATTEST_YES` attests), optional ``slug`` (a new version of
+    that listing; surrounding spaces are dropped). ``check`` sees the form first (the page's
+    CSRF check). Raises :class:`BadRequest`, :class:`InvalidInput` or
+    :class:`PayloadTooLarge`; the form's files are closed either way."""
+    limit = max_upload_mb * 1024 * 1024
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise BadRequest("send the upload with a Content-Length header", code="length_required")
+    if int(length) > limit + 1_000_000:
+        raise PayloadTooLarge(f"uploads are limited to {max_upload_mb} MB")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest("send multipart/form-data with parts 'model' and 'manifest'",
+                         code="multipart_required")
+    form = await request.form(max_files=2, max_fields=8, max_part_size=512 * 1024)
+    try:
+        if check is not None:
+            check(form)
+        model, manifest = form.get("model"), form.get("manifest")
+        if not isinstance(model, UploadFile) or not model.filename:
+            raise InvalidInput("part 'model' (the .onnx file) is missing", code="missing_model")
+        data = await model.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"models are limited to {max_upload_mb} MB")
+        manifest_text: str | bytes | None
+        if isinstance(manifest, UploadFile):
+            manifest_text = await manifest.read() if manifest.filename else None
+        else:
+            manifest_text = manifest
+        fields = {k: form.get(k) for k in TEXT_FIELDS}
+    finally:
+        await form.close()
+    text = {k: v for k, v in fields.items() if isinstance(v, str)}
+    if len(text) != sum(v is not None for v in fields.values()):
+        raise InvalidInput("'slug', 'license' and 'attest_rights' are text fields",
+                           code="invalid_field")
+    return Submission(
+        upload=data, manifest_text=manifest_text or None, license=text.get("license") or None,
+        attested=text.get("attest_rights", "").lower() in ATTEST_YES,
+        slug=text.get("slug", "").strip() or None,
+    )
+
+
+def publish_upload(svc: Any, seller: Account, sub: Submission) -> Published:
+    """:func:`publish` in a session of its own (for a worker thread)."""
+    with svc.sessions() as db:
+        return publish(db, svc.settings, seller, sub)

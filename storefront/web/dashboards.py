@@ -4,13 +4,12 @@ the API's route, so the pages and the API share one set of rules."""
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from serving import AimarketError
@@ -21,7 +20,7 @@ from ..models import Account
 from . import queries
 from .charts import bar_chart
 from .render import page
-from .session import check_csrf, require, services
+from .session import PageForbidden, check_csrf, require, services
 
 router = APIRouter(include_in_schema=False)
 
@@ -157,36 +156,20 @@ async def connect_payouts(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     account = _account(request, "seller")
     svc = services(request)
-    limit = svc.settings.max_upload_mb * 1024 * 1024
-    form = await request.form(max_files=2, max_fields=8, max_part_size=512 * 1024)
-    try:
+    max_mb = svc.settings.max_upload_mb
+
+    def csrf(form: FormData) -> None:
         check_csrf(request, form.get("csrf"))
-        model, manifest = form.get("model"), form.get("manifest")
-        if not isinstance(model, UploadFile) or not model.filename:
-            return _back("/seller", error="Choose the model file (.onnx) to upload.")
-        data = await model.read(limit + 1)
-        manifest_text: Any = (await manifest.read() if isinstance(manifest, UploadFile)
-                              else manifest)
-        if isinstance(manifest, UploadFile) and not manifest.filename:
-            manifest_text = None
-        sub = publishing.Submission(
-            upload=data, manifest_text=manifest_text or None,
-            license=str(form.get("license", "")) or None,
-            attested=form.get("attest_rights") in ("true", "on", "1"),
-            slug=str(form.get("slug", "")).strip() or None)
-    finally:
-        await form.close()
-    if len(data) > limit:
-        return _back("/seller", error=f"Models are limited to {svc.settings.max_upload_mb} MB.")
-
-    def publish() -> publishing.Published:
-        with svc.sessions() as db:
-            return publishing.publish(db, svc.settings, account, sub)
 
     try:
-        published = await run_in_threadpool(publish)
+        sub = await publishing.read_upload(request, max_mb, check=csrf)
+        published = await run_in_threadpool(publishing.publish_upload, svc, account, sub)
+    except PageForbidden:
+        raise
     except AimarketError as exc:
-        return _back("/seller", error=exc.message)
+        hints = {"missing_model": "Choose the model file (.onnx) to upload.",
+                 "payload_too_large": f"Models are limited to {max_mb} MB."}
+        return _back("/seller", error=hints.get(exc.code, exc.message))
     return _back("/seller", uploaded=f"{published.slug} version {published.version}")
 
 
