@@ -14,7 +14,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import listings
+from . import moderation, publishing
 from .models import Account, Listing
 from .security import hash_password
 
@@ -174,11 +174,11 @@ def seed(db: Session, settings: Any) -> list[tuple[Listing, Any]]:
         if db.execute(select(Listing.id).where(Listing.slug == slug)).first() is not None:
             continue
         data, manifest = build()
-        published = listings.publish(db, settings, seller, listings.Submission(
+        published = publishing.publish(db, settings, seller, publishing.Submission(
             upload=data, manifest_text=json.dumps(manifest), license="BSD-3-Clause",
             attested=True, slug=slug))
-        listing, lv = listings.pending_version(db, published.slug, published.version)
-        listings.decide(db, listing, lv, moderator, "approve", "demo catalog, seeded at start")
+        listing, lv = moderation.pending_version(db, published.slug, published.version)
+        moderation.decide(db, listing, lv, moderator, "approve", "demo catalog, seeded at start")
         approved.append((listing, lv))
         log.info("seeded demo model %s", slug)
     return approved

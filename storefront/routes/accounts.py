@@ -2,61 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel, EmailStr, Field
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from metering import format_usd
-from serving import Conflict, Unauthorized
+from serving import Unauthorized
 
+from .. import accounts
+from ..accounts import NewAccount, account_json
 from ..deps import CurrentAccount, ServicesDep, SessionDep
-from ..models import Account
-from ..security import hash_password, issue_token, verify_password
+from ..security import issue_token
 
 router = APIRouter(tags=["accounts"])
 
 
-class NewAccount(BaseModel):
-    email: EmailStr
-    password: str = Field(min_length=8, max_length=256)
-    role: Literal["buyer", "seller"]
-    name: str = Field("", max_length=120)
-
-
-def account_json(a: Account) -> dict[str, Any]:
-    return {"id": a.id, "email": a.email, "name": a.name, "role": a.role,
-            "created_at": a.created_at.isoformat()}
-
-
 @router.post("/v1/accounts", status_code=201)
 def create_account(body: NewAccount, db: SessionDep) -> dict[str, Any]:
-    email = body.email.lower()
-    if db.execute(select(Account.id).where(Account.email == email)).first():
-        raise Conflict("an account with this e-mail exists", code="email_taken")
-    account = Account(email=email, name=body.name or email.split("@")[0],
-                      password_hash=hash_password(body.password), role=body.role)
-    db.add(account)
-    try:
-        db.commit()
-    except IntegrityError as exc:
-        raise Conflict("an account with this e-mail exists", code="email_taken") from exc
-    return account_json(account)
+    return account_json(accounts.create_account(db, body))
 
 
 @router.post("/v1/auth/token")
 def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()], db: SessionDep, svc: ServicesDep
 ) -> dict[str, Any]:
-    account = db.execute(
-        select(Account).where(Account.email == form.username.lower())
-    ).scalar_one_or_none()
-    if not verify_password(form.password, account.password_hash if account else None):
+    account = accounts.find_account(db, form.username)
+    if not accounts.authenticate(account, form.password) or account is None:
         raise Unauthorized("wrong e-mail or password", code="invalid_credentials")
-    assert account is not None
     token = issue_token(account.id, key=svc.signing_key,
                         minutes=svc.settings.access_token_minutes)
     return {"access_token": token, "token_type": "bearer",

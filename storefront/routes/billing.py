@@ -7,27 +7,23 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from billing import statements
-from metering import MoneyError, format_usd, to_micro
-from serving import InvalidInput
+from metering import format_usd
 
+from .. import payments
 from ..deps import Buyer, Seller, ServicesDep
 from ..models import Listing
+from ..payments import CheckoutRequest
 from ..services import Services
 
 router = APIRouter(tags=["billing"])
 
 Month = Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$", description="YYYY-MM (UTC)")]
 Format = Annotated[Literal["json", "csv"], Query()]
-
-
-class CheckoutRequest(BaseModel):
-    amount: str = Field(max_length=32, description="USD to add as credit, e.g. \"20.00\"")
 
 
 @router.get("/v1/billing")
@@ -41,23 +37,19 @@ async def billing_summary(account: Buyer, svc: ServicesDep) -> dict[str, Any]:
 @router.post("/v1/billing/checkout", status_code=201)
 def checkout(body: CheckoutRequest, account: Buyer, svc: ServicesDep) -> dict[str, Any]:
     """A Stripe Checkout Session buying prepaid credit; credited when Stripe confirms."""
-    try:
-        amount = to_micro(body.amount)
-    except MoneyError as exc:
-        raise InvalidInput(str(exc), code="invalid_amount") from exc
-    return svc.billing.checkout_credits(account.id, account.email, amount)
+    return payments.checkout(svc, account, body)
 
 
 @router.post("/v1/billing/postpaid", status_code=201)
 def postpaid(account: Buyer, svc: ServicesDep) -> dict[str, Any]:
     """A Checkout Session that saves a card and subscribes to metered usage billing."""
-    return svc.billing.checkout_postpaid(account.id, account.email)
+    return payments.postpaid(svc, account)
 
 
 @router.post("/v1/billing/connect", status_code=201)
 def connect(seller: Seller, svc: ServicesDep) -> dict[str, Any]:
     """Stripe Connect (Express) onboarding: the seller's account and a fresh onboarding link."""
-    return svc.billing.connect(seller.id, seller.email)
+    return payments.connect(svc, seller)
 
 
 @router.post("/v1/billing/webhook")

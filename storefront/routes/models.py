@@ -6,13 +6,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
-from serving import BadRequest, InvalidInput, PayloadTooLarge
-
-from .. import listings
+from .. import catalog, publishing
 from ..deps import Seller, ServicesDep, SessionDep
-from ..models import Account
 
 router = APIRouter(tags=["models"])
 
@@ -20,48 +16,13 @@ router = APIRouter(tags=["models"])
 @router.post("/v1/models", status_code=201)
 async def upload_model(request: Request, seller: Seller, svc: ServicesDep) -> dict[str, Any]:
     """Multipart: ``model`` (an .onnx file, or a zip/tar holding one with its external data and
-    manifest), ``manifest`` (file or text), ``license``, ``attest_rights=true``, optional
-    ``slug`` (a new version of your listing)."""
-    limit = svc.settings.max_upload_mb * 1024 * 1024
-    length = request.headers.get("content-length")
-    if length is None or not length.isdigit():
-        raise BadRequest("send the upload with a Content-Length header", code="length_required")
-    if int(length) > limit + 1_000_000:
-        raise PayloadTooLarge(f"uploads are limited to {svc.settings.max_upload_mb} MB")
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise BadRequest("send multipart/form-data with parts 'model' and 'manifest'",
-                         code="multipart_required")
-    form = await request.form(max_files=2, max_fields=8, max_part_size=512 * 1024)
-    try:
-        model, manifest_part = form.get("model"), form.get("manifest")
-        if not isinstance(model, UploadFile):
-            raise InvalidInput("part 'model' (the .onnx file) is missing", code="missing_model")
-        manifest_text = (
-            await manifest_part.read() if isinstance(manifest_part, UploadFile) else manifest_part
-        )
-        data = await model.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"models are limited to {svc.settings.max_upload_mb} MB")
-        fields = {k: form.get(k) for k in ("slug", "license", "attest_rights")}
-    finally:
-        await form.close()
-    if any(v is not None and not isinstance(v, str) for v in fields.values()):
-        raise InvalidInput("'slug', 'license' and 'attest_rights' are text fields",
-                           code="invalid_field")
-    submission = listings.Submission(
-        upload=data, manifest_text=manifest_text, license=fields["license"],  # type: ignore[arg-type]
-        attested=str(fields["attest_rights"]).lower() in ("true", "1", "yes", "on"),
-        slug=fields["slug"] or None,  # type: ignore[arg-type]
-    )
-    published = await run_in_threadpool(_publish, svc, seller, submission)
+    manifest), ``manifest`` (file or text), ``license``, ``attest_rights=true`` (or ``1``,
+    ``yes``, ``on``), optional ``slug`` (a new version of your listing)."""
+    submission = await publishing.read_upload(request, svc.settings.max_upload_mb)
+    published = await run_in_threadpool(publishing.publish_upload, svc, seller, submission)
     return {"slug": published.slug, "version": published.version, "status": published.status,
             "latency_ms": round(published.latency_us / 1000, 3), "sha256": published.sha256,
             "findings": published.findings}
-
-
-def _publish(svc: Any, seller: Account, sub: listings.Submission) -> listings.Published:
-    with svc.sessions() as db:
-        return listings.publish(db, svc.settings, seller, sub)
 
 
 @router.get("/v1/models")
@@ -74,15 +35,15 @@ def list_models(
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
-    return listings.catalog(db, q=q, category=category, task=task, sort=sort, page=page,
-                            page_size=page_size)
+    return catalog.catalog(db, q=q, category=category, task=task, sort=sort, page=page,
+                           page_size=page_size)
 
 
 @router.get("/v1/models/{slug}")
 def get_model(slug: str, db: SessionDep) -> dict[str, Any]:
-    return listings.detail(db, slug)
+    return catalog.detail(db, slug)
 
 
 @router.get("/v1/seller/models")
 def my_models(seller: Seller, db: SessionDep) -> dict[str, Any]:
-    return {"items": listings.seller_listings(db, seller)}
+    return {"items": catalog.seller_listings(db, seller)}

@@ -1,30 +1,26 @@
 """Signed-in pages: the buyer's keys, credits and usage; the seller's uploads and earnings;
-the admin's review queue and credit grants. Each action calls the API's own handler, so the
-pages and the API share one set of rules."""
+the admin's review queue and credit grants. Each action calls the same service function as
+the API's route, so the pages and the API share one set of rules."""
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from serving import AimarketError
 
-from .. import listings
+from .. import apikeys, catalog, moderation, payments, publishing
+from .. import usage as ledger
 from ..models import Account
-from ..routes import admin as admin_api
-from ..routes import billing as billing_api
-from ..routes import keys as keys_api
-from ..routes import usage as usage_api
 from . import queries
 from .charts import bar_chart
 from .render import page
-from .session import check_csrf, require, services
+from .session import PageForbidden, check_csrf, require, services
 
 router = APIRouter(include_in_schema=False)
 
@@ -55,9 +51,9 @@ async def buyer_dashboard(request: Request, new_key: str = "", error: str = "",
                           done: str = "") -> Response:
     account = _account(request, "buyer")
     svc = services(request)
-    used = await usage_api.usage(account, svc, 30)
+    used = await ledger.usage(svc, account, 30)
     with svc.sessions() as db:
-        keys = keys_api.list_keys(account, db)["items"]
+        keys = apikeys.list_keys(db, account)
     per_day: dict[str, int] = {}
     for d in used["days"]:
         per_day[d["date"]] = per_day.get(d["date"], 0) + d["calls"]
@@ -77,10 +73,10 @@ async def buy_credits(request: Request) -> Response:
     svc = services(request)
     try:
         if form.get("action") == "postpaid":
-            session = await run_in_threadpool(billing_api.postpaid, account, svc)
+            session = await run_in_threadpool(payments.postpaid, svc, account)
         else:
-            body = billing_api.CheckoutRequest(amount=str(form.get("amount", "")))
-            session = await run_in_threadpool(billing_api.checkout, body, account, svc)
+            body = payments.CheckoutRequest(amount=str(form.get("amount", "")))
+            session = await run_in_threadpool(payments.checkout, svc, account, body)
     except (AimarketError, ValidationError) as exc:
         return _back("/account", error=_form_error(exc))
     return RedirectResponse(session["url"], status_code=303)
@@ -93,10 +89,10 @@ async def create_key(request: Request) -> Response:
     check_csrf(request, form.get("csrf"))
     svc = services(request)
     try:
-        body = keys_api.NewKey(name=str(form.get("name", "")),
-                               spend_cap_day=str(form.get("spend_cap_day", "")) or None)
+        body = apikeys.NewKey(name=str(form.get("name", "")),
+                              spend_cap_day=str(form.get("spend_cap_day", "")) or None)
         with svc.sessions() as db:
-            created = keys_api.create_key(account, db, svc, body)
+            created = apikeys.create_key(db, svc, account, body)
     except (AimarketError, ValidationError) as exc:
         return _back("/account", error=_form_error(exc))
     # The secret is shown once, on the page the redirect lands on, and never stored.
@@ -112,12 +108,12 @@ async def change_key(request: Request, key_id: int) -> Response:
     try:
         with svc.sessions() as db:
             if form.get("action") == "revoke":
-                keys_api.revoke_key(key_id, account, db, svc)
+                apikeys.revoke_key(db, svc, account, key_id)
                 return _back("/account", done="Key revoked.")
             cap = str(form.get("spend_cap_day", "")).strip()
-            body = keys_api.KeyChange(name=str(form.get("name", "")) or None,
-                                      spend_cap_day=cap or None)
-            keys_api.change_key(key_id, body, account, db, svc)
+            body = apikeys.KeyChange(name=str(form.get("name", "")) or None,
+                                     spend_cap_day=cap or None)
+            apikeys.change_key(db, svc, account, key_id, body)
     except (AimarketError, ValidationError) as exc:
         return _back("/account", error=_form_error(exc))
     return _back("/account", done="Key saved.")
@@ -129,8 +125,8 @@ async def seller_dashboard(request: Request, uploaded: str = "", error: str = ""
     account = _account(request, "seller")
     svc = services(request)
     with svc.sessions() as db:
-        mine = listings.seller_listings(db, account)
-        earned = usage_api.earnings(account, db)
+        mine = catalog.seller_listings(db, account)
+        earned = ledger.earnings(db, account)
         daily = queries.seller_daily(db, account.id)
     calls = bar_chart([(d["date"], d["calls"]) for d in daily],
                       title="Calls per day, demo calls included (last 30 days)")
@@ -150,7 +146,7 @@ async def connect_payouts(request: Request) -> Response:
     check_csrf(request, form.get("csrf"))
     svc = services(request)
     try:
-        link = await run_in_threadpool(billing_api.connect, account, svc)
+        link = await run_in_threadpool(payments.connect, svc, account)
     except AimarketError as exc:
         return _back("/seller", error=_form_error(exc))
     return RedirectResponse(link["url"], status_code=303)
@@ -160,36 +156,20 @@ async def connect_payouts(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     account = _account(request, "seller")
     svc = services(request)
-    limit = svc.settings.max_upload_mb * 1024 * 1024
-    form = await request.form(max_files=2, max_fields=8, max_part_size=512 * 1024)
-    try:
+    max_mb = svc.settings.max_upload_mb
+
+    def csrf(form: FormData) -> None:
         check_csrf(request, form.get("csrf"))
-        model, manifest = form.get("model"), form.get("manifest")
-        if not isinstance(model, UploadFile) or not model.filename:
-            return _back("/seller", error="Choose the model file (.onnx) to upload.")
-        data = await model.read(limit + 1)
-        manifest_text: Any = (await manifest.read() if isinstance(manifest, UploadFile)
-                              else manifest)
-        if isinstance(manifest, UploadFile) and not manifest.filename:
-            manifest_text = None
-        sub = listings.Submission(
-            upload=data, manifest_text=manifest_text or None,
-            license=str(form.get("license", "")) or None,
-            attested=form.get("attest_rights") in ("true", "on", "1"),
-            slug=str(form.get("slug", "")).strip() or None)
-    finally:
-        await form.close()
-    if len(data) > limit:
-        return _back("/seller", error=f"Models are limited to {svc.settings.max_upload_mb} MB.")
-
-    def publish() -> listings.Published:
-        with svc.sessions() as db:
-            return listings.publish(db, svc.settings, account, sub)
 
     try:
-        published = await run_in_threadpool(publish)
+        sub = await publishing.read_upload(request, max_mb, check=csrf)
+        published = await run_in_threadpool(publishing.publish_upload, svc, account, sub)
+    except PageForbidden:
+        raise
     except AimarketError as exc:
-        return _back("/seller", error=exc.message)
+        hints = {"missing_model": "Choose the model file (.onnx) to upload.",
+                 "payload_too_large": f"Models are limited to {max_mb} MB."}
+        return _back("/seller", error=hints.get(exc.code, exc.message))
     return _back("/seller", uploaded=f"{published.slug} version {published.version}")
 
 
@@ -198,8 +178,8 @@ async def upload(request: Request) -> Response:
 def admin_dashboard(request: Request, error: str = "", done: str = "") -> Response:
     account = _account(request, "admin")
     with services(request).sessions() as db:
-        queue = listings.review_queue(db)
-        log = admin_api.audit_log(account, db)["items"][:10]
+        queue = moderation.review_queue(db)
+        log = moderation.audit_log(db)[:10]
     return page(request, "admin.html", account, queue=queue, log=log, error=error, done=done)
 
 
@@ -212,12 +192,12 @@ async def decide(request: Request, slug: str, version: int) -> Response:
     reason = str(form.get("reason", "")).strip()
     try:
         if form.get("decision") == "approve":
-            await admin_api.approve(slug, account, svc, admin_api.Decision(
+            await moderation.approve(svc, account, slug, moderation.Decision(
                 version=version, reason=reason))
             return _back("/admin", done=f"Approved {slug} version {version}: it is live.")
-        body = admin_api.Rejection(version=version, reason=reason)
+        body = moderation.Rejection(version=version, reason=reason)
         with svc.sessions() as db:
-            admin_api.reject(slug, body, account, db)
+            moderation.reject(db, account, slug, body)
     except (AimarketError, ValidationError) as exc:
         return _back("/admin", error=_form_error(exc) if reason or not isinstance(
             exc, ValidationError) else "Write the reason for the rejection: the seller sees it.")
@@ -230,10 +210,10 @@ async def grant(request: Request) -> Response:
     form = await request.form()
     check_csrf(request, form.get("csrf"))
     try:
-        body = admin_api.Grant(account_email=str(form.get("email", "")),
-                               amount=str(form.get("amount", "")),
-                               note=str(form.get("note", ""))[:500])
-        granted = await admin_api.grant_credits(body, account, services(request))
+        body = payments.Grant(account_email=str(form.get("email", "")),
+                              amount=str(form.get("amount", "")),
+                              note=str(form.get("note", ""))[:500])
+        granted = await payments.grant_credits(services(request), account, body)
     except (AimarketError, ValidationError) as exc:
         return _back("/admin", error=_form_error(exc))
     return _back("/admin", done=f"Granted {granted['amount']} USD to {granted['account_email']}"

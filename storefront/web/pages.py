@@ -7,17 +7,16 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from metering import MoneyError, to_micro
-from serving import AimarketError, Manifest
+from serving import AimarketError
 
-from .. import listings
-from ..models import Account, Listing, ListingVersion
-from ..routes.accounts import NewAccount, create_account
-from ..security import verify_password
+from .. import accounts
+from .. import catalog as listed
+from ..accounts import NewAccount
+from ..models import Account
 from . import queries, snippets
 from .render import page
 from .session import check_csrf, current, end_session, safe_next, services, start_session
@@ -39,9 +38,9 @@ def catalog(request: Request, q: str = "", category: str = "", task: str = "",
     except MoneyError:
         limit, error = None, f"'{max_price}' is not a price; write e.g. 0.002"
     with svc.sessions() as db:
-        result = listings.catalog(db, q=q[:100] or None, category=category[:60] or None,
-                                  task=task[:40] or None, sort=sort, page=page_no,
-                                  page_size=PAGE_SIZE, max_price=limit)
+        result = listed.catalog(db, q=q[:100] or None, category=category[:60] or None,
+                                task=task[:40] or None, sort=sort, page=page_no,
+                                page_size=PAGE_SIZE, max_price=limit)
         cats, all_tasks = queries.categories(db), queries.tasks(db)
         account = current(request, db)
     pages = max(1, -(-result["total"] // PAGE_SIZE))
@@ -62,15 +61,11 @@ def model_page(request: Request, slug: str) -> Response:
     with svc.sessions() as db:
         account = current(request, db)
         try:
-            info = listings.detail(db, slug)
+            info = listed.detail(db, slug)
         except AimarketError:
             return page(request, "message.html", account, status=404, title="Not found",
                         message=f"There is no listed model called '{slug}'.")
-        row = db.execute(
-            select(ListingVersion.manifest_json).join(Listing)
-            .where(Listing.slug == slug, ListingVersion.version == info["version"])
-        ).scalar_one()
-    manifest = Manifest.model_validate_json(row)
+        manifest = listed.manifest_of(db, slug, info["version"])
     base = str(request.base_url).rstrip("/")
     return page(request, "model.html", account, m=info, manifest=manifest,
                 snippets=snippets.snippets(base, slug, manifest))
@@ -93,11 +88,10 @@ async def login(request: Request) -> Response:
 
     def find() -> Account | None:
         with svc.sessions() as db:
-            return db.execute(select(Account).where(Account.email == email)).scalar_one_or_none()
+            return accounts.find_account(db, email)
 
     account = await run_in_threadpool(find)
-    ok = await run_in_threadpool(verify_password, password,
-                                 account.password_hash if account else None)
+    ok = await run_in_threadpool(accounts.authenticate, account, password)
     if not ok or account is None:
         return page(request, "login.html", None, status=401, next=target, email=email,
                     error="Wrong e-mail or password.")
@@ -129,8 +123,7 @@ async def signup(request: Request) -> Response:
 
     def create() -> Account:
         with svc.sessions() as db:
-            created = create_account(body, db)
-            return db.get(Account, created["id"])  # type: ignore[return-value]
+            return accounts.create_account(db, body)
 
     try:
         account = await run_in_threadpool(create)

@@ -1,0 +1,51 @@
+"""Accounts: sign-up and the e-mail + password check, for the API and the pages alike."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, EmailStr, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from serving import Conflict
+
+from .models import Account
+from .security import hash_password, verify_password
+
+
+class NewAccount(BaseModel):
+    email: EmailStr
+    password: str = Field(min_length=8, max_length=256)
+    role: Literal["buyer", "seller"]
+    name: str = Field("", max_length=120)
+
+
+def account_json(a: Account) -> dict[str, Any]:
+    return {"id": a.id, "email": a.email, "name": a.name, "role": a.role,
+            "created_at": a.created_at.isoformat()}
+
+
+def create_account(db: Session, body: NewAccount) -> Account:
+    """A new account; ``email_taken`` when the (lower-cased) e-mail has one already."""
+    email = body.email.lower()
+    if db.execute(select(Account.id).where(Account.email == email)).first():
+        raise Conflict("an account with this e-mail exists", code="email_taken")
+    account = Account(email=email, name=body.name or email.split("@")[0],
+                      password_hash=hash_password(body.password), role=body.role)
+    db.add(account)
+    try:
+        db.commit()
+    except IntegrityError as exc:
+        raise Conflict("an account with this e-mail exists", code="email_taken") from exc
+    return account
+
+
+def find_account(db: Session, email: str) -> Account | None:
+    return db.execute(select(Account).where(Account.email == email.lower())).scalar_one_or_none()
+
+
+def authenticate(account: Account | None, password: str) -> bool:
+    """Whether ``password`` is the account's; as slow for no account as for a wrong password."""
+    return verify_password(password, account.password_hash if account else None)
