@@ -15,12 +15,12 @@ from .ledger import (
     write_events,
 )
 from .meter import PAID, REFUSALS, TRIAL, CallSpec, Meter, Reservation, Snapshot
-from .money import MoneyError, format_usd, split, to_micro
+from .money import format_usd, split, to_micro
 from .reconcile import Drift, reconcile
 
 __all__ = [
     "DEMO", "PAID", "REFUSALS", "TRIAL", "Base", "CallSpec", "CreditEntry", "DemoMeter", "Drift",
-    "Event", "Flusher", "Meter", "MoneyError", "Reservation", "Snapshot", "UsageEvent",
+    "Event", "Flusher", "Meter", "Reservation", "Snapshot", "UsageEvent",
     "add_credit", "balance", "format_usd", "metrics", "reconcile", "snapshot", "split",
     "to_micro", "utcnow", "write_events",
 ]

@@ -4,28 +4,30 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
+from serving.errors import InvalidInput
+
 MICRO = 1_000_000
 
 
-class MoneyError(ValueError):
-    """A decimal amount that is not a valid amount of money."""
+def to_micro(amount: Decimal | str | int, *, field: str | None = None) -> int:
+    """Exact conversion of a USD decimal ("0.002") to micro-units; refuses sub-micro amounts
+    with a 422 ``invalid_amount`` (its message names ``field`` when given)."""
+    def bad(why: str) -> InvalidInput:
+        return InvalidInput(f"{field}: {why}" if field else why, code="invalid_amount")
 
-
-def to_micro(amount: Decimal | str | int) -> int:
-    """Exact conversion of a USD decimal ("0.002") to micro-units; refuses sub-micro amounts."""
     if isinstance(amount, float):
-        raise MoneyError("money is never a float; send a decimal string such as \"10.00\"")
+        raise bad("money is never a float; send a decimal string such as \"10.00\"")
     try:
         value = Decimal(str(amount)) if not isinstance(amount, Decimal) else amount
     except InvalidOperation as exc:
-        raise MoneyError(f"{amount!r} is not a decimal amount") from exc
+        raise bad(f"{amount!r} is not a decimal amount") from exc
     if not value.is_finite():
-        raise MoneyError(f"{amount!r} is not a finite amount")
+        raise bad(f"{amount!r} is not a finite amount")
     if value and value.adjusted() > 15:  # beyond any real amount; also keeps "1e999999" cheap
-        raise MoneyError(f"{amount} is too large an amount")
+        raise bad(f"{amount} is too large an amount")
     micro = value * MICRO
     if micro != micro.to_integral_value():
-        raise MoneyError(f"{amount} has more than 6 decimal places")
+        raise bad(f"{amount} has more than 6 decimal places")
     return int(micro)
 
 
@@ -43,6 +45,6 @@ def split(price: int, fee_bps: int) -> tuple[int, int]:
     The fee is rounded down, so rounding never takes from the seller.
     """
     if not 0 <= fee_bps <= 10_000:
-        raise MoneyError("platform fee must be between 0 and 10000 basis points")
+        raise ValueError("platform fee must be between 0 and 10000 basis points")
     fee = price * fee_bps // 10_000
     return price - fee, fee

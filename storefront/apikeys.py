@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from metering import MoneyError, format_usd, to_micro
+from metering import format_usd, to_micro
 from serving import InvalidInput, NotFound
 
 from .models import Account, ApiKey
@@ -56,10 +56,7 @@ def _apply(key: ApiKey, body: KeyLimits, max_rps: float) -> None:
     for field in ("spend_cap_day", "spend_cap_month"):
         if field in sent:
             raw = getattr(body, field)
-            try:
-                value = None if raw is None else to_micro(raw)
-            except MoneyError as exc:
-                raise InvalidInput(f"{field}: {exc}", code="invalid_amount") from exc
+            value = None if raw is None else to_micro(raw, field=field)
             if value is not None and value < 0:
                 raise InvalidInput(f"{field} cannot be negative", code="invalid_amount")
             setattr(key, field, value)

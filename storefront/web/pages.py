@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
-from metering import MoneyError, to_micro
-from serving import AimarketError
+from metering import to_micro
+from serving import AimarketError, InvalidInput
 
 from .. import accounts
 from .. import catalog as listed
@@ -35,7 +35,7 @@ def catalog(request: Request, q: str = "", category: str = "", task: str = "",
     error = ""
     try:
         limit = to_micro(max_price) if max_price.strip() else None
-    except MoneyError:
+    except InvalidInput:
         limit, error = None, f"'{max_price}' is not a price; write e.g. 0.002"
     with svc.sessions() as db:
         result = listed.catalog(db, q=q[:100] or None, category=category[:60] or None,

@@ -127,8 +127,7 @@ def test_model_page_shows_snippets_pricing_and_the_demo(web: Any) -> None:
 def _demo(client: Any, visitor: Visitor, payload: Any = None, slug: str = "iris-species"
           ) -> dict[str, Any]:
     svc = client.app.state.services
-    return client.portal.call(demo_call, svc, client.app.state.demo_meter, slug,
-                              payload or {"rows": [IRIS_ROW]}, visitor)
+    return client.portal.call(demo_call, svc, slug, payload or {"rows": [IRIS_ROW]}, visitor)
 
 
 def test_demo_calls_use_trial_calls_first_and_never_charge(web: Any) -> None:
@@ -158,7 +157,7 @@ def test_anonymous_demo_quota_and_listing_concurrency(web: Any) -> None:
         assert _demo(web, visitor)["kind"] == "demo"
     with pytest.raises(TooManyRequests, match="free demo calls of today are used up"):
         _demo(web, visitor)
-    demos: DemoMeter = web.app.state.demo_meter
+    demos: DemoMeter = svc.demos
     other = Visitor(None, f"198.51.100.{uuid_byte()}")
 
     async def busy() -> str:
@@ -166,14 +165,14 @@ def test_anonymous_demo_quota_and_listing_concurrency(web: Any) -> None:
         async with demos.slot(listing, svc.settings.demo_concurrency) as free:
             assert free
             for _ in range(svc.settings.demo_concurrency - 1):
-                await demos._acquire([f"{demos.ns}demo:inflight:{listing}"], [99, 60_000])
+                await demos._acquire([svc.meter.names.demo_inflight(listing)], [99, 60_000])
             try:
-                await demo_call(svc, demos, "wine-cultivar", {"rows": [[13.0] * 13]}, other)
+                await demo_call(svc, "wine-cultivar", {"rows": [[13.0] * 13]}, other)
             except TooManyRequests as exc:
                 return exc.code
             finally:
                 for _ in range(svc.settings.demo_concurrency - 1):
-                    await demos._release([f"{demos.ns}demo:inflight:{listing}"], [])
+                    await demos._release([svc.meter.names.demo_inflight(listing)], [])
         return "served"
 
     assert web.portal.call(busy) == "demo_busy"
