@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, EmailStr, Field
 from sqlalchemy import select
@@ -11,14 +11,14 @@ from sqlalchemy.orm import Session
 
 from serving import Conflict
 
-from .models import Account
+from .models import Account, SignupRole
 from .security import hash_password, verify_password
 
 
 class NewAccount(BaseModel):
     email: EmailStr
     password: str = Field(min_length=8, max_length=256)
-    role: Literal["buyer", "seller"]
+    role: SignupRole
     name: str = Field("", max_length=120)
 
 

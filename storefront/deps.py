@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from serving import Forbidden, Unauthorized
 
-from .models import Account
+from .models import Account, holders
 from .security import read_token
 from .services import Services
 
@@ -50,7 +50,9 @@ def current_account(
 CurrentAccount = Annotated[Account, Depends(current_account)]
 
 
-def _role(*roles: str):  # type: ignore[no-untyped-def]
+def _role(role: str) -> Callable[[Account], Account]:
+    roles = holders(role)
+
     def check(account: CurrentAccount) -> Account:
         if account.role not in roles:
             raise Forbidden(f"this needs a {' or '.join(roles)} account", code="wrong_role")
@@ -58,6 +60,6 @@ def _role(*roles: str):  # type: ignore[no-untyped-def]
     return check
 
 
-Seller = Annotated[Account, Depends(_role("seller", "admin"))]
-Buyer = Annotated[Account, Depends(_role("buyer", "seller", "admin"))]
+Seller = Annotated[Account, Depends(_role("seller"))]
+Buyer = Annotated[Account, Depends(_role("buyer"))]
 Admin = Annotated[Account, Depends(_role("admin"))]

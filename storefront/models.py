@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import (
     BigInteger,
@@ -18,7 +19,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from metering import Base, utcnow
 
-ROLES = ("buyer", "seller", "admin")
+ROLES = ("buyer", "seller", "admin")  # each role can do what the ones before it can
+SIGNUP_ROLES = ("buyer", "seller")  # what anyone may sign up as; admins are made, not signed up
+SignupRole = Literal["buyer", "seller"]
+
+
+def holders(role: str) -> tuple[str, ...]:
+    """The roles allowed where ``role`` is needed: a seller may buy, an admin may do all."""
+    return ROLES[ROLES.index(role):]
 
 
 class Account(Base):

@@ -16,7 +16,7 @@ from serving import AimarketError, InvalidInput
 from .. import accounts
 from .. import catalog as listed
 from ..accounts import NewAccount
-from ..models import Account
+from ..models import SIGNUP_ROLES, Account
 from . import queries, snippets
 from .render import page
 from .session import check_csrf, current, end_session, safe_next, services, start_session
@@ -102,7 +102,7 @@ async def login(request: Request) -> Response:
 
 @router.get("/signup")
 def signup_form(request: Request, role: str = "buyer", next: str = "/account") -> Response:
-    return page(request, "signup.html", None, role=role if role in ("buyer", "seller")
+    return page(request, "signup.html", None, role=role if role in SIGNUP_ROLES
                 else "buyer", next=safe_next(next), error="", email="")
 
 

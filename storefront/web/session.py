@@ -18,14 +18,12 @@ from starlette.responses import RedirectResponse, Response
 
 from serving import AimarketError, Forbidden
 
-from ..models import Account
+from ..models import Account, holders
 from ..security import issue_token, read_token
 from ..services import Services
 
 SESSION_COOKIE = "am_session"
 CSRF_COOKIE = "am_csrf"
-ROLES = {"buyer": ("buyer", "seller", "admin"), "seller": ("seller", "admin"),
-         "admin": ("admin",)}  # the same sets as the API's Buyer / Seller / Admin
 
 
 class LoginRequired(Exception):
@@ -62,8 +60,8 @@ def require(request: Request, db: Session, role: str) -> Account:
     account = current(request, db)
     if account is None:
         raise LoginRequired
-    if account.role not in ROLES[role]:
-        raise PageForbidden(f"this page needs a {' or '.join(ROLES[role])} account",
+    if account.role not in holders(role):
+        raise PageForbidden(f"this page needs a {' or '.join(holders(role))} account",
                             code="wrong_role")
     return account
 
