@@ -16,7 +16,7 @@ from serving import InvalidInput, NotFound
 
 from .. import listings
 from ..deployments import serving_options
-from ..deps import Admin, ServicesDep, SessionDep
+from ..deps import Admin, Id, ServicesDep, SessionDep
 from ..models import Account, Listing, ListingVersion, Review
 from ..registry import to_live
 
@@ -24,7 +24,7 @@ router = APIRouter(tags=["admin"])
 
 
 class Decision(BaseModel):
-    version: int | None = Field(None, ge=1)
+    version: Id | None = None
     reason: str = Field("", max_length=2000)
 
 

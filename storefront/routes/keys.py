@@ -12,7 +12,7 @@ from sqlalchemy import select
 from metering import MoneyError, format_usd, to_micro
 from serving import InvalidInput, NotFound
 
-from ..deps import Buyer, ServicesDep, SessionDep
+from ..deps import Buyer, Id, ServicesDep, SessionDep
 from ..models import ApiKey
 from ..security import KEY_PREFIX, new_api_key
 
@@ -95,7 +95,7 @@ def list_keys(account: Buyer, db: SessionDep) -> dict[str, Any]:
 
 @router.patch("/v1/keys/{key_id}")
 def change_key(
-    key_id: int, body: KeyChange, account: Buyer, db: SessionDep, svc: ServicesDep
+    key_id: Id, body: KeyChange, account: Buyer, db: SessionDep, svc: ServicesDep
 ) -> dict[str, Any]:
     key = db.get(ApiKey, key_id)
     if key is None or key.account_id != account.id:
@@ -109,7 +109,7 @@ def change_key(
 
 
 @router.delete("/v1/keys/{key_id}")
-def revoke_key(key_id: int, account: Buyer, db: SessionDep, svc: ServicesDep) -> dict[str, Any]:
+def revoke_key(key_id: Id, account: Buyer, db: SessionDep, svc: ServicesDep) -> dict[str, Any]:
     key = db.get(ApiKey, key_id)
     if key is None or key.account_id != account.id:
         raise NotFound(f"no key {key_id}", code="key_not_found")

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from tests.helpers import admin_token, bearer, signup
+from tests.helpers import admin_token, bearer, new_key, signup
 
 HUGE = 2**64  # above any int64 column
 SLUG = "handwritten-digits"
@@ -45,5 +45,37 @@ def test_bootstrap_leaves_an_existing_admin_alone(client, settings):
     with TestClient(create_app(_quiet(settings, admin_password=SecretStr("other-pass-123")))):
         pass
     assert admin_token(client)  # the admin's own password still works
+
+
+# 8. Ids above int64 are invalid input, not a server error.
+
+@pytest.mark.parametrize("method,path,body", [
+    ("GET", f"/v1/kit-orders/{HUGE}", None),
+    ("PATCH", f"/v1/keys/{HUGE}", {"name": "x"}),
+    ("DELETE", f"/v1/keys/{HUGE}", None),
+    ("POST", "/v1/exports", {"slug": "iris-species", "version": HUGE, "target": "onnx"}),
+])
+def test_huge_ids_of_a_buyer_are_422(client, method, path, body):
+    _, token = signup(client, "buyer")
+    r = client.request(method, path, headers=bearer(token), json=body)
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
+
+
+@pytest.mark.parametrize("path,body", [
+    (f"/v1/admin/kit-orders/{HUGE}/advance", {"state": "flashed"}),
+    (f"/v1/admin/models/{SLUG}/approve", {"version": HUGE}),
+    (f"/v1/admin/models/{SLUG}/reject", {"version": HUGE, "reason": "no"}),
+])
+def test_huge_ids_of_an_admin_are_422(client, path, body):
+    r = client.post(path, headers=bearer(admin_token(client)), json=body)
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
+
+
+def test_huge_v2_versions_are_422(client):
+    _, token = signup(client, "buyer")
+    key = bearer(new_key(client, token))
+    for path in (f"/v2/models/{SLUG}/versions/{HUGE}", f"/v2/models/{SLUG}/versions/{HUGE}/ready"):
+        r = client.get(path, headers=key)
+        assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
 
 
