@@ -15,6 +15,7 @@ V2_TO_NP: dict[str, str] = {
     "INT32": "int32", "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }
 NP_TO_V2: dict[str, str] = {v: k for k, v in V2_TO_NP.items()}
+MAX_LENGTH_DIGITS = 18  # an Inference-Header-Content-Length longer than this is no length
 
 
 def check_tensor(spec: TensorSpec, arr: np.ndarray, max_batch: int) -> np.ndarray:
@@ -112,7 +113,8 @@ def parse_v2_body(raw: bytes, header_length: str | None) -> Any:
     become each input's ``data``."""
     if header_length is None:
         return orjson_loads(raw)
-    if not header_length.isdigit() or int(header_length) > len(raw):
+    if not (header_length.isascii() and header_length.isdigit()
+            and len(header_length) <= MAX_LENGTH_DIGITS and int(header_length) <= len(raw)):
         raise InvalidInput("Inference-Header-Content-Length must be a length within the body")
     cut = int(header_length)
     body = orjson_loads(raw[:cut])

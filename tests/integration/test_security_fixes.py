@@ -79,3 +79,14 @@ def test_huge_v2_versions_are_422(client):
         assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
 
 
+# 9. The binary extension's header length is ASCII digits of a sane length.
+
+@pytest.mark.parametrize("length", [b"\xb2", b"9" * 5000])
+def test_odd_binary_header_lengths_are_422(client, length):
+    _, token = signup(client, "buyer")
+    r = client.post(f"/v2/models/{SLUG}/infer", content=b"{}",
+                    headers={**bearer(new_key(client, token)),
+                             "Inference-Header-Content-Length": length})
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
+
+

@@ -43,3 +43,17 @@ def test_tokens_round_trip_and_reject_tampering():
     expired = issue_token(42, key="k" * 32, minutes=-1)
     with pytest.raises(Unauthorized, match="expired"):
         read_token(expired, key="k" * 32)
+
+
+# Security findings: input parsing and settings (the HTTP side is in
+# tests/integration/test_security_fixes.py).
+
+def test_binary_header_length_is_ascii_digits_of_sane_length():
+    from serving import InvalidInput, parse_v2_body
+
+    for bad in ("²", "١", "9" * 5000, "", "+1", " 1", "1_0"):
+        with pytest.raises(InvalidInput, match="Inference-Header-Content-Length"):
+            parse_v2_body(b'{"inputs": []}', bad)
+    assert parse_v2_body(b'{"inputs": []}', "14") == {"inputs": []}
+
+
