@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 MICRO = 1_000_000
+MAX_MICRO = 2**63 - 1  # amounts are BIGINT columns and Redis integers: int64
 
 
 class MoneyError(ValueError):
@@ -12,7 +13,8 @@ class MoneyError(ValueError):
 
 
 def to_micro(amount: Decimal | str | int) -> int:
-    """Exact conversion of a USD decimal ("0.002") to micro-units; refuses sub-micro amounts."""
+    """Exact conversion of a USD decimal ("0.002") to micro-units; refuses sub-micro amounts
+    and amounts whose micro-units do not fit an int64 (what every amount column holds)."""
     if isinstance(amount, float):
         raise MoneyError("money is never a float; send a decimal string such as \"10.00\"")
     try:
@@ -26,6 +28,8 @@ def to_micro(amount: Decimal | str | int) -> int:
     micro = value * MICRO
     if micro != micro.to_integral_value():
         raise MoneyError(f"{amount} has more than 6 decimal places")
+    if abs(micro) > MAX_MICRO:
+        raise MoneyError(f"{amount} is too large an amount (at most {format_usd(MAX_MICRO)})")
     return int(micro)
 
 

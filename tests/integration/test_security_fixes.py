@@ -90,3 +90,15 @@ def test_odd_binary_header_lengths_are_422(client, length):
     assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
 
 
+# 10. Money beyond int64 micro-units is invalid input.
+
+def test_a_spend_cap_beyond_int64_is_422(client):
+    _, token = signup(client, "buyer")
+    r = client.post("/v1/keys", headers=bearer(token), json={"spend_cap_day": "10000000000000"})
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_amount", r.text
+    key = client.post("/v1/keys", headers=bearer(token), json={}).json()
+    r = client.patch(f"/v1/keys/{key['id']}", headers=bearer(token),
+                     json={"spend_cap_month": "-10000000000000"})
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_amount", r.text
+
+

@@ -57,3 +57,13 @@ def test_binary_header_length_is_ascii_digits_of_sane_length():
     assert parse_v2_body(b'{"inputs": []}', "14") == {"inputs": []}
 
 
+def test_money_fits_int64_micro_units():
+    from metering import MoneyError, to_micro
+
+    assert to_micro("9223372036854.775807") == 2**63 - 1
+    assert to_micro("-9223372036854.775807") == -(2**63 - 1)
+    for bad in ("9223372036854.775808", "10000000000000", "-10000000000000"):
+        with pytest.raises(MoneyError, match="too large"):
+            to_micro(bad)
+
+
