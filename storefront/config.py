@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering import to_micro
+
+MIN_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -97,6 +100,17 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"AIMARKET_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes (anyone can "
+                "guess a short one and forge tokens); unset it to have one generated, or use "
+                "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        return value
+
     @field_validator("postpaid_credit_line")
     @classmethod
     def _usd(cls, value: str) -> str:
@@ -129,7 +143,12 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value()
         path = self.data_dir / "secret_key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
-        return path.read_text().strip()
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        key = path.read_text().strip()
+        if len(key.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"{path} holds a signing key shorter than {MIN_SECRET_BYTES} "
+                             "bytes; delete it to have a long one generated")
+        return key

@@ -67,3 +67,19 @@ def test_money_fits_int64_micro_units():
             to_micro(bad)
 
 
+def test_a_short_secret_key_is_refused(monkeypatch, tmp_path):
+    from pydantic import ValidationError
+
+    from storefront.config import Settings
+
+    with pytest.raises(ValidationError, match="AIMARKET_SECRET_KEY.*32"):
+        Settings(data_dir=tmp_path, secret_key="x")
+    monkeypatch.setenv("AIMARKET_SECRET_KEY", "k" * 31)
+    with pytest.raises(ValidationError, match="AIMARKET_SECRET_KEY"):
+        Settings(data_dir=tmp_path)
+    monkeypatch.setenv("AIMARKET_SECRET_KEY", "k" * 32)
+    assert Settings(data_dir=tmp_path).signing_key() == "k" * 32
+    monkeypatch.delenv("AIMARKET_SECRET_KEY")
+    assert len(Settings(data_dir=tmp_path).signing_key().encode()) >= 32  # generated
+
+
