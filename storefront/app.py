@@ -20,7 +20,7 @@ from starlette.responses import Response
 from billing import metrics as billing_metrics
 from metering.metrics import refresh
 
-from . import demo, errors, gateway, web
+from . import demo, errors, filemodes, gateway, web
 from .config import Settings
 from .fastpath import PaidCallFastPath
 from .models import Account
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        filemodes.secure(settings)  # before anything writes into the data dir
         svc = await Services.start(settings)
         app.state.services = svc
         syncer: asyncio.Task[None] | None = None

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIMARKET_", extra="ignore")
 
     data_dir: Path = Field(Path(".aimarket"), description="Models, SQLite, embedded Redis data")
+    group_readable_models: bool = Field(
+        False, description="Model files readable by the data dir's group (e.g. serving workers "
+        "of another user); everything else in the data dir stays private to its owner"
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     redis_url: str | None = Field(None, description="Redis URL; default an embedded Valkey server")
     redis_namespace: str = Field("am:", description="Prefix of every Redis key aimarket writes")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Iterator
+
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from serving import parse_manifest
+from storefront import filemodes
 from tests.helpers import admin_token, bearer, new_key, signup
 
 HUGE = 2**64  # above any int64 column
@@ -17,6 +23,16 @@ def error_of(r) -> dict:  # type: ignore[no-untyped-def]
     assert set(body) == {"error"}, body
     assert {"code", "message"} <= set(body["error"]), body
     return body["error"]
+
+
+@pytest.fixture
+def keep_umask() -> Iterator[None]:
+    """An app sets the process umask at start; give the test process its own back."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+    filemodes._shared_models = None  # the next app's start sets it again
 
 
 def _quiet(settings, **update):  # type: ignore[no-untyped-def]
@@ -100,5 +116,48 @@ def test_a_spend_cap_beyond_int64_is_422(client):
     r = client.patch(f"/v1/keys/{key['id']}", headers=bearer(token),
                      json={"spend_cap_month": "-10000000000000"})
     assert r.status_code == 422 and error_of(r)["code"] == "invalid_amount", r.text
+
+
+# 15. The data dir is private; model files may be made group-readable.
+
+def _mode(path) -> int:  # type: ignore[no-untyped-def]
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_data_files_are_private_by_default(settings, tmp_path, keep_umask):
+    from storefront.app import create_app
+
+    data = tmp_path / "fresh"
+    with TestClient(create_app(_quiet(settings, data_dir=data, database_url=None))) as c:
+        assert c.get("/healthz").status_code == 200
+        (data / "exports").mkdir()
+        (data / "exports" / "x.zip").write_bytes(b"zip")  # as the export route writes
+    assert _mode(data) == 0o700
+    assert _mode(data / "aimarket.db") == 0o600
+    assert _mode(data / "exports") == 0o700 and _mode(data / "exports" / "x.zip") == 0o600
+
+
+def test_group_readable_models_setting(settings, tmp_path, keep_umask):
+    from storefront.app import create_app
+    from storefront.models import Listing, ListingVersion
+    from storefront.registry import model_path, to_live
+    from tests.unit.test_manifest import DIGITS_YAML
+
+    data = tmp_path / "shared"
+    sha = "ab" + "0" * 62
+    with TestClient(create_app(_quiet(settings, data_dir=data, database_url=None,
+                                      group_readable_models=True))):
+        model = model_path(data, sha)
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"onnx")
+        model.chmod(0o600)  # as the content-addressed store writes it (mkstemp)
+        manifest = parse_manifest(DIGITS_YAML).model_dump_json()
+        to_live(Listing(id=1, slug="m", seller_id=1),
+                ListingVersion(id=1, version=1, price=0, trial_calls=0, latency_us=0,
+                               manifest_json=manifest, model_sha256=sha), data)
+    assert _mode(data) == 0o710  # the group may pass through, not list
+    assert _mode(data / "aimarket.db") == 0o600
+    assert _mode(data / "models") == _mode(model.parent) == 0o750
+    assert _mode(model) == 0o640
 
 
