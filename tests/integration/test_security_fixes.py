@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from serving import parse_manifest
 from storefront import filemodes
-from tests.helpers import admin_token, bearer, new_key, signup
+from tests.helpers import DIGIT_ZERO, admin_token, bearer, new_key, signup
 
 HUGE = 2**64  # above any int64 column
 SLUG = "handwritten-digits"
@@ -159,5 +159,16 @@ def test_group_readable_models_setting(settings, tmp_path, keep_umask):
     assert _mode(data / "aimarket.db") == 0o600
     assert _mode(data / "models") == _mode(model.parent) == 0o750
     assert _mode(model) == 0o640
+
+
+# 16. Integer tensors, rate limits, grant references, sign-up.
+
+def test_out_of_range_integer_inputs_are_422(client):
+    _, token = signup(client, "buyer")
+    key = bearer(new_key(client, token))
+    body = {"inputs": [{"name": "X", "shape": [1, 64], "datatype": "INT64",
+                        "data": [0.5] + [float(v) for v in DIGIT_ZERO[1:]]}]}
+    r = client.post(f"/v2/models/{SLUG}/infer", json=body, headers=key)
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
 
 

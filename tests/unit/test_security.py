@@ -57,6 +57,40 @@ def test_binary_header_length_is_ascii_digits_of_sane_length():
     assert parse_v2_body(b'{"inputs": []}', "14") == {"inputs": []}
 
 
+def _int_manifest(dtype: str):
+    from serving import parse_manifest
+
+    return parse_manifest(
+        "title: T\ncategory: c\ntask: tensor\n"
+        f"inputs: [{{name: x, dtype: {dtype}, shape: [-1, 2]}}]\n"
+        "outputs: [{name: y, dtype: float32, shape: [-1]}]\npricing: {per_call: '0.001'}\n"
+    )
+
+
+@pytest.mark.parametrize("dtype,datatype,data,needle", [
+    ("int8", "INT8", [1000, 1], "range"),
+    ("int8", "INT8", [1000.0, 1], "range"),
+    ("uint8", "UINT8", [-1, 1], "range"),
+    ("int64", "INT64", [0.5, 1], "integ"),
+    ("int64", "INT64", [2.0**63, 1], "range"),
+    ("int64", "INT64", [2**64, 1], "integ"),
+    ("int64", "INT64", ["1", 1], "integ"),
+    ("int8", "INT64", [1000, 1], "range"),  # declared wider than the model's input
+    ("bool", "BOOL", [2, 1], "range"),
+])
+def test_integer_inputs_refuse_what_a_cast_would_change(dtype, datatype, data, needle):
+    import numpy as np
+
+    from serving import InvalidInput, decode_v2_request
+
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": data}]}
+    with pytest.raises(InvalidInput, match=needle):
+        decode_v2_request(body, _int_manifest(dtype))
+    ok = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": datatype, "data": [1.0, 0]}]}
+    arrays, _ = decode_v2_request(ok, _int_manifest(dtype))
+    assert arrays["x"].dtype == np.dtype(dtype) and arrays["x"].tolist() == [[1, 0]]
+
+
 def test_money_fits_int64_micro_units():
     from metering import MoneyError, to_micro
 
