@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from metering import to_micro
 
 MIN_SECRET_BYTES = 32
+MIN_RPS = 0.001  # a slower rate is no rate: GCRA's interval (1/rps) overflows
 
 
 class Settings(BaseSettings):
@@ -54,11 +55,11 @@ class Settings(BaseSettings):
         "0 runs every model on the thread pool",
     )
     rate_limit_rps: float = Field(
-        100, gt=0, description="Default calls/s per API key (its owner may change it)"
+        100, ge=MIN_RPS, description="Default calls/s per API key (its owner may change it)"
     )
     rate_limit_burst: int = Field(200, ge=1, description="Default burst per API key")
     max_rate_limit_rps: float = Field(
-        10_000, gt=0, description="Highest rate a key owner may set on a key"
+        10_000, ge=MIN_RPS, description="Highest rate a key owner may set on a key"
     )
     hold_timeout_s: float = Field(
         120, gt=0, description="Refund reservations older than this (s)"

@@ -172,3 +172,17 @@ def test_out_of_range_integer_inputs_are_422(client):
     assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
 
 
+@pytest.mark.parametrize("rps", [1e-300, 0.0001, 0])
+def test_tiny_key_rates_are_refused(client, rps):
+    _, token = signup(client, "buyer")
+    r = client.post("/v1/keys", headers=bearer(token), json={"rate_limit_rps": rps})
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
+    key = client.post("/v1/keys", headers=bearer(token), json={}).json()
+    r = client.patch(f"/v1/keys/{key['id']}", headers=bearer(token),
+                     json={"rate_limit_rps": rps})
+    assert r.status_code == 422 and error_of(r)["code"] == "invalid_input", r.text
+    r = client.patch(f"/v1/keys/{key['id']}", headers=bearer(token),
+                     json={"rate_limit_rps": 0.001})
+    assert r.status_code == 200 and r.json()["rate_limit_rps"] == 0.001
+
+

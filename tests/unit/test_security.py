@@ -117,3 +117,14 @@ def test_a_short_secret_key_is_refused(monkeypatch, tmp_path):
     assert len(Settings(data_dir=tmp_path).signing_key().encode()) >= 32  # generated
 
 
+def test_rates_have_a_floor_everywhere():
+    from pydantic import ValidationError
+
+    from serving.manifest import RateLimit
+    from storefront.config import Settings
+
+    with pytest.raises(ValidationError):
+        RateLimit(rps=1e-300, burst=1)
+    with pytest.raises(ValidationError):
+        Settings(rate_limit_rps=1e-300)
+    assert RateLimit(rps=0.001, burst=1).rps == 0.001
