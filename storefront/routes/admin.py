@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import aliased
 from starlette.concurrency import run_in_threadpool
 
-from metering import MoneyError, add_credit, format_usd, to_micro
-from serving import InvalidInput, NotFound
+from metering import CreditEntry, MoneyError, add_credit, format_usd, to_micro
+from serving import Conflict, InvalidInput, NotFound
 
 from .. import listings
 from ..deployments import serving_options
@@ -85,6 +85,21 @@ class Grant(BaseModel):
     note: str = Field("", max_length=500)
 
 
+def _same_grant(svc: ServicesDep, reference: str, account: Account, amount: int) -> None:
+    """A reference already used by another grant (amount or account) is a conflict: echoing
+    the new amount would claim a credit that was never made."""
+    with svc.sessions() as db:
+        entry = db.execute(
+            select(CreditEntry).where(CreditEntry.reference == reference)
+        ).scalar_one()
+    if entry.account_id != account.id or entry.amount != amount or entry.reason != "grant":
+        raise Conflict(
+            f"reference '{reference}' already credited {format_usd(entry.amount)} USD"
+            + ("" if entry.account_id == account.id else " to another account")
+            + "; a replay must repeat the same grant", code="reference_conflict",
+            details={"reference": reference, "amount": format_usd(entry.amount)})
+
+
 @router.post("/v1/admin/credits", status_code=201)
 async def grant_credits(body: Grant, admin: Admin, svc: ServicesDep) -> dict[str, Any]:
     try:
@@ -104,13 +119,18 @@ async def grant_credits(body: Grant, admin: Admin, svc: ServicesDep) -> dict[str
     if account is None:
         raise NotFound(f"no account '{body.account_email}'", code="account_not_found")
     reference = f"grant:{body.reference or uuid.uuid4().hex}"
+    recorded = False
 
     async def record() -> bool:
-        return await run_in_threadpool(
+        nonlocal recorded
+        recorded = await run_in_threadpool(
             add_credit, svc.engine, account.id, amount, reason="grant", reference=reference,
             note=body.note or f"granted by {admin.email}",
         )
+        return recorded
 
     balance = await svc.meter.add_credits(account.id, amount, record)
+    if not recorded:  # a replay: idempotent only if it is the same grant
+        await run_in_threadpool(_same_grant, svc, reference, account, amount)
     return {"account_email": account.email, "amount": format_usd(amount),
             "credits": format_usd(balance), "reference": reference}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -184,5 +185,22 @@ def test_tiny_key_rates_are_refused(client, rps):
     r = client.patch(f"/v1/keys/{key['id']}", headers=bearer(token),
                      json={"rate_limit_rps": 0.001})
     assert r.status_code == 200 and r.json()["rate_limit_rps"] == 0.001
+
+
+def test_a_grant_reference_is_bound_to_its_amount(client):
+    addr, token = signup(client, "buyer")
+    admin = bearer(admin_token(client))
+    body = {"account_email": addr, "amount": "5.00", "reference": f"inv-{uuid.uuid4().hex}"}
+    first = client.post("/v1/admin/credits", json=body, headers=admin)
+    assert first.status_code == 201 and first.json()["credits"] == "5.00"
+    again = client.post("/v1/admin/credits", json=body, headers=admin)
+    assert again.status_code == 201 and again.json() == first.json()  # an idempotent replay
+    r = client.post("/v1/admin/credits", json={**body, "amount": "500.00"}, headers=admin)
+    assert r.status_code == 409 and error_of(r)["code"] == "reference_conflict", r.text
+    assert "5.00" in error_of(r)["message"]
+    other, _ = signup(client, "buyer")
+    r = client.post("/v1/admin/credits", json={**body, "account_email": other}, headers=admin)
+    assert r.status_code == 409 and error_of(r)["code"] == "reference_conflict", r.text
+    assert client.get("/v1/account", headers=bearer(token)).json()["credits"] == "5.00"
 
 
