@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from serving import parse_manifest
 from storefront import filemodes
-from tests.helpers import DIGIT_ZERO, admin_token, bearer, new_key, signup
+from tests.helpers import DIGIT_ZERO, admin_token, bearer, email, grant, new_key, signup
 
 HUGE = 2**64  # above any int64 column
 SLUG = "handwritten-digits"
@@ -204,3 +204,17 @@ def test_a_grant_reference_is_bound_to_its_amount(client):
     assert client.get("/v1/account", headers=bearer(token)).json()["credits"] == "5.00"
 
 
+def test_sign_up_does_not_reveal_whether_an_email_exists(client):
+    taken, token = signup(client, "buyer")
+    fresh = email("buyer")
+    answers = [client.post("/v1/accounts", json={"email": e, "password": "another-pass-1",
+                                                 "role": "buyer"}) for e in (taken, fresh)]
+    assert [a.status_code for a in answers] == [201, 201]
+    same = [{k: v for k, v in a.json().items() if k not in ("email", "name")} for a in answers]
+    assert same[0] == same[1] and answers[0].json()["email"] == taken
+    # The existing account is untouched: its own password works, the new one does not.
+    r = client.post("/v1/auth/token", data={"username": taken, "password": "another-pass-1"})
+    assert r.status_code == 401
+    r = client.post("/v1/auth/token", data={"username": taken, "password": "password-123"})
+    assert r.status_code == 200
+    assert grant(client, fresh, "1.00")["credits"] == "1.00"  # the new account exists
