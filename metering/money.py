@@ -7,6 +7,7 @@ from decimal import Decimal, InvalidOperation
 from serving.errors import InvalidInput
 
 MICRO = 1_000_000
+MAX_MICRO = 2**63 - 1  # amounts are BIGINT columns and Redis integers: int64
 
 
 def to_micro(amount: Decimal | str | int, *, field: str | None = None) -> int:
@@ -28,6 +29,8 @@ def to_micro(amount: Decimal | str | int, *, field: str | None = None) -> int:
     micro = value * MICRO
     if micro != micro.to_integral_value():
         raise bad(f"{amount} has more than 6 decimal places")
+    if abs(micro) > MAX_MICRO:
+        raise bad(f"{amount} is too large an amount (at most {format_usd(MAX_MICRO)})")
     return int(micro)
 
 

@@ -15,6 +15,26 @@ V2_TO_NP: dict[str, str] = {
     "INT32": "int32", "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }
 NP_TO_V2: dict[str, str] = {v: k for k, v in V2_TO_NP.items()}
+MAX_LENGTH_DIGITS = 18  # an Inference-Header-Content-Length longer than this is no length
+
+
+def _integral(name: str, arr: np.ndarray, dtype: str) -> np.ndarray:
+    """``arr`` as the integer (or bool) ``dtype``, refusing what the cast would change: values
+    that are not integers, or that lie outside the dtype's range (numpy would truncate 0.5
+    and wrap 1000 into an INT8 without a word)."""
+    target = np.dtype(dtype)
+    if arr.dtype == target:
+        return arr
+    if arr.dtype.kind not in "iubf":
+        raise InvalidInput(f"input '{name}' holds values that are not integers")
+    if arr.size:
+        if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.trunc(arr)).all()):
+            raise InvalidInput(f"input '{name}' holds values that are not integers")
+        lo, hi = (0, 1) if target.kind == "b" else (np.iinfo(target).min, np.iinfo(target).max)
+        if arr.min().item() < lo or arr.max().item() > hi:  # Python compares int/float exactly
+            raise InvalidInput(f"input '{name}' holds values out of the range of {dtype} "
+                               f"({lo} to {hi})")
+    return arr.astype(target)
 
 
 def check_tensor(spec: TensorSpec, arr: np.ndarray, max_batch: int) -> np.ndarray:
@@ -37,7 +57,8 @@ def check_tensor(spec: TensorSpec, arr: np.ndarray, max_batch: int) -> np.ndarra
     if arr.dtype != spec.dtype:
         if arr.dtype.kind in "fc" and np.dtype(spec.dtype).kind in "iub":
             raise InvalidInput(f"input '{spec.name}' holds floats, expected {spec.dtype}")
-        arr = arr.astype(spec.dtype)
+        arr = _integral(spec.name, arr, spec.dtype) if np.dtype(spec.dtype).kind in "iub" \
+            else arr.astype(spec.dtype)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InvalidInput(f"input '{spec.name}' holds NaN or infinity")
     return arr
@@ -65,8 +86,12 @@ def decode_v2_request(body: Any, manifest: Manifest) -> tuple[dict[str, np.ndarr
             raise InvalidInput(f"input '{name}' needs a shape: a list of non-negative integers")
         if "data" not in item:
             raise InvalidInput(f"input '{name}' has no 'data'")
+        dtype = V2_TO_NP[datatype]
         try:
-            arr = np.asarray(item["data"], dtype=V2_TO_NP[datatype])
+            if np.dtype(dtype).kind in "iub":
+                arr = _integral(name, np.asarray(item["data"]), dtype)
+            else:
+                arr = np.asarray(item["data"], dtype=dtype)
             arr = arr.reshape(shape)
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{name}' data does not fit shape {shape}: {exc}") from exc
@@ -112,7 +137,8 @@ def parse_v2_body(raw: bytes, header_length: str | None) -> Any:
     become each input's ``data``."""
     if header_length is None:
         return orjson_loads(raw)
-    if not header_length.isdigit() or int(header_length) > len(raw):
+    if not (header_length.isascii() and header_length.isdigit()
+            and len(header_length) <= MAX_LENGTH_DIGITS and int(header_length) <= len(raw)):
         raise InvalidInput("Inference-Header-Content-Length must be a length within the body")
     cut = int(header_length)
     body = orjson_loads(raw[:cut])

@@ -53,7 +53,7 @@ class Pricing(_Strict):
 class RateLimit(_Strict):
     """Calls per second (and burst) one API key may make to this listing."""
 
-    rps: float = Field(gt=0, le=100_000)
+    rps: float = Field(ge=0.001, le=100_000)  # = storefront.config.MIN_RPS
     burst: int = Field(ge=1, le=100_000)
 
 

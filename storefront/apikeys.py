@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from metering import format_usd, to_micro
 from serving import InvalidInput, NotFound
 
+from .config import MIN_RPS
 from .models import Account, ApiKey
 from .security import KEY_PREFIX, new_api_key
 
@@ -27,7 +28,7 @@ class KeyLimits(BaseModel):
 
     spend_cap_day: str | None = USD
     spend_cap_month: str | None = USD
-    rate_limit_rps: float | None = Field(None, gt=0)
+    rate_limit_rps: float | None = Field(None, ge=MIN_RPS, description="calls/s, at least 0.001")
     rate_limit_burst: int | None = Field(None, ge=1, le=100_000)
 
 

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from billing import metrics as billing_metrics
 from metering.metrics import refresh
 
-from . import VERSION, demo, errors, gateway, web
+from . import VERSION, demo, errors, filemodes, gateway, web
 from .config import Settings
 from .fastpath import PaidCallFastPath
 from .models import Account
@@ -31,19 +31,30 @@ from .services import Services
 log = logging.getLogger(__name__)
 
 
+class BootstrapRefused(RuntimeError):
+    """AIMARKET_ADMIN_EMAIL names an account the bootstrap did not create."""
+
+
 def bootstrap_admin(svc: Services) -> None:
+    """Create the configured admin account once. It never takes over an existing account:
+    one that is already an admin is left as it is (its password too); any other account
+    with that e-mail (someone signed it up) stops the start."""
     s = svc.settings
     if not (s.admin_email and s.admin_password):
         return
     email = s.admin_email.lower()
     with svc.sessions() as db:
         account = db.execute(select(Account).where(Account.email == email)).scalar_one_or_none()
+        if account is not None and account.role != "admin":
+            raise BootstrapRefused(
+                f"AIMARKET_ADMIN_EMAIL={email} is an existing {account.role} account that the "
+                "admin bootstrap did not create; refusing to make it an admin. Choose another "
+                "e-mail for AIMARKET_ADMIN_EMAIL (or promote that account yourself in the "
+                "database if it really is yours)")
         if account is None:
             db.add(Account(email=email, name="admin", role="admin",
                            password_hash=hash_password(s.admin_password.get_secret_value())))
-        elif account.role != "admin":
-            account.role = "admin"
-        db.commit()
+            db.commit()
 
 
 async def billing_loop(svc: Services, every_s: float) -> None:
@@ -67,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        filemodes.secure(settings)  # before anything writes into the data dir
         svc = await Services.start(settings)
         app.state.services = svc
         syncer: asyncio.Task[None] | None = None

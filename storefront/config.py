@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -11,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering import to_micro
 
+MIN_SECRET_BYTES = 32
+MIN_RPS = 0.001  # a slower rate is no rate: GCRA's interval (1/rps) overflows
+
 
 class Settings(BaseSettings):
     """Every knob of an aimarket server. Unset URLs mean the embedded default."""
@@ -18,6 +22,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIMARKET_", extra="ignore")
 
     data_dir: Path = Field(Path(".aimarket"), description="Models, SQLite, embedded Redis data")
+    group_readable_models: bool = Field(
+        False, description="Model files readable by the data dir's group (e.g. serving workers "
+        "of another user); everything else in the data dir stays private to its owner"
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     redis_url: str | None = Field(None, description="Redis URL; default an embedded Valkey server")
     redis_namespace: str = Field("am:", description="Prefix of every Redis key aimarket writes")
@@ -47,11 +55,11 @@ class Settings(BaseSettings):
         "0 runs every model on the thread pool",
     )
     rate_limit_rps: float = Field(
-        100, gt=0, description="Default calls/s per API key (its owner may change it)"
+        100, ge=MIN_RPS, description="Default calls/s per API key (its owner may change it)"
     )
     rate_limit_burst: int = Field(200, ge=1, description="Default burst per API key")
     max_rate_limit_rps: float = Field(
-        10_000, gt=0, description="Highest rate a key owner may set on a key"
+        10_000, ge=MIN_RPS, description="Highest rate a key owner may set on a key"
     )
     hold_timeout_s: float = Field(
         120, gt=0, description="Refund reservations older than this (s)"
@@ -97,6 +105,17 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"AIMARKET_SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes (anyone can "
+                "guess a short one and forge tokens); unset it to have one generated, or use "
+                "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        return value
+
     @field_validator("postpaid_credit_line")
     @classmethod
     def _usd(cls, value: str) -> str:
@@ -129,7 +148,12 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value()
         path = self.data_dir / "secret_key"
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
-        return path.read_text().strip()
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        key = path.read_text().strip()
+        if len(key.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"{path} holds a signing key shorter than {MIN_SECRET_BYTES} "
+                             "bytes; delete it to have a long one generated")
+        return key

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
+from annotated_types import Ge, Le
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
@@ -14,6 +15,11 @@ from serving import Forbidden, Unauthorized
 from .models import Account, holders
 from .security import read_token
 from .services import Services
+
+MAX_ID = 2**63 - 1
+# Every id or version number a route takes, in a path or a body: a positive int64, so one
+# that no column can hold answers 422 instead of overflowing the database driver.
+Id = Annotated[int, Ge(1), Le(MAX_ID)]
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
 

@@ -38,6 +38,7 @@ from serving import (
     prepare,
 )
 
+from .deps import Id
 from .errors import error_response
 from .keys import KeyPrincipal
 from .registry import LiveVersion
@@ -73,7 +74,7 @@ async def v2_infer(slug: str, request: Request) -> Response:
 
 
 @router.post("/v2/models/{slug}/versions/{version}/infer")
-async def v2_infer_version(slug: str, version: int, request: Request) -> Response:
+async def v2_infer_version(slug: str, version: Id, request: Request) -> Response:
     return await paid_call(request, slug, version, _v2_decode, _v2_encode)
 
 

@@ -16,6 +16,7 @@ from metering import format_usd
 from serving import Conflict, Manifest, NotFound
 
 from .deployments import serving_options
+from .deps import Id
 from .models import Account, Listing, ListingVersion, Review
 from .registry import to_live
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class Decision(BaseModel):
-    version: int | None = Field(None, ge=1)
+    version: Id | None = None
     reason: str = Field("", max_length=2000)
 
 

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from metering import add_credit, format_usd, to_micro
-from serving import InvalidInput, NotFound
+from metering import CreditEntry, add_credit, format_usd, to_micro
+from serving import Conflict, InvalidInput, NotFound
 
 from .models import Account
 
@@ -52,6 +52,21 @@ class Grant(BaseModel):
     note: str = Field("", max_length=500)
 
 
+def _same_grant(svc: Services, reference: str, account: Account, amount: int) -> None:
+    """A reference already used by another grant (amount or account) is a conflict: echoing
+    the new amount would claim a credit that was never made."""
+    with svc.sessions() as db:
+        entry = db.execute(
+            select(CreditEntry).where(CreditEntry.reference == reference)
+        ).scalar_one()
+    if entry.account_id != account.id or entry.amount != amount or entry.reason != "grant":
+        raise Conflict(
+            f"reference '{reference}' already credited {format_usd(entry.amount)} USD"
+            + ("" if entry.account_id == account.id else " to another account")
+            + "; a replay must repeat the same grant", code="reference_conflict",
+            details={"reference": reference, "amount": format_usd(entry.amount)})
+
+
 async def grant_credits(svc: Services, admin: Account, body: Grant) -> dict[str, Any]:
     """Credit an account (idempotent per reference); returns what was granted and the balance."""
     amount = parse_amount(body.amount)
@@ -68,13 +83,18 @@ async def grant_credits(svc: Services, admin: Account, body: Grant) -> dict[str,
     if account is None:
         raise NotFound(f"no account '{body.account_email}'", code="account_not_found")
     reference = f"grant:{body.reference or uuid.uuid4().hex}"
+    recorded = False
 
     async def record() -> bool:
-        return await run_in_threadpool(
+        nonlocal recorded
+        recorded = await run_in_threadpool(
             add_credit, svc.engine, account.id, amount, reason="grant", reference=reference,
             note=body.note or f"granted by {admin.email}",
         )
+        return recorded
 
     balance = await svc.meter.add_credits(account.id, amount, record)
+    if not recorded:  # a replay: idempotent only if it is the same grant
+        await run_in_threadpool(_same_grant, svc, reference, account, amount)
     return {"account_email": account.email, "amount": format_usd(amount),
             "credits": format_usd(balance), "reference": reference}

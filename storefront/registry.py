@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from serving import Backend, Manifest, ModelRef, NotFound, ServingOptions, model_key
 
 from .deployments import serving_options
+from .filemodes import share_model
 from .models import Listing, ListingVersion
 
 
@@ -89,12 +90,14 @@ def to_live(listing: Listing, lv: ListingVersion, data_dir: Path,
             serving: ServingOptions | None = None) -> LiveVersion:
     manifest = Manifest.model_validate_json(lv.manifest_json)
     limit = manifest.rate_limit
+    path = model_path(data_dir, lv.model_sha256)
+    share_model(path)  # AIMARKET_GROUP_READABLE_MODELS: what a backend loads, the group reads
     return LiveVersion(
         listing_id=listing.id, version_id=lv.id, slug=listing.slug, version=lv.version,
         seller_id=listing.seller_id, price=lv.price, trial_calls=lv.trial_calls,
         manifest=manifest,
         rate_rps=limit.rps if limit else 0, rate_burst=limit.burst if limit else 0,
         ref=ModelRef(key=model_key(listing.slug, lv.version),
-                     path=model_path(data_dir, lv.model_sha256), sha256=lv.model_sha256,
+                     path=path, sha256=lv.model_sha256,
                      latency_us=lv.latency_us, serving=serving or ServingOptions()),
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.security import OAuth2PasswordRequestForm
 
 from metering import format_usd
-from serving import Unauthorized
+from serving import Conflict, Unauthorized
 
 from .. import accounts
 from ..accounts import NewAccount, account_json
@@ -19,8 +20,15 @@ router = APIRouter(tags=["accounts"])
 
 
 @router.post("/v1/accounts", status_code=201)
-def create_account(body: NewAccount, db: SessionDep) -> dict[str, Any]:
-    return account_json(accounts.create_account(db, body))
+def sign_up(body: NewAccount, db: SessionDep) -> dict[str, Any]:
+    """The same answer whether or not the e-mail already has an account, so sign-up tells
+    nobody which addresses are customers; an existing account is left untouched (its owner
+    logs in with their own password)."""
+    email = body.email.lower()
+    with contextlib.suppress(Conflict):
+        accounts.create_account(db, body)
+    return {"email": email, "name": body.name or email.split("@")[0], "role": body.role,
+            "next": "log in with POST /v1/auth/token"}
 
 
 @router.post("/v1/auth/token")

@@ -19,7 +19,7 @@ from export import build
 from metering import CallSpec, Reservation, format_usd
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
-from ..deps import Admin, Buyer, ServicesDep, SessionDep
+from ..deps import Admin, Buyer, Id, ServicesDep, SessionDep
 from ..models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
 from ..registry import live_row, model_path
 
@@ -98,7 +98,7 @@ def _delete_purchase(svc: Any, pid: str) -> None:
 
 class ExportRequest(BaseModel):
     slug: str = Field(max_length=80)
-    version: int | None = Field(None, ge=1)
+    version: Id | None = None
     target: Literal["onnx", "onnx-int8", "onnx-fp16", "nano-kit"]
 
 
@@ -226,7 +226,7 @@ def kit_orders(buyer: Buyer, db: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/v1/kit-orders/{order_id}")
-def kit_order(order_id: int, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
+def kit_order(order_id: Id, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
     order = db.get(KitOrder, order_id)
     if order is None or (order.buyer_id != buyer.id and buyer.role != "admin"):
         raise NotFound(f"no kit order {order_id}", code="kit_order_not_found")
@@ -239,7 +239,7 @@ class Advance(BaseModel):
 
 
 @router.post("/v1/admin/kit-orders/{order_id}/advance")
-def advance(order_id: int, body: Advance, admin: Admin, db: SessionDep) -> dict[str, Any]:
+def advance(order_id: Id, body: Advance, admin: Admin, db: SessionDep) -> dict[str, Any]:
     order = db.get(KitOrder, order_id)
     if order is None:
         raise NotFound(f"no kit order {order_id}", code="kit_order_not_found")

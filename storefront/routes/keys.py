@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from .. import apikeys
 from ..apikeys import KeyChange, NewKey
-from ..deps import Buyer, ServicesDep, SessionDep
+from ..deps import Buyer, Id, ServicesDep, SessionDep
 
 router = APIRouter(tags=["keys"])
 
@@ -27,11 +27,11 @@ def list_keys(account: Buyer, db: SessionDep) -> dict[str, Any]:
 
 @router.patch("/v1/keys/{key_id}")
 def change_key(
-    key_id: int, body: KeyChange, account: Buyer, db: SessionDep, svc: ServicesDep
+    key_id: Id, body: KeyChange, account: Buyer, db: SessionDep, svc: ServicesDep
 ) -> dict[str, Any]:
     return apikeys.change_key(db, svc, account, key_id, body)
 
 
 @router.delete("/v1/keys/{key_id}")
-def revoke_key(key_id: int, account: Buyer, db: SessionDep, svc: ServicesDep) -> dict[str, Any]:
+def revoke_key(key_id: Id, account: Buyer, db: SessionDep, svc: ServicesDep) -> dict[str, Any]:
     return apikeys.revoke_key(db, svc, account, key_id)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from serving import ServiceUnavailable, v2_model_metadata
 
 from .. import VERSION
-from ..deps import ServicesDep
+from ..deps import Id, ServicesDep
 from ..registry import LiveVersion
 
 router = APIRouter(tags=["inference"])
@@ -53,7 +53,7 @@ async def model_metadata(slug: str, request: Request, svc: ServicesDep) -> dict[
 
 
 @router.get("/v2/models/{slug}/versions/{version}")
-async def version_metadata(slug: str, version: int, request: Request,
+async def version_metadata(slug: str, version: Id, request: Request,
                            svc: ServicesDep) -> dict[str, Any]:
     live = await _model(request, svc, slug, version)
     return v2_model_metadata(slug, [str(live.version)], live.manifest)
@@ -66,7 +66,7 @@ async def model_ready(slug: str, request: Request, svc: ServicesDep) -> Response
 
 
 @router.get("/v2/models/{slug}/versions/{version}/ready")
-async def version_ready(slug: str, version: int, request: Request,
+async def version_ready(slug: str, version: Id, request: Request,
                         svc: ServicesDep) -> Response:
     live = await _model(request, svc, slug, version)
     return _ready(svc, live)

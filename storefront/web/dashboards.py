@@ -16,6 +16,7 @@ from serving import AimarketError
 
 from .. import apikeys, catalog, moderation, payments, publishing
 from .. import usage as ledger
+from ..deps import Id
 from ..models import Account
 from . import queries
 from .charts import bar_chart
@@ -100,7 +101,7 @@ async def create_key(request: Request) -> Response:
 
 
 @router.post("/account/keys/{key_id}")
-async def change_key(request: Request, key_id: int) -> Response:
+async def change_key(request: Request, key_id: Id) -> Response:
     account = _account(request, "buyer")
     form = await request.form()
     check_csrf(request, form.get("csrf"))
@@ -184,7 +185,7 @@ def admin_dashboard(request: Request, error: str = "", done: str = "") -> Respon
 
 
 @router.post("/admin/review/{slug}/{version}")
-async def decide(request: Request, slug: str, version: int) -> Response:
+async def decide(request: Request, slug: str, version: Id) -> Response:
     account = _account(request, "admin")
     form = await request.form()
     check_csrf(request, form.get("csrf"))
