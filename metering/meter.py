@@ -105,8 +105,6 @@ class Meter:
         }
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
-        self._sweep = client.register_script(scripts.SWEEP)
-        self._demo = client.register_script(scripts.DEMO_QUOTA)
         self._charge = client.register_script(scripts.CHARGE)
 
     # -- key names ---------------------------------------------------------------------------
@@ -179,11 +177,6 @@ class Meter:
         return bool(await self._script("RELEASE", [self.holds, self.holdq],
                                        [res.call.request_id]))
 
-    async def sweep(self, older_than_s: float, limit: int = 500) -> int:
-        """Refund holds of calls that never committed nor released (their worker died)."""
-        cutoff = int((time.time() - older_than_s) * 1000)
-        return int(await self._sweep([self.holds, self.holdq], [cutoff, limit]))
-
     # -- the ledger side ---------------------------------------------------------------------
     async def hydrate(self, account_id: int) -> bool:
         """Rebuild an account's counters from the ledger unless they are already in Redis."""
@@ -236,11 +229,3 @@ class Meter:
         """Current spendable credit (after holds of calls in flight)."""
         await self.hydrate(account_id)
         return int(await self.redis.get(self._keys(account_id)[1]) or 0)
-
-    async def demo_call(self, visitor: str, limit_per_day: int) -> tuple[bool, int]:
-        """Count one anonymous demo call for ``visitor`` today: (allowed, remaining)."""
-        day, _ = day_month()
-        key = f"{self.ns}demo:{day}:{visitor}"
-        allowed, left = await self._demo([key], [limit_per_day])  # type: ignore[misc]
-        return bool(allowed), int(left)
-
