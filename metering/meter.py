@@ -108,8 +108,6 @@ class Meter:
         }
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
-        self._sweep = client.register_script(scripts.SWEEP)
-        self._demo = client.register_script(scripts.DEMO_QUOTA)
 
     # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
@@ -189,11 +187,6 @@ class Meter:
         reservation (the demo quota's); ``started`` is when the call began (its latency)."""
         return Hold(self, reserve or (lambda: self.reserve(call)), refuse, started=started)
 
-    async def sweep(self, older_than_s: float, limit: int = 500) -> int:
-        """Refund holds of calls that never committed nor released (their worker died)."""
-        cutoff = int((time.time() - older_than_s) * 1000)
-        return int(await self._sweep([self.holds, self.holdq], [cutoff, limit]))
-
     # -- the ledger side ---------------------------------------------------------------------
     async def hydrate(self, account_id: int) -> bool:
         """Rebuild an account's counters from the ledger unless they are already in Redis."""
@@ -233,11 +226,3 @@ class Meter:
         """Current spendable credit (after holds of calls in flight)."""
         await self.hydrate(account_id)
         return int(await self.redis.get(self._keys(account_id)[1]) or 0)
-
-    async def demo_call(self, visitor: str, limit_per_day: int) -> tuple[bool, int]:
-        """Count one anonymous demo call for ``visitor`` today: (allowed, remaining)."""
-        day, _ = day_month()
-        key = f"{self.ns}demo:{day}:{visitor}"
-        allowed, left = await self._demo([key], [limit_per_day])  # type: ignore[misc]
-        return bool(allowed), int(left)
-

@@ -160,13 +160,3 @@ ADD_CREDITS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 return redis.call('INCRBY', KEYS[2], ARGV[1])
 """
-
-# KEYS: visitor's counter for today; ARGV: daily limit -> {allowed 0/1, remaining}
-DEMO_QUOTA = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local limit = tonumber(ARGV[1])
-if used >= limit then return {0, 0} end
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], 172800000)
-return {1, limit - used - 1}
-"""

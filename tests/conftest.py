@@ -40,6 +40,18 @@ def _postgres_ok() -> bool:
         return False
 
 
+TIERS = ("unit", "integration", "e2e", "browser")  # tests/<tier>/ carries the tier's marker
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (the folder under tests/), so ``-m`` picks a tier."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
 HAVE_PG = _postgres_ok()
 HAVE_REDIS = _reachable(6379)
 STACKS = ["embedded"] + (["system"] if HAVE_PG and HAVE_REDIS else [])

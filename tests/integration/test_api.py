@@ -367,15 +367,38 @@ def test_credit_grants_are_admin_only_and_validated(client):
     assert client.post("/v1/admin/credits", json=once, headers=admin).json()["credits"] == "5.00"
 
 
+def scrape(client) -> dict[tuple[str, frozenset], float]:
+    """The /metrics page, parsed: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def test_metrics_and_health(client):
     assert client.get("/healthz").json()["status"] == "ok"
-    _, buyer = signup(client, "buyer")
+    addr, buyer = signup(client, "buyer")
     key = new_key(client, buyer)
-    client.post("/v2/models/handwritten-digits/infer", json=v2_body(), headers=bearer(key))
+    grant(client, addr, "1.00")
+    slug = "handwritten-digits"
+    paid = ("aimarket_calls_total", frozenset({"listing": slug, "kind": "paid"}.items()))
+    trial = ("aimarket_calls_total", frozenset({"listing": slug, "kind": "trial"}.items()))
+    flushed = ("aimarket_ledger_events_flushed_total", frozenset())
     client.app.state.services.flusher.drain()
-    text = client.get("/metrics").text
-    assert "aimarket_calls_total" in text and "aimarket_call_latency_seconds" in text
-    assert "aimarket_ledger_flush_lag_events 0.0" in text
-    flushed = next(line for line in text.splitlines()
-                   if line.startswith("aimarket_ledger_events_flushed_total "))
-    assert float(flushed.split()[1]) >= 1  # counted by flushers in other processes too
+    before = scrape(client)
+    costs = []
+    for _ in range(6):  # the listing's 5 trial calls, then one paid call
+        r = client.post(f"/v2/models/{slug}/infer", json=v2_body(), headers=bearer(key))
+        assert r.status_code == 200, r.text
+        costs.append(r.headers["X-Cost"])
+    assert costs == ["0.00"] * 5 + ["0.002"]
+    client.app.state.services.flusher.drain()
+    after = scrape(client)
+    assert after[paid] == before.get(paid, 0) + 1
+    assert after[trial] == before.get(trial, 0) + 5
+    assert after[("aimarket_ledger_flush_lag_events", frozenset())] == 0
+    # counted by every flusher (in other processes too); ours wrote our 6 events
+    assert after[flushed] >= before.get(flushed, 0) + 6
+    latency = ("aimarket_call_latency_seconds_count", frozenset({"listing": slug}.items()))
+    assert after[latency] == before.get(latency, 0) + 6

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
+from sqlalchemy import select
 
-from metering import CallSpec, Flusher, Meter, add_credit, balance, snapshot
+from metering import (
+    CallSpec,
+    DemoMeter,
+    Flusher,
+    Meter,
+    UsageEvent,
+    add_credit,
+    balance,
+    snapshot,
+)
+from metering import flusher as flusher_module
 from storefront.db import make_engine, migrate
 
 
@@ -208,24 +222,77 @@ async def test_spend_caps_hold_under_concurrency_and_refund_on_release(meter, en
     assert {r.refusal for r in monthly if not r.ok} == {"cap_month"}
 
 
-async def test_sweeper_refunds_holds_of_calls_that_never_finished(meter, engine):
-    acct = await _funded(meter, engine, 50_000)
-    res = await meter.reserve(call(acct, price=20_000))
-    assert res.kind == "paid" and await meter.credits(acct) == 30_000
-    assert await meter.sweep(older_than_s=3600) == 0  # young holds stay
-    assert await meter.sweep(older_than_s=-1) >= 1  # the worker died: refund
-    assert await meter.credits(acct) == 50_000
-    assert await meter.commit(res, latency_us=1) is False  # too late: not charged
-    assert await meter.release(res) is False  # and not refunded twice
-    assert await meter.credits(acct) == 50_000
+@pytest.fixture
+async def fresh_meter(stack, meter):
+    """A meter on a namespace of its own: nothing else holds, sweeps or counts there."""
+    client = aioredis.Redis.from_url(stack["redis"], max_connections=512)
+    yield Meter(client, fee_bps=2000, load_snapshot=meter._load_snapshot,
+                namespace=f"{stack['ns']}{uuid.uuid4().hex[:8]}:")
+    await client.aclose()
 
 
-async def test_demo_quota_per_visitor_per_day_is_race_proof(meter):
+def _swept() -> float:
+    return REGISTRY.get_sample_value("aimarket_reservations_released_total",
+                                     {"why": "swept"}) or 0.0
+
+
+async def test_flusher_sweep_refunds_holds_of_calls_that_never_finished(
+        fresh_meter, engine, stack, monkeypatch):
+    m = fresh_meter
+    acct = await _funded(m, engine, 50_000)
+    paid = await m.reserve(call(acct, price=20_000))
+    trial = await m.reserve(call(acct, trial=1, listing=2))
+    assert (paid.kind, trial.kind) == ("paid", "trial") and await m.credits(acct) == 30_000
+    # The sweeper production runs: the flusher's, with the production hold timeout.
+    flusher = Flusher(redis.Redis.from_url(stack["redis"]), engine, namespace=m.ns,
+                      consumer="sweeper", hold_timeout_s=120)
+    t0, before = time.time(), _swept()
+
+    def clock(now: float) -> None:  # the flusher's clock only; Redis stamps holds itself
+        monkeypatch.setattr(flusher_module, "time",
+                            SimpleNamespace(time=lambda: now, monotonic=time.monotonic))
+
+    clock(t0 + 119)
+    assert flusher.sweep() == 0  # the calls may still be running: their holds stay
+    assert await m.credits(acct) == 30_000
+    clock(t0 + 121)  # past the hold timeout: the worker died, both holds are refunded
+    assert flusher.sweep() == 2
+    assert _swept() == before + 2
+    assert await m.credits(acct) == 50_000
+    assert (await m.reserve(call(acct, trial=1, listing=2))).kind == "trial"  # given back
+    assert await m.commit(paid, latency_us=1) is False  # too late: not charged
+    assert await m.release(paid) is False  # and not refunded twice
+    assert await m.credits(acct) == 50_000
+    flusher.drain()
+    with engine.connect() as conn:
+        ids = [paid.call.request_id, trial.call.request_id]
+        assert conn.execute(select(UsageEvent.id).where(UsageEvent.id.in_(ids))).all() == []
+    assert balance(engine, acct) == 50_000
+
+
+async def test_demo_quota_per_visitor_per_day_is_race_proof(fresh_meter):
+    """The live demo path (storefront/tryit.py): DemoMeter.reserve under concurrency."""
+    m = fresh_meter
+    demos = DemoMeter(m)
     visitor = uuid.uuid4().hex
-    results = await asyncio.gather(*(meter.demo_call(visitor, 5) for _ in range(50)))
-    assert sum(ok for ok, _ in results) == 5
-    assert sorted(left for ok, left in results if ok) == [0, 1, 2, 3, 4]
-    assert (await meter.demo_call(uuid.uuid4().hex, 5)) == (True, 4)  # another visitor
+
+    def demo_spec() -> CallSpec:
+        return call(0, price=2000, trial=5)  # an anonymous visitor on a priced listing
+
+    results = await asyncio.gather(*(demos.reserve(demo_spec(), visitor, 5) for _ in range(50)))
+    ok = [r for r in results if r.ok]
+    assert len(ok) == 5
+    assert all(r.kind == "demo" and r.cost == 0 for r in ok)  # never charged
+    assert sorted(r.trial_remaining for r in ok) == [0, 1, 2, 3, 4]
+    assert {r.refusal for r in results if not r.ok} == {"demo"}
+    assert await demos.remaining(visitor, 5) == 0
+    # A failed call gives its demo call back, a committed one keeps it; both race-proof too.
+    assert await m.release(ok[0]) and await m.commit(ok[1], latency_us=1)
+    assert await demos.remaining(visitor, 5) == 1
+    again = await asyncio.gather(*(demos.reserve(demo_spec(), visitor, 5) for _ in range(20)))
+    assert sum(r.ok for r in again) == 1
+    other = await demos.reserve(demo_spec(), uuid.uuid4().hex, 5)  # another visitor
+    assert (other.ok, other.kind, other.trial_remaining) == (True, "demo", 4)
 
 
 async def test_reconcile_reports_and_repairs_drift_the_ledger_wins(meter, engine, stack):

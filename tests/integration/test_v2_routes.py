@@ -45,13 +45,21 @@ def test_binary_tensors_are_a_paid_call_like_json(client) -> None:  # type: igno
     raw = np.asarray([DIGIT_ZERO], dtype=np.float32).tobytes()
     header = json.dumps({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32",
                                      "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    r = client.post(f"/v2/models/{SLUG}/infer", content=header + raw,
-                    headers={**key, "Inference-Header-Content-Length": str(len(header))})
-    assert r.status_code == 200, r.text
-    assert r.json()["outputs"][0]["data"] == [0]
-    r = client.post(f"/v2/models/{SLUG}/infer", content=header + raw[:-4],
-                    headers={**key, "Inference-Header-Content-Length": str(len(header))})
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+    binary = {**key, "Inference-Header-Content-Length": str(len(header))}
+    costs = []
+    for _ in range(6):  # the listing's 5 free trial calls, then a paid one
+        r = client.post(f"/v2/models/{SLUG}/infer", content=header + raw, headers=binary)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == [0]
+        costs.append(r.headers["X-Cost"])
+    assert costs == ["0.00"] * 5 + ["0.002"]  # the listing's price
+    assert r.headers["X-Credits-Remaining"] == "0.998"
+    r = client.post(f"/v2/models/{SLUG}/infer", content=header + raw[:-4], headers=binary)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"  # not charged
+    client.app.state.services.flusher.drain()
+    usage = client.get("/v1/usage", headers=bearer(token)).json()
+    assert usage["total"] == {"calls": 6, "trial_calls": 5, "paid_calls": 1, "spend": "0.002"}
+    assert (usage["credits"], usage["ledger_balance"]) == ("0.998", "0.998")
 
 
 def test_the_unmetered_benchmark_route_is_off_by_default(client) -> None:  # type: ignore[no-untyped-def]

@@ -1,29 +1,33 @@
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from serving import InvalidInput, parse_manifest
 
-DIGITS_YAML = """
-title: Handwritten digits
-description: Classifies 8x8 grayscale handwritten digits.
-category: vision
-task: image-classification   # or tabular-classification, tabular-regression, tensor
-inputs:  [{name: X, dtype: float32, shape: [-1, 64]}]
-outputs: [{name: label, dtype: int64, shape: [-1]},
-          {name: probabilities, dtype: float32, shape: [-1, 10]}]
-labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
-preprocessing: {size: [8, 8], mode: L, scale: 0.0625}   # image tasks
-pricing: {per_call: "0.002", trial_calls: 5, export_price: "19.00"}   # USD
-"""
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_yaml_blocks() -> list[str]:
+    """The ```yaml blocks of the README, as written there."""
+    return re.findall(r"^```yaml\n(.*?)^```$", README.read_text(), flags=re.M | re.S)
+
+
+DIGITS_YAML = readme_yaml_blocks()[0]  # the README's "## Manifest" example
 
 
 def test_the_documented_yaml_manifest_parses():
+    blocks = readme_yaml_blocks()
+    assert blocks, "README.md has no ```yaml manifest block"
+    for block in blocks:
+        parse_manifest(block)  # every manifest the README shows is one the upload accepts
     m = parse_manifest(DIGITS_YAML)
     assert m.task == "image-classification"
     assert str(m.pricing.per_call) == "0.002"
     assert m.pricing.trial_calls == 5
     assert m.inputs[0].shape == [-1, 64]
+    assert [o.name for o in m.outputs] == ["label", "probabilities"]
 
 
 def test_json_manifest_parses_the_same():

@@ -25,18 +25,29 @@ def test_format(micro, text):
     assert format_usd(micro) == text
 
 
-@pytest.mark.parametrize("price", [0, 1, 3, 7, 2000, 999_999, 10**12 + 7])
-@pytest.mark.parametrize("bps", [0, 1, 2000, 3333, 10_000])
-def test_split_adds_up_exactly_and_never_favors_platform(price, bps):
-    share, fee = split(price, bps)
-    assert share + fee == price
-    assert fee == price * bps // 10_000
-    assert share >= 0 and fee >= 0
+@pytest.mark.parametrize("price,bps,fee", [
+    (2000, 2000, 400),  # exact: 20% of 0.002 USD
+    (1, 2000, 0),  # 0.2 -> 0
+    (4, 2000, 0),  # 0.8 -> 0: rounded down, not to the nearest
+    (5, 2000, 1),
+    (9, 2000, 1),  # 1.8 -> 1
+    (3, 5000, 1),  # 1.5 -> 1: a half goes to the seller (not half-up, not half-even -> 2)
+    (5, 5000, 2),  # 2.5 -> 2 (half-up would give 3)
+    (7, 3333, 2),  # 2.3331 -> 2
+    (1_000_003, 2000, 200_000),  # 200000.6 -> 200000
+    (10**12 + 7, 1, 100_000_000),  # 100000000.0007 -> 100000000
+    (999_999, 10_000, 999_999),  # the whole price
+    (999_999, 0, 0),
+    (0, 2000, 0),
+])
+def test_split_rounds_the_fee_down_and_the_seller_gets_the_rest(price, bps, fee):
+    assert split(price, bps) == (price - fee, fee)
 
 
-def test_split_refuses_fee_out_of_range():
+@pytest.mark.parametrize("bps", [-1, 10_001])
+def test_split_refuses_fee_out_of_range(bps):
     with pytest.raises(ValueError):
-        split(100, 10_001)
+        split(100, bps)
 
 
 def test_absurd_exponents_are_refused_quickly():
