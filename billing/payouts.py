@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import ColumnElement, Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,7 +51,7 @@ def period_bounds(period: str) -> tuple[datetime, datetime]:
 def _owed(db: Session, seller_id: int, start: datetime, end: datetime, period: str
           ) -> tuple[int, int]:
     """(earned in the period, owed at its end in whole cents as micro-units)."""
-    def shares(*where: object) -> int:
+    def shares(*where: ColumnElement[bool]) -> int:
         return int(db.execute(select(func.coalesce(func.sum(UsageEvent.seller_share), 0))
                               .where(UsageEvent.seller_id == seller_id, *where)).scalar_one())
 

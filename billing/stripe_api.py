@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import stripe
@@ -73,7 +74,8 @@ class StripeGateway:
         product = v1.products.create(params={"name": "aimarket pay-per-call inference"})
         try:
             price = v1.prices.create(params={
-                "currency": CURRENCY, "product": product.id, "unit_amount_decimal": "0.0001",
+                "currency": CURRENCY, "product": product.id,
+                "unit_amount_decimal": Decimal("0.0001"),
                 "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
                 "lookup_key": PRICE_LOOKUP_KEY,
             })

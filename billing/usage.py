@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import stripe as stripe_sdk
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import ColumnElement, Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from metering import UsageEvent, add_credit, utcnow
@@ -72,9 +72,11 @@ def collect(engine: Engine) -> int:
     return made
 
 
-def _unbilled(account_id: int, since: datetime, until: datetime | None) -> list[object]:
-    where = [UsageEvent.account_id == account_id, UsageEvent.kind == "paid",
-             UsageEvent.billed_in.is_(None), UsageEvent.created_at >= since]
+def _unbilled(account_id: int, since: datetime, until: datetime | None
+              ) -> list[ColumnElement[bool]]:
+    where: list[ColumnElement[bool]] = [
+        UsageEvent.account_id == account_id, UsageEvent.kind == "paid",
+        UsageEvent.billed_in.is_(None), UsageEvent.created_at >= since]
     if until is not None:
         where.append(UsageEvent.created_at < until)
     return where

@@ -47,7 +47,7 @@ class DemoMeter:
         allowed, left = await self._reserve(
             [self.visitor_key(visitor), self.meter.holds, self.meter.holdq],
             [limit_per_day, call.request_id],
-        )  # type: ignore[misc]
+        )
         ok = bool(allowed)
         return Reservation(replace(call, price=0), ok, DEMO if ok else "", int(left), 0,
                            refusal="" if ok else DEMO)

@@ -77,7 +77,7 @@ class Flusher:
     def sweep(self) -> int:
         """Refund holds older than ``hold_timeout_s``: calls whose worker died mid-call."""
         cutoff = int((time.time() - self.hold_timeout_s) * 1000)
-        n = int(self._sweep([self.holds, self.holdq], [cutoff, 500]))  # type: ignore[arg-type]
+        n = int(self._sweep([self.holds, self.holdq], [cutoff, 500]))
         if n:
             metrics.RELEASED.labels("swept").inc(n)
             log.warning("refunded %d reservations of calls that never finished", n)

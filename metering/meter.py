@@ -220,7 +220,7 @@ class Meter:
         new = await self._add_credits([marker, credit], [amount])
         if new is None:  # Redis lost the counters meanwhile: the rebuild reads the ledger
             return await self.credits(account_id)
-        return int(new)  # type: ignore[arg-type]
+        return int(new)
 
     async def credits(self, account_id: int) -> int:
         """Current spendable credit (after holds of calls in flight)."""

@@ -35,7 +35,7 @@ class _Flushed:
 
 
 EVENTS_FLUSHED = _Flushed()
-REGISTRY.register(EVENTS_FLUSHED)  # type: ignore[arg-type]
+REGISTRY.register(EVENTS_FLUSHED)
 
 
 async def refresh(client: Any, namespace: str) -> None:

@@ -35,6 +35,11 @@ class Drift:
     repaired: bool
 
 
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespace: str,
               repair: bool) -> tuple[int, list[Drift]]:
     """(accounts checked, drifts found); with ``repair`` each drift is set to the ledger's.
@@ -44,8 +49,8 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
     names = Keys(namespace)
     pending_paid: Counter[int] = Counter()
     pending_trial: Counter[tuple[int, int]] = Counter()
-    for _id, fields in client.xrange(flusher.stream):  # committed after the drain
-        e = Event.from_fields(fields)
+    for _id, fields in client.xrange(flusher.stream) or []:  # committed after the drain
+        e = Event.from_fields(fields or {})
         if e.price > 0:  # a paid call or an export purchase: debited when flushed
             pending_paid[e.account_id] += e.price
         elif e.kind == "trial":
@@ -53,7 +58,7 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
     held_paid: Counter[int] = Counter()
     held_trial: Counter[str] = Counter()
     for meta in client.hvals(names.holds):
-        kind, price, trial_key, credit_key, *_ = meta.decode().split("|")
+        kind, price, trial_key, credit_key, *_ = _text(meta).split("|")
         if kind == "paid":
             held_paid[int(credit_key.rsplit(":", 1)[1])] += int(price)
         elif kind == "trial":
@@ -81,7 +86,7 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
             actual = int(raw or 0)
             if actual == expected:
                 continue
-            fixed = bool(repair and cas([key], [raw.decode() if raw else "0", expected]))
+            fixed = bool(repair and cas([key], [_text(raw) if raw else "0", expected]))
             counter = "credits" if key == names.credit(acct) else f"trial:{key.rsplit(':', 1)[1]}"
             drifts.append(Drift(acct, counter, actual, expected, fixed))
     return checked, drifts

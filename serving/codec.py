@@ -74,11 +74,11 @@ def decode_v2_request(body: Any, manifest: Manifest) -> tuple[dict[str, np.ndarr
             raise InvalidInput("each input is an object with name, shape, datatype, data")
         name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
         spec = manifest.input(name) if isinstance(name, str) else None
-        if spec is None:
+        if spec is None or not isinstance(name, str):
             raise InvalidInput(
                 f"unknown input {name!r}; this model takes {[t.name for t in manifest.inputs]}"
             )
-        if datatype not in V2_TO_NP:
+        if not isinstance(datatype, str) or datatype not in V2_TO_NP:
             raise InvalidInput(f"input '{name}' has unsupported datatype {datatype!r}")
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
@@ -150,7 +150,7 @@ def parse_v2_body(raw: bytes, header_length: str | None) -> Any:
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is None:
             continue
-        dtype = V2_TO_NP.get(item.get("datatype"))  # type: ignore[arg-type]
+        dtype = V2_TO_NP.get(str(item.get("datatype")))
         if not isinstance(size, int) or size < 0 or offset + size > len(raw) or dtype is None:
             raise InvalidInput(f"input {item.get('name')!r}: binary_data_size does not fit "
                                "the body, or its datatype is unsupported")

@@ -178,7 +178,8 @@ class RayBackend:
         if (app_status is not None and app_status.status == "RUNNING"
                 and _internal_kv_get(SETTINGS_KV_PREFIX + name) == settings):
             return serve.get_app_handle(name)
-        app = serve.deployment(ModelReplica).options(**deployment_options(ref.serving)).bind(
+        deployment: Any = serve.deployment(ModelReplica)  # a Deployment (stubs say a decorator)
+        app = deployment.options(**deployment_options(ref.serving)).bind(
             str(ref.path), ref.sha256, ref.latency_us, name, self._secret)
         handle = serve.run(app, name=name, route_prefix=None)
         _internal_kv_put(SETTINGS_KV_PREFIX + name, settings)
@@ -302,7 +303,7 @@ class RayBackend:
                 code="replica_unavailable", headers={"Retry-After": "1"},
             ) from exc
         if status == "ok":
-            return result  # type: ignore[no-any-return]
+            return result
         if status == "invalid":
             raise InvalidInput(result)
         raise InferenceFailed(result)

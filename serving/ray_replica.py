@@ -79,8 +79,9 @@ class ModelReplica:
         size = int(config.get("max_batch_size", 1))
         self._batching = size > 1
         if self._batching:
-            self._batched.set_max_batch_size(size)
-            self._batched.set_batch_wait_timeout_s(float(config.get("batch_wait_ms", 1)) / 1000)
+            batched: Any = self._batched  # @serve.batch adds these setters at run time
+            batched.set_max_batch_size(size)
+            batched.set_batch_wait_timeout_s(float(config.get("batch_wait_ms", 1)) / 1000)
 
     async def __call__(self, inputs: dict[str, np.ndarray]) -> Reply:
         """Serve's request path (DeploymentHandle calls), run on the model's loop."""

@@ -130,8 +130,9 @@ def _image_to_row(manifest: Manifest, data: Any) -> np.ndarray:
         with Image.open(io.BytesIO(raw)) as img:
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise InvalidInput("image has too many pixels")
-            img = img.convert(pre.mode).resize(tuple(pre.size), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32)
+            width, height = pre.size
+            rgb = img.convert(pre.mode).resize((width, height), Image.Resampling.BILINEAR)
+            arr = np.asarray(rgb, dtype=np.float32)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise InvalidInput("image could not be decoded (PNG, JPEG, GIF, BMP, WebP)") from exc
     if pre.invert:

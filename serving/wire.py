@@ -48,7 +48,7 @@ def _name(dtype: np.dtype) -> str:
 
 def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[bytes, list[bytes | memoryview]]:
     header = orjson.dumps([[k, _name(v.dtype), v.shape] for k, v in arrays.items()])
-    return header, [memoryview(np.ascontiguousarray(v)).cast("B") for v in arrays.values()]
+    return header, [memoryview(np.ascontiguousarray(v).data).cast("B") for v in arrays.values()]
 
 
 def decode_arrays(specs: Any, body: bytes | memoryview) -> dict[str, np.ndarray]:

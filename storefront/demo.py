@@ -28,7 +28,8 @@ def _clf_onnx(clf: Any, X: np.ndarray) -> bytes:
     from skl2onnx import to_onnx
 
     model = to_onnx(clf, X[:1].astype(np.float32), options={id(clf): {"zipmap": False}})
-    return model.SerializeToString()  # type: ignore[no-any-return]
+    data: bytes = model.SerializeToString()
+    return data
 
 
 def digit_png(row: np.ndarray, scale: int = 8) -> str:
@@ -36,7 +37,7 @@ def digit_png(row: np.ndarray, scale: int = 8) -> str:
     from PIL import Image
 
     pixels = (255 - np.asarray(row, dtype=np.float64).reshape(8, 8) * 255 / 16).astype(np.uint8)
-    img = Image.fromarray(pixels, mode="L").resize((8 * scale, 8 * scale), Image.NEAREST)
+    img = Image.fromarray(pixels, mode="L").resize((8 * scale, 8 * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()

@@ -14,6 +14,7 @@ from functools import cached_property
 
 import redis
 import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from sqlalchemy import Engine
@@ -92,7 +93,7 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     redis: aioredis.Redis
-    redis_sync: redis.Redis
+    redis_sync: SyncRedis
     redis_url: str
     meter: Meter
     demos: DemoMeter

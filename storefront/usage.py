@@ -42,7 +42,7 @@ async def usage(svc: Services, account: Account, days: int = 30) -> dict[str, An
                 .where(UsageEvent.account_id == account.id, UsageEvent.created_at >= since)
                 .group_by(day, Listing.slug).order_by(day, Listing.slug)
             ).all()
-        return rows, daily, balance(svc.engine, account.id)
+        return list(rows), list(daily), balance(svc.engine, account.id)
 
     rows, daily, ledger_balance = await run_in_threadpool(query)
     items = [{"slug": s, "calls": int(n or 0), "trial_calls": int(t or 0),

@@ -35,7 +35,8 @@ class PageForbidden(Forbidden):
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    svc: Services = request.app.state.services
+    return svc
 
 
 def account_id(request: Request, svc: Services) -> int | None:
