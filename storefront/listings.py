@@ -19,8 +19,7 @@ from sqlalchemy.orm import Session
 
 from metering import UsageEvent, format_usd, to_micro
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound
-from serving.fingerprint import COPY_SCORE, similarity
-from serving.intake import intake
+from serving.review import COPY_SCORE, intake, similarity
 
 from .models import Account, Listing, ListingVersion, Review
 from .registry import model_path

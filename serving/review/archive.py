@@ -9,7 +9,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 MAX_FILES = 64
 MAX_RATIO = 200  # uncompressed / compressed, beyond which a big member is a bomb

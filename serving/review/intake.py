@@ -16,11 +16,11 @@ import onnx
 from onnx import TensorProto
 from onnx.external_data_helper import load_external_data_for_model
 
+from ..errors import InvalidInput
+from ..manifest import Manifest, parse_manifest
+from ..runtime import MAX_OPSET, MIN_OPSET, match_io
 from .archive import extract, is_archive
-from .errors import InvalidInput
 from .fingerprint import fingerprint, sketch
-from .manifest import Manifest, parse_manifest
-from .runtime import MAX_OPSET, MIN_OPSET, match_io
 from .sandbox import smoke_test
 from .sniff import refuse_non_onnx
 
