@@ -23,8 +23,7 @@ from starlette.requests import Request
 
 from metering import to_micro
 from serving import BadRequest, Forbidden, InvalidInput, Manifest, PayloadTooLarge
-from serving.fingerprint import COPY_SCORE, similarity
-from serving.intake import intake
+from serving.review import COPY_SCORE, intake, similarity
 
 from .models import Account, Listing, ListingVersion
 from .registry import model_path

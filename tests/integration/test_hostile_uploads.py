@@ -49,12 +49,19 @@ def manifest(inputs=(("X", [-1, 4]),), outputs=(("Y", [-1, 4]),), **extra) -> di
             "pricing": {"per_call": "0.001", "trial_calls": 1}, **extra}
 
 
-def external(location: str) -> bytes:
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+def external_tensor(name: str, location: str, offset: str = "0",
+                    length: str = "64") -> TensorProto:
+    """A 4x4 float tensor whose values live in ``location`` (external data)."""
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), name)
     w.ClearField("raw_data")
     w.data_location = TensorProto.EXTERNAL
-    for k, v in (("location", location), ("offset", "0"), ("length", "64")):
+    for k, v in (("location", location), ("offset", offset), ("length", length)):
         w.external_data.add(key=k, value=v)
+    return w
+
+
+def external(location: str, offset: str = "0", length: str = "64") -> bytes:
+    w = external_tensor("W", location, offset, length)
     return tiny([helper.make_node("MatMul", ["X", "W"], ["Y"])], [vi("X", [None, 4])],
                 [vi("Y", [None, 4])], [w]).SerializeToString()
 
@@ -272,3 +279,113 @@ def test_a_requantized_copy_is_flagged(client):
     flag = next(f for f in r.json()["findings"] if f["code"] == "possible_copy")
     assert flag["evidence"]["listing"] == "handwritten-digits"
     assert not flag["evidence"]["identical"]
+
+
+# External data hidden below the top-level initializers, and offsets that are not offsets.
+
+def external_in_constant(location: str) -> bytes:
+    """The weights are a Constant node's ``value`` attribute, stored externally."""
+    const = helper.make_node("Constant", [], ["W"], value=external_tensor("value", location))
+    return tiny([const, helper.make_node("MatMul", ["X", "W"], ["Y"])], [vi("X", [None, 4])],
+                [vi("Y", [None, 4])]).SerializeToString()
+
+
+def external_in_if_branch(location: str) -> bytes:
+    """An If whose then-branch holds an initializer read from ``location``."""
+    then = helper.make_graph([helper.make_node("Identity", ["Wt"], ["t_out"])], "then", [],
+                             [vi("t_out", [4, 4])], [external_tensor("Wt", location)])
+    other = helper.make_graph(
+        [helper.make_node("Constant", [], ["e_out"],
+                          value=numpy_helper.from_array(np.ones((4, 4), np.float32)))],
+        "else", [], [vi("e_out", [4, 4])])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    return tiny([helper.make_node("If", ["cond"], ["W"], then_branch=then, else_branch=other),
+                 helper.make_node("MatMul", ["X", "W"], ["Y"])], [vi("X", [None, 4])],
+                [vi("Y", [None, 4])], [cond]).SerializeToString()
+
+
+def external_in_loop_body(location: str) -> bytes:
+    """A Loop (one trip) whose body multiplies by a Constant read from ``location``."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Constant", [], ["Wb"], value=external_tensor("value", location)),
+         helper.make_node("MatMul", ["x_in", "Wb"], ["x_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), vi("x_in", [None, 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), vi("x_out", [None, 4])])
+    trip = numpy_helper.from_array(np.array(1, np.int64), "trip")
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    return tiny([helper.make_node("Loop", ["trip", "cond", "X"], ["Y"], body=body)],
+                [vi("X", [None, 4])], [vi("Y", [None, 4])], [trip, cond]).SerializeToString()
+
+
+def external_in_sparse_initializer(location: str) -> bytes:
+    values = external_tensor("W", location, length="16")
+    values.dims[:] = [4]
+    indices = numpy_helper.from_array(np.array([0, 5, 10, 15], np.int64), "W_indices")
+    sparse = helper.make_sparse_tensor(values, indices, [4, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "g",
+                              [vi("X", [None, 4])], [vi("Y", [None, 4])],
+                              sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def with_weights(model: bytes) -> bytes:
+    """An archive of the model and a 64-byte weights.bin beside it."""
+    return zipped({"model.onnx": model, "weights.bin": np.ones(16, np.float32).tobytes()})
+
+
+HOSTILE_EXTERNAL = [
+    ("offset 'abc'", with_weights(external("weights.bin", offset="abc")),
+     "external_data_invalid"),
+    ("offset -1", with_weights(external("weights.bin", offset="-1")), "external_data_invalid"),
+    ("offset 1e3", with_weights(external("weights.bin", offset="1e3")),
+     "external_data_invalid"),
+    ("length 'abc'", with_weights(external("weights.bin", length="abc")),
+     "external_data_invalid"),
+    ("Constant attribute reads /etc/passwd", external_in_constant("/etc/passwd"),
+     "external_data_absolute"),
+    ("Constant attribute reads ../../secret_key", external_in_constant("../../secret_key"),
+     "external_data_traversal"),
+    ("If branch initializer reads ../../secret_key", external_in_if_branch("../../secret_key"),
+     "external_data_traversal"),
+    ("If branch initializer reads /etc/passwd", external_in_if_branch("/etc/passwd"),
+     "external_data_absolute"),
+    ("Loop body Constant reads ../../secret_key", external_in_loop_body("../../secret_key"),
+     "external_data_traversal"),
+    ("sparse initializer reads /etc/passwd", external_in_sparse_initializer("/etc/passwd"),
+     "external_data_absolute"),
+    ("a location 5000 characters long", external("a" * 5000), "external_data_invalid"),
+    ("Constant in an archive reads ../secret_key",
+     with_weights(external_in_constant("../secret_key")), "external_data_traversal"),
+]
+
+
+def refused_and_nothing_stored(client, settings, seller, blob, man, code, name) -> None:
+    r = post(client, seller, blob, man)
+    assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert err["code"] == code, (name, err)
+    assert isinstance(err["message"], str) and err["message"], (name, err)
+    assert not any((settings.data_dir / "uploads").iterdir()), name
+    assert client.get("/v1/seller/models", headers=bearer(seller)).json()["items"] == [], name
+
+
+@pytest.mark.parametrize(("name", "blob", "code"), HOSTILE_EXTERNAL,
+                         ids=[c[0] for c in HOSTILE_EXTERNAL])
+def test_external_data_anywhere_in_the_model_is_checked(client, settings, name, blob, code):
+    _, seller = signup(client, "seller")
+    refused_and_nothing_stored(client, settings, seller, blob, manifest(), code, name)
+    stored = settings.data_dir / "models"
+    assert not stored.exists() or not any(
+        b"root:" in p.read_bytes() for p in stored.rglob("*.onnx"))
+
+
+def test_external_weights_of_a_constant_in_the_archive_are_embedded(client):
+    _, seller = signup(client, "seller")
+    r = post(client, seller, with_weights(external_in_constant("weights.bin")), manifest())
+    assert r.status_code == 201, r.text
+    assert any(f["code"] == "external_data" for f in r.json()["findings"])
+

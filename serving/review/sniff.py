@@ -7,7 +7,7 @@ import io
 import struct
 import zipfile
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 _TORCH = "export it with torch.onnx.export(model, example_input, 'model.onnx')"
 _SKLEARN = "convert it with skl2onnx (skl2onnx.to_onnx(model, X_sample))"

@@ -7,20 +7,18 @@ only under ``workdir``; the accepted model is normalised to one self-contained O
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import onnx
-from onnx import TensorProto
-from onnx.external_data_helper import load_external_data_for_model
 
+from ..errors import InvalidInput
+from ..manifest import Manifest, parse_manifest
+from ..runtime import MAX_OPSET, MIN_OPSET, match_io
 from .archive import extract, is_archive
-from .errors import InvalidInput
+from .external import check_external, embed_external
 from .fingerprint import fingerprint, sketch
-from .manifest import Manifest, parse_manifest
-from .runtime import MAX_OPSET, MIN_OPSET, match_io
 from .sandbox import smoke_test
 from .sniff import refuse_non_onnx
 
@@ -73,8 +71,9 @@ def intake(upload: bytes, manifest_text: str | bytes | None, workdir: Path, *,
     opset = _check_opset(model)
     _check_domains(model)
     _check_sizes(model)
-    if _check_external(model, model_path.parent):
-        load_external_data_for_model(model, str(model_path.parent))
+    external = check_external(model, model_path.parent)
+    if external:
+        embed_external(external, model_path.parent)
         findings.append({"code": "external_data", "message": "weights embedded from "
                          "external data files"})
     try:
@@ -155,39 +154,3 @@ def _check_sizes(model: onnx.ModelProto) -> None:
             n *= max(d, 1)
         if n > MAX_TENSOR_ELEMENTS:
             raise InvalidInput(f"'{vi.name}' declares {n} elements", code="absurd_size")
-
-
-def _check_external(model: onnx.ModelProto, base: Path) -> bool:
-    """Validate every external-data reference; True when there are any."""
-    root = base.resolve()
-    found = False
-    for t in model.graph.initializer:
-        if t.data_location != TensorProto.EXTERNAL:
-            continue
-        found = True
-        info = {e.key: e.value for e in t.external_data}
-        location = info.get("location", "")
-        if not location or os.path.isabs(location) or location.startswith(("\\", "/")) \
-                or ":" in location:
-            raise InvalidInput(f"initializer '{t.name}' points at an absolute path "
-                               f"'{location}'", code="external_data_absolute")
-        if ".." in Path(location.replace("\\", "/")).parts:
-            raise InvalidInput(f"initializer '{t.name}' points outside the upload "
-                               f"('{location}')", code="external_data_traversal")
-        path = base / location
-        if any(p.is_symlink() for p in [path, *path.parents] if p.is_relative_to(base)):
-            raise InvalidInput(f"initializer '{t.name}' reads '{location}' through a "
-                               "symbolic link", code="external_data_symlink")
-        if not path.resolve().is_relative_to(root):
-            raise InvalidInput(f"initializer '{t.name}' points outside the upload",
-                               code="external_data_traversal")
-        if not path.is_file():
-            raise InvalidInput(f"initializer '{t.name}' needs '{location}', which the "
-                               "upload does not hold", code="external_data_missing")
-        if path.stat().st_nlink > 1:
-            raise InvalidInput(f"'{location}' is a hard link", code="external_data_symlink")
-        size = path.stat().st_size
-        if int(info.get("offset", 0)) + int(info.get("length", 0)) > size:
-            raise InvalidInput(f"initializer '{t.name}' reads past the end of '{location}'",
-                               code="external_data_invalid")
-    return found

@@ -8,8 +8,9 @@ import stat
 import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import IO
 
-from .errors import InvalidInput
+from ..errors import InvalidInput
 
 MAX_FILES = 64
 MAX_RATIO = 200  # uncompressed / compressed, beyond which a big member is a bomb
@@ -45,7 +46,7 @@ def _check_count(n: int) -> None:
                            code="archive_too_many_files")
 
 
-def _write(dest: Path, name: PurePosixPath, stream: io.BufferedIOBase | None, limit: int,
+def _write(dest: Path, name: PurePosixPath, stream: IO[bytes] | None, limit: int,
            declared: int, compressed: int) -> int:
     if declared > limit:
         raise InvalidInput("archive expands beyond the upload size limit", code="archive_bomb")
@@ -105,6 +106,6 @@ def _extract_tar(data: bytes, dest: Path, max_bytes: int) -> list[Path]:
         if not m.isfile():
             raise InvalidInput(f"archive member '{m.name}' is not a regular file",
                                code="archive_link")
-        budget -= _write(dest, name, tf.extractfile(m), budget, m.size, 0)  # type: ignore[arg-type]
+        budget -= _write(dest, name, tf.extractfile(m), budget, m.size, 0)
         out.append(dest / name)
     return out

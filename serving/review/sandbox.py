@@ -13,8 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import InvalidInput
-from .manifest import Manifest
+from ..errors import InvalidInput
+from ..manifest import Manifest
 
 
 def smoke_test(model: Path, manifest: Manifest, *, cpu_s: int = 20, wall_s: float = 60,
@@ -27,8 +27,8 @@ def smoke_test(model: Path, manifest: Manifest, *, cpu_s: int = 20, wall_s: floa
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
     env["OMP_NUM_THREADS"] = "1"
     try:
-        proc = subprocess.run([sys.executable, "-m", "serving.sandbox"], input=job, text=True,
-                              capture_output=True, timeout=wall_s, env=env)
+        proc = subprocess.run([sys.executable, "-m", "serving.review"], input=job,
+                              text=True, capture_output=True, timeout=wall_s, env=env)
     except subprocess.TimeoutExpired as exc:
         raise InvalidInput(f"smoke inference did not finish in {wall_s:g} s",
                            code="smoke_timeout") from exc
@@ -55,7 +55,7 @@ def _child() -> None:
         import statistics
         import time
 
-        from .runtime import new_session, sample_inputs
+        from ..runtime import new_session, sample_inputs
 
         manifest = Manifest.model_validate(job["manifest"])
         sess = new_session(job["model"])
@@ -74,7 +74,3 @@ def _child() -> None:
         kind = "resources" if "alloc" in text.lower() or "memory" in text.lower() else "failed"
         print(json.dumps({"kind": kind, "error": text}))
         sys.exit(2)
-
-
-if __name__ == "__main__":
-    _child()
