@@ -21,7 +21,7 @@ from .errors import (
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
 from .runtime import sample_inputs
-from .tasks import postprocess, prepare
+from .tasks import load_image, postprocess, prepare
 
 
 def make_backend(
@@ -44,6 +44,6 @@ __all__ = [
     "InvalidInput", "LocalBackend", "Manifest", "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response",
-    "make_backend", "parse_manifest", "parse_v2_body", "postprocess", "prepare",
+    "load_image", "make_backend", "parse_manifest", "parse_v2_body", "postprocess", "prepare",
     "sample_inputs", "v2_model_metadata",
 ]
