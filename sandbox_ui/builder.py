@@ -9,6 +9,7 @@ Every call goes to ``call`` (the marketplace's demo path); its refusals show as 
 from __future__ import annotations
 
 import base64
+import contextlib
 import inspect
 import io
 import json
@@ -21,7 +22,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from serving import AimarketError, Manifest
+from serving import AimarketError, InvalidInput, Manifest, load_image
 
 # (slug, task-level payload, the HTTP request) -> the demo call's answer
 DemoCall = Callable[[str, Any, Any], Awaitable[dict[str, Any]]]
@@ -87,11 +88,13 @@ def _png_b64(image: Any) -> str:
 
 
 def _example_images(m: Manifest) -> list[Image.Image]:
+    """The manifest's example images, decoded as /predict decodes images; the upload review
+    refuses any it cannot decode, and one stored before that check is left out."""
     out = []
     for ex in m.examples or []:
         if isinstance(ex, str):
-            data = ex.partition(",")[2] if ex.startswith("data:") else ex
-            out.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+            with contextlib.suppress(InvalidInput), load_image("".join(ex.split())) as img:
+                out.append(img.convert("RGB"))
     return out
 
 

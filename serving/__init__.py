@@ -24,7 +24,7 @@ from .errors import (
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
 from .runtime import sample_inputs
-from .tasks import postprocess, prepare
+from .tasks import load_image, postprocess, prepare
 
 
 def make_backend(
@@ -48,6 +48,6 @@ __all__ = [
     "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
-    "make_backend", "model_key", "parse_manifest", "parse_model_key", "parse_v2_body",
-    "postprocess", "prepare", "sample_inputs", "v2_model_metadata",
+    "load_image", "make_backend", "model_key", "parse_manifest", "parse_model_key",
+    "parse_v2_body", "postprocess", "prepare", "sample_inputs", "v2_model_metadata",
 ]

@@ -8,7 +8,7 @@ import io
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .codec import check_tensor
 from .errors import InvalidInput
@@ -16,6 +16,11 @@ from .manifest import Manifest
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
+# Pillow's decompression-bomb guard (it warns above the limit and refuses above twice it, from
+# the header, before decoding) at the site's limit rather than its default of ~89 M pixels;
+# load_image refuses anything over MAX_IMAGE_PIXELS itself.
+if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 
 def prepare(manifest: Manifest, payload: Any) -> dict[str, np.ndarray]:
@@ -42,7 +47,10 @@ def prepare(manifest: Manifest, payload: Any) -> dict[str, np.ndarray]:
         if len(rows) > manifest.max_batch:
             raise InvalidInput(f"at most {manifest.max_batch} rows per call")
         table = [_row_values(manifest, i, row) for i, row in enumerate(rows)]
-        arr = np.asarray(table, dtype=spec.dtype)
+        try:
+            arr = np.asarray(table, dtype=spec.dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInput(f"rows do not fit the model's input type {spec.dtype}") from exc
         return {spec.name: check_tensor(spec, arr, manifest.max_batch)}
     inputs = payload.get("inputs")
     if not isinstance(inputs, dict):
@@ -113,9 +121,9 @@ def _row_values(manifest: Manifest, i: int, row: Any) -> list[float]:
     return values
 
 
-def _image_to_row(manifest: Manifest, data: Any) -> np.ndarray:
-    pre = manifest.preprocessing
-    assert pre is not None
+def load_image(data: Any) -> Image.Image:
+    """A base64 image (optionally a data: URL) decoded: PNG, JPEG, GIF, BMP or WebP of at
+    most MAX_IMAGE_PIXELS. Anything else, a decompression bomb included, is InvalidInput."""
     if not isinstance(data, str):
         raise InvalidInput("an image is a base64 string (optionally a data: URL)")
     if data.startswith("data:"):
@@ -127,14 +135,31 @@ def _image_to_row(manifest: Manifest, data: Any) -> np.ndarray:
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput("image is not valid base64") from exc
     try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.width * img.height > MAX_IMAGE_PIXELS:
-                raise InvalidInput("image has too many pixels")
-            width, height = pre.size
-            rgb = img.convert(pre.mode).resize((width, height), Image.Resampling.BILINEAR)
-            arr = np.asarray(rgb, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        img = Image.open(io.BytesIO(raw))
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise InvalidInput(f"image has too many pixels ({img.width}x{img.height}; at most "
+                               f"{MAX_IMAGE_PIXELS:,})")
+        img.load()
+    except InvalidInput:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidInput(f"image has too many pixels (at most {MAX_IMAGE_PIXELS:,})") from exc
+    except Exception as exc:  # Pillow's decoders fail in many ways on hostile bytes
         raise InvalidInput("image could not be decoded (PNG, JPEG, GIF, BMP, WebP)") from exc
+    return img
+
+
+def _image_to_row(manifest: Manifest, data: Any) -> np.ndarray:
+    pre = manifest.preprocessing
+    assert pre is not None
+    with load_image(data) as img:
+        try:
+            width, height = pre.size
+            small = img.convert(pre.mode).resize((width, height), Image.Resampling.BILINEAR)
+        except (ValueError, OSError) as exc:  # a mode Pillow cannot convert
+            raise InvalidInput(f"image of mode {img.mode} cannot be converted to "
+                               f"{pre.mode}") from exc
+        arr = np.asarray(small, dtype=np.float32)
     if pre.invert:
         arr = 255.0 - arr
     arr = arr * pre.scale

@@ -17,6 +17,7 @@ from ..errors import InvalidInput
 from ..manifest import Manifest, parse_manifest
 from ..runtime import MAX_OPSET, MIN_OPSET, match_io
 from .archive import extract, is_archive
+from .examples import check_examples
 from .external import check_external, embed_external
 from .fingerprint import fingerprint, sketch
 from .sandbox import smoke_test
@@ -66,6 +67,7 @@ def intake(upload: bytes, manifest_text: str | bytes | None, workdir: Path, *,
     if manifest_text is None:
         raise InvalidInput("part 'manifest' (YAML or JSON) is missing", code="missing_manifest")
     manifest = parse_manifest(manifest_text)
+    check_examples(manifest)
 
     model = _load(model_path)
     opset = _check_opset(model)

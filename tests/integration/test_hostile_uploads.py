@@ -4,13 +4,16 @@ passes. A copy of another seller's model is accepted for review but flagged."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import pickle
+import struct
 import tarfile
 import uuid
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -389,3 +392,86 @@ def test_external_weights_of_a_constant_in_the_archive_are_embedded(client):
     assert r.status_code == 201, r.text
     assert any(f["code"] == "external_data" for f in r.json()["findings"])
 
+
+# Manifest examples the demo could not decode.
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (and holds almost no data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def png(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_classifier() -> bytes:
+    w = numpy_helper.from_array(np.ones((64, 2), np.float32), "W")
+    return tiny([helper.make_node("MatMul", ["X", "W"], ["Z"]),
+                 helper.make_node("Softmax", ["Z"], ["Y"], axis=1)], [vi("X", [None, 64])],
+                [vi("Y", [None, 2])], [w]).SerializeToString()
+
+
+def image_manifest(examples: list) -> dict:
+    return manifest(inputs=(("X", [-1, 64]),), outputs=(("Y", [-1, 2]),),
+                    task="image-classification", labels=["dark", "light"],
+                    preprocessing={"size": [8, 8], "mode": "L"}, examples=examples)
+
+
+def regressor() -> bytes:
+    w = numpy_helper.from_array(np.ones((2, 1), np.float32), "W")
+    return tiny([helper.make_node("MatMul", ["X", "W"], ["Y"])], [vi("X", [None, 2])],
+                [vi("Y", [None, 1])], [w]).SerializeToString()
+
+
+def tabular_manifest(examples: list) -> dict:
+    return manifest(inputs=(("X", [-1, 2]),), outputs=(("Y", [-1, 1]),),
+                    task="tabular-regression", feature_names=["a", "b"], examples=examples)
+
+
+BAD_EXAMPLES = [
+    ("an image example that is not base64", image_classifier(),
+     image_manifest(["this is not base64!"])),
+    ("a PNG claiming 50000x50000 pixels", image_classifier(),
+     image_manifest([base64.b64encode(png_header(50_000, 50_000)).decode()])),
+    ("a PNG claiming 7000x7000 pixels (over the site's limit, under Pillow's)",
+     image_classifier(), image_manifest([base64.b64encode(png_header(7000, 7000)).decode()])),
+    ("bytes that are not an image", image_classifier(),
+     image_manifest([base64.b64encode(b"GIF89a nonsense").decode()])),
+    ("a second example that is not an image", image_classifier(),
+     image_manifest([base64.b64encode(png(8, 8)).decode(), {"image": "x"}])),
+    ("a row missing a feature", regressor(), tabular_manifest([{"a": 1.0}])),
+    ("a row holding text", regressor(), tabular_manifest([["1", 2]])),
+    ("a tensor example of the wrong shape", clean(), manifest(examples=[{"X": [[1, 2]]}])),
+]
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize(("name", "blob", "man"), BAD_EXAMPLES, ids=[c[0] for c in BAD_EXAMPLES])
+def test_examples_the_demo_cannot_use_are_refused(client, settings, name, blob, man):
+    _, seller = signup(client, "seller")
+    refused_and_nothing_stored(client, settings, seller, blob, man, "invalid_example", name)
+    r = post(client, seller, blob, man)
+    n = len(man["examples"]) - 1
+    assert f"example {n}" in r.json()["error"]["message"], r.json()
+
+
+def test_examples_the_demo_can_use_are_accepted(client):
+    _, seller = signup(client, "seller")
+    for blob, man in [
+        (image_classifier(), image_manifest([base64.b64encode(png(8, 8)).decode(),
+                                             "data:image/png;base64,"
+                                             + base64.b64encode(png(30, 20)).decode()])),
+        (regressor(), tabular_manifest([{"a": 1.0, "b": 2}, [3, 4.5]])),
+        (clean(), manifest(examples=[{"X": [[1, 2, 3, 4]]}])),
+    ]:
+        r = post(client, seller, blob, man)
+        assert r.status_code == 201, r.text

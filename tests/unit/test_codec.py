@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import InvalidInput, decode_v2_request, encode_v2_response, parse_manifest, prepare
+from serving import (
+    InvalidInput,
+    decode_v2_request,
+    encode_v2_response,
+    load_image,
+    parse_manifest,
+    prepare,
+)
 from serving.tasks import postprocess
 from tests.unit.test_manifest import DIGITS_YAML
 
@@ -69,6 +76,30 @@ def test_image_task_preprocessing_resizes_and_scales():
 def test_bad_images_are_invalid_input(payload, needle):
     with pytest.raises(InvalidInput, match=needle):
         prepare(M, payload)
+
+
+def _png_header(width: int, height: int) -> str:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+           + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return base64.b64encode(raw).decode()
+
+
+@pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("size", [(50_000, 50_000), (7000, 7000), (9000, 9000)])
+def test_images_with_too_many_pixels_are_invalid_input(size):
+    """Over the site's limit, under or over Pillow's (whose warning may be an error)."""
+    with pytest.raises(InvalidInput, match="too many pixels"):
+        prepare(M, {"image": _png_header(*size)})
+    with pytest.raises(InvalidInput, match="too many pixels"):
+        load_image(_png_header(*size))
 
 
 def test_classification_postprocess_gives_labels_and_top_scores():

@@ -94,6 +94,31 @@ def test_image_demo_sends_uploads_and_sketches_flattened_onto_white() -> None:
         asyncio.run(_fn(blocks, "predict")(None, None))
 
 
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    raw = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+           + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return raw
+
+
+def test_image_demo_leaves_out_examples_it_cannot_decode() -> None:
+    buf = io.BytesIO()
+    Image.new("L", (2, 2), 0).save(buf, format="PNG")
+    good = base64.b64encode(buf.getvalue()).decode()
+    bomb = base64.b64encode(_png_header(50_000, 50_000)).decode()
+    blocks = _demo(IMAGE + f"examples: ['{good}', '{bomb}', 'not base64!']\n",
+                   Recorder({"predictions": []}))
+    [dataset] = [b for b in blocks.blocks.values() if isinstance(b, gr.Dataset)]
+    assert len(dataset.samples) == 1
+
+
 def test_tensor_demo_takes_json_and_shows_refusals_as_errors() -> None:
     call = Recorder(InvalidInput("input 'x' has shape [1, 3]"))
     blocks = _demo(TENSOR, call)
