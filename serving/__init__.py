@@ -24,6 +24,7 @@ from .errors import (
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
 from .runtime import sample_inputs
+from .sanitize import description_html, plain_text, safe_html
 from .tasks import postprocess, prepare
 
 
@@ -49,5 +50,6 @@ __all__ = [
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
     "make_backend", "model_key", "parse_manifest", "parse_model_key", "parse_v2_body",
-    "postprocess", "prepare", "sample_inputs", "v2_model_metadata",
+    "description_html", "plain_text", "postprocess", "prepare", "safe_html", "sample_inputs",
+    "v2_model_metadata",
 ]
