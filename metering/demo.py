@@ -30,6 +30,7 @@ class DemoMeter:
         self._reserve = meter.redis.register_script(scripts.DEMO_RESERVE)
         self._acquire = meter.redis.register_script(scripts.DEMO_SLOT_ACQUIRE)
         self._release = meter.redis.register_script(scripts.DEMO_SLOT_RELEASE)
+        self._upload = meter.redis.register_script(scripts.UPLOAD_QUOTA)
 
     def visitor_key(self, visitor: str, ts: float | None = None) -> str:
         return self.meter.names.demo_visitor(day_month(ts)[0], visitor)
@@ -64,6 +65,13 @@ class DemoMeter:
             return await self.reserve(call, visitor, limit_per_day)
 
         return self.meter.hold(call, refuse=refuse, started=started, reserve=reserve)
+
+    async def charge_upload(self, visitor: str, nbytes: int, limit_per_day: int) -> bool:
+        """Count ``nbytes`` uploaded to the demos by ``visitor`` today; False (nothing
+        counted) when that would pass ``limit_per_day``."""
+        key = self.meter.names.upload_bytes(day_month()[0], visitor)
+        allowed, _ = await self._upload([key], [limit_per_day, nbytes])
+        return bool(allowed)
 
     async def remaining(self, visitor: str, limit_per_day: int) -> int:
         used = int(await self.meter.redis.get(self.visitor_key(visitor)) or 0)

@@ -67,3 +67,12 @@ class Keys:
 
     def demo_inflight(self, listing_id: int) -> str:
         return f"{self.ns}demo:inflight:{listing_id}"
+
+    def throttle(self, kind: str, who: str) -> str:
+        """A throttle's GCRA bucket (``Meter.throttle``): ``kind`` login / login-addr /
+        signup / demo / upload, ``who`` a digest of the address (and e-mail)."""
+        return f"{self.ns}th:{kind}:{who}"
+
+    def upload_bytes(self, day: str, who: str) -> str:
+        """Bytes one address uploaded to the demos on one UTC day."""
+        return f"{self.ns}up:{day}:{who}"

@@ -108,6 +108,7 @@ class Meter:
         }
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
+        self._throttle = client.register_script(scripts.THROTTLE)
 
     # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
@@ -186,6 +187,14 @@ class Meter:
         a refusal raises ``refuse(reservation)``. ``reserve`` replaces the paid-call
         reservation (the demo quota's); ``started`` is when the call began (its latency)."""
         return Hold(self, reserve or (lambda: self.reserve(call)), refuse, started=started)
+
+    # -- throttles (off the paid path) -------------------------------------------------------
+    async def throttle(self, key: str, rps: float, burst: int, *, cost: int = 1
+                       ) -> tuple[bool, int]:
+        """GCRA bucket ``key`` (a ``Keys.throttle`` name): (allowed, retry-after ms). Takes
+        ``cost`` calls when allowed; ``cost=0`` only looks whether one more would be."""
+        allowed, wait = await self._throttle([key], [rps, burst, cost])
+        return bool(allowed), int(wait)
 
     # -- the ledger side ---------------------------------------------------------------------
     async def hydrate(self, account_id: int) -> bool:

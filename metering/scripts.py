@@ -28,21 +28,10 @@ local function refund(holds, holdq, rid)
 end
 """
 
-# KEYS: 1 hydrated marker, 2 trial-used, 3 credit, 4 key bucket, 5 key x listing bucket,
-#       6 key spend today, 7 key spend this month, 8 holds, 9 holdq
-# ARGV: 1 trial limit, 2 price, 3 key rps, 4 key burst, 5 listing rps, 6 listing burst,
-#       7 day cap (-1 none), 8 month cap (-1 none), 9 request id, 10 credit line (how far
-#       below zero a postpaid account may go between billing syncs; 0 for prepaid)
-# -> {status, trial_left, credits, rl_limit, rl_remaining, rl_reset_ms, retry_after_ms}
-# status: -1 needs hydration, 0 insufficient credit, 1 trial, 2 paid, 3 rate limited,
-#         4 daily spend cap, 5 monthly spend cap
-RESERVE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0, 0, 0, 0, 0} end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
--- GCRA rate limits: a bucket allows `burst` calls at once, refilled at `rps`
-local function gcra(key, rps, burst)
+# GCRA rate limits, shared by RESERVE and THROTTLE: a bucket allows `burst` calls at once,
+# refilled at `rps`. -> ok, limit, left, reset ms, retry-after ms, the new TAT to store if ok
+_GCRA = """
+local function gcra(key, rps, burst, now)
   if rps <= 0 then return true, -1, -1, 0, 0, nil end
   local interval = 1000.0 / rps
   local tau = interval * burst
@@ -55,8 +44,41 @@ local function gcra(key, rps, burst)
   local left = math.floor((tau - (new_tat - now)) / interval)
   return true, burst, left, math.ceil(new_tat - now), 0, new_tat
 end
-local ok1, lim1, left1, reset1, wait1, tat1 = gcra(KEYS[4], tonumber(ARGV[3]), tonumber(ARGV[4]))
-local ok2, lim2, left2, reset2, wait2, tat2 = gcra(KEYS[5], tonumber(ARGV[5]), tonumber(ARGV[6]))
+"""
+
+# KEYS: 1 a throttle's bucket; ARGV: 1 rps, 2 burst, 3 cost (calls to take: 0 only looks)
+# -> {allowed 0/1, retry-after ms}. Off the paid path: logins, sign-ups, demo use.
+THROTTLE = _GCRA + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cost = tonumber(ARGV[3])
+local ok, _, _, _, wait, tat = gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), now)
+if not ok then return {0, wait} end
+if cost > 0 and tat then
+  local interval = 1000.0 / tonumber(ARGV[1])
+  tat = tat + interval * (cost - 1)
+  redis.call('SET', KEYS[1], tat, 'PX', math.ceil(tat - now) + 1000)
+end
+return {1, 0}
+"""
+
+# KEYS: 1 hydrated marker, 2 trial-used, 3 credit, 4 key bucket, 5 key x listing bucket,
+#       6 key spend today, 7 key spend this month, 8 holds, 9 holdq
+# ARGV: 1 trial limit, 2 price, 3 key rps, 4 key burst, 5 listing rps, 6 listing burst,
+#       7 day cap (-1 none), 8 month cap (-1 none), 9 request id, 10 credit line (how far
+#       below zero a postpaid account may go between billing syncs; 0 for prepaid)
+# -> {status, trial_left, credits, rl_limit, rl_remaining, rl_reset_ms, retry_after_ms}
+# status: -1 needs hydration, 0 insufficient credit, 1 trial, 2 paid, 3 rate limited,
+#         4 daily spend cap, 5 monthly spend cap
+RESERVE = _GCRA + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0, 0, 0, 0, 0, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local ok1, lim1, left1, reset1, wait1, tat1 = gcra(KEYS[4], tonumber(ARGV[3]), tonumber(ARGV[4]),
+                                                   now)
+local ok2, lim2, left2, reset2, wait2, tat2 = gcra(KEYS[5], tonumber(ARGV[5]), tonumber(ARGV[6]),
+                                                   now)
 -- report the tighter of the two buckets
 local limit, left, reset = lim1, left1, reset1
 if lim2 >= 0 and (lim1 < 0 or left2 < left1) then limit, left, reset = lim2, left2, reset2 end
@@ -130,6 +152,17 @@ redis.call('PEXPIRE', KEYS[1], 172800000)
 redis.call('HSET', KEYS[2], ARGV[2], 'demo|0|' .. KEYS[1] .. '|||')
 redis.call('ZADD', KEYS[3], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[2])
 return {1, limit - used - 1}
+"""
+
+# KEYS: 1 an address's demo upload bytes today; ARGV: 1 daily limit, 2 bytes of this upload
+# -> {allowed 0/1, bytes used today}
+UPLOAD_QUOTA = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[2])
+if used + n > tonumber(ARGV[1]) then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], n)
+redis.call('PEXPIRE', KEYS[1], 172800000)
+return {1, used}
 """
 
 # KEYS: the listing's demo calls in flight; ARGV: limit, key lifetime (ms) -> 1 taken, 0 full.

@@ -2,5 +2,7 @@
 
 from .builder import DemoCall, DemoSpec, build_demo
 from .mount import Lookup, TryApps, default_temp_dir
+from .uploads import UploadLimits
 
-__all__ = ["DemoCall", "DemoSpec", "Lookup", "TryApps", "build_demo", "default_temp_dir"]
+__all__ = ["DemoCall", "DemoSpec", "Lookup", "TryApps", "UploadLimits", "build_demo",
+           "default_temp_dir"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import inspect
 import io
 import json
@@ -22,7 +23,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from serving import AimarketError, InvalidInput, Manifest, load_image
+from serving import AimarketError, InvalidInput, Manifest, description_html, load_image
 
 # (slug, task-level payload, the HTTP request) -> the demo call's answer
 DemoCall = Callable[[str, Any, Any], Awaitable[dict[str, Any]]]
@@ -45,7 +46,10 @@ def build_demo(spec: DemoSpec, call: DemoCall, concurrency: int = 4) -> gr.Block
     # Uploaded and sketched images are deleted an hour after they arrive.
     with gr.Blocks(title=f"Try {spec.title}", analytics_enabled=False,
                    delete_cache=(3600, 3600)) as blocks:
-        gr.Markdown(f"### Try {spec.title} (version {spec.version})\n\n{m.description}")
+        # Seller-written: the title escaped, the description sanitized, as one raw HTML block
+        # (Markdown of its own would get images and forms past the sanitizer)
+        gr.Markdown(f"<div class='demo-intro'><h3>Try {html.escape(spec.title)} (version "
+                    f"{spec.version})</h3>{description_html(m.description)}</div>")
         if m.task == "image-classification":
             _image_ui(spec, call)
         elif m.task.startswith("tabular-"):

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving import NotFound, error_reply
 
 from .builder import DemoCall, DemoSpec, build_demo
+from .uploads import UPLOAD_PATH, UploadLimits, guard_upload
 
 # slug -> the live listing version to demo, or None when there is none
 Lookup = Callable[[str], Awaitable[DemoSpec | None]]
@@ -44,10 +45,13 @@ class TryApps:
     """The ASGI app at the mount point: ``/{slug}/...`` goes to that listing's demo."""
 
     def __init__(self, lookup: Lookup, call: DemoCall, *, concurrency: int = 4,
-                 temp_dir: str | None = None) -> None:
+                 temp_dir: str | None = None, uploads: UploadLimits | None = None) -> None:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         if temp_dir:
             os.environ.setdefault("GRADIO_TEMP_DIR", temp_dir)
+        # where Gradio really keeps uploads (an inherited GRADIO_TEMP_DIR wins)
+        self.upload_dir = os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()
+        self.uploads = uploads or UploadLimits()
         self.lookup = lookup
         self.call = call
         self.concurrency = concurrency
@@ -67,6 +71,10 @@ class TryApps:
             await response(scope, receive, send)
             return
         app = await self._app(spec)
+        if scope["type"] == "http" and scope["method"] == "POST" and \
+                "/" + path.strip("/") == f"/{slug}{UPLOAD_PATH}":
+            await guard_upload(app, self.uploads, self.upload_dir, scope, receive, send)
+            return
         await app(scope, receive, send)
 
     async def _app(self, spec: DemoSpec) -> ASGIApp:
@@ -82,7 +90,7 @@ class TryApps:
             gr.mount_gradio_app(holder, blocks, path=f"/{spec.slug}", footer_links=["api"],
                                 run_history=False, ssr_mode=False, js=PICK_BRUSH,
                                 theme=gr.themes.Default(primary_hue="blue"),  # the site's blue
-                                max_file_size=10 * 1024 * 1024, show_error=True)
+                                max_file_size=self.uploads.max_file_bytes, show_error=True)
             stack = contextlib.AsyncExitStack()
             await stack.enter_async_context(holder.router.lifespan_context(holder))
             self._apps[spec.slug] = (spec.version, holder, stack)

@@ -24,6 +24,7 @@ from .errors import (
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
 from .runtime import sample_inputs
+from .sanitize import description_html, plain_text, safe_html
 from .tasks import load_image, postprocess, prepare
 
 
@@ -48,6 +49,7 @@ __all__ = [
     "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
-    "load_image", "make_backend", "model_key", "parse_manifest", "parse_model_key",
-    "parse_v2_body", "postprocess", "prepare", "sample_inputs", "v2_model_metadata",
+    "description_html", "load_image", "make_backend", "model_key", "parse_manifest",
+    "parse_model_key", "parse_v2_body", "plain_text", "postprocess", "prepare", "safe_html",
+    "sample_inputs", "v2_model_metadata",
 ]

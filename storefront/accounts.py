@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from serving import Conflict
+from serving import Conflict, Unauthorized
 
 from .models import Account, SignupRole
 from .security import hash_password, verify_password
@@ -51,3 +51,23 @@ def find_account(db: Session, email: str) -> Account | None:
 def authenticate(account: Account | None, password: str) -> bool:
     """Whether ``password`` is the account's; as slow for no account as for a wrong password."""
     return verify_password(password, account.password_hash if account else None)
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=256)
+    new_password: str = Field(min_length=8, max_length=256)
+
+
+def revoke_sessions(db: Session, account: Account) -> None:
+    """End every session of ``account``: its access tokens (cookies, bearer tokens) issued
+    before now answer 401. API keys are not sessions and stay (they are revoked one by one)."""
+    account.session_epoch = (account.session_epoch or 0) + 1
+    db.commit()
+
+
+def change_password(db: Session, account: Account, change: PasswordChange) -> None:
+    """Set a new password (the current one proven) and end every session of the account."""
+    if not verify_password(change.current_password, account.password_hash):
+        raise Unauthorized("the current password is wrong", code="invalid_credentials")
+    account.password_hash = hash_password(change.new_password)
+    revoke_sessions(db, account)

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis.exceptions
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +23,7 @@ from metering.metrics import refresh
 from . import VERSION, demo, errors, filemodes, gateway, web
 from .config import Settings
 from .fastpath import PaidCallFastPath
+from .hardening import SecurityHeaders, check_metrics_access
 from .models import Account
 from .routes import accounts, admin, billing, exports, keys, models, serving, usage, v2
 from .security import hash_password
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(PaidCallFastPath)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so on every response
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
                    exports.router, billing.router, serving.router, v2.router):
         app.include_router(router)
@@ -122,8 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok", "backend": svc.backend.name}
 
     @app.get("/metrics", tags=["ops"])
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Prometheus text: a Bearer AIMARKET_METRICS_TOKEN when set, else loopback only."""
         svc: Services = app.state.services
+        check_metrics_access(request, svc.settings)
         with contextlib.suppress(redis.exceptions.RedisError):  # scrape what we have
             await refresh(svc.redis, svc.settings.redis_namespace)
         await run_in_threadpool(billing_metrics.refresh, svc.engine)

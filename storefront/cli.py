@@ -29,13 +29,19 @@ def up(
 
     from .app import create_app
     from .config import Settings
+    from .throttle import trusted_networks
 
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
     typer.echo(f"aimarket: data in {settings.data_dir.resolve()}, serving on http://{host}:{port}")
+    # Forwarded headers count only from AIMARKET_TRUSTED_PROXIES (never uvicorn's own default
+    # list or $FORWARDED_ALLOW_IPS); the app reads the client address the same way
+    # (storefront.throttle.client_address).
+    proxies = [str(net) for net in trusted_networks(settings.trusted_proxies)]
     uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log,
-                log_level="info", timeout_graceful_shutdown=10)
+                log_level="info", timeout_graceful_shutdown=10,
+                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [])
 
 
 def _token(client: httpx.Client, token: str | None, email: str | None,

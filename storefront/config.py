@@ -99,6 +99,47 @@ class Settings(BaseSettings):
     unmetered_route: bool = Field(
         False, description="Expose /internal/unmetered/... without auth or billing (benchmarks)"
     )
+    # -- hardening (docs/security.md) -----------------------------------------------------
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses/CIDRs of reverse proxies whose "
+        "X-Forwarded-For names the client (default none: the TCP peer is the client)"
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token /metrics requires; unset: /metrics answers only "
+        "loopback peers"
+    )
+    login_failures_per_minute: float = Field(
+        2, ge=MIN_RPS, description="Failed logins per minute of one address for one e-mail, "
+        "after the burst (then 429 with Retry-After)"
+    )
+    login_failures_burst: int = Field(
+        10, ge=1, description="Failed logins one address may make for one e-mail at once"
+    )
+    login_address_failures_per_minute: float = Field(
+        10, ge=MIN_RPS, description="Failed logins per minute of one address, any e-mail"
+    )
+    login_address_failures_burst: int = Field(
+        50, ge=1, description="Failed logins one address may make at once, any e-mail"
+    )
+    signups_per_hour: float = Field(
+        10, ge=MIN_RPS * 3600, description="Sign-ups per hour of one address, after the burst"
+    )
+    signup_burst: int = Field(5, ge=1, description="Sign-ups one address may make at once")
+    demo_calls_per_minute: float = Field(
+        20, ge=MIN_RPS * 60, description="Demo calls per minute of one address (signed in or "
+        "not), after the burst"
+    )
+    demo_burst: int = Field(10, ge=1, description="Demo calls one address may make at once")
+    demo_upload_files: int = Field(
+        2, ge=0, description="Files one request may upload to a demo (/try/.../upload)"
+    )
+    demo_upload_mb_per_day: int = Field(
+        20, ge=0, description="MB one address may upload to the demos per UTC day"
+    )
+    demo_upload_dir_mb: int = Field(
+        256, ge=1, description="Size cap of the demos' upload folder (data_dir/gradio); the "
+        "oldest files are removed past it"
+    )
 
     @field_validator("stripe_api_key", "stripe_webhook_secret", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from serving import Forbidden, Unauthorized
 
 from .models import Account, holders
-from .security import read_token
+from .security import read_claims, session_valid
 from .services import Services
 
 MAX_ID = 2**63 - 1
@@ -48,9 +48,13 @@ def current_account(
             "log in first: send 'Authorization: Bearer <access token>' from /v1/auth/token",
             code="not_authenticated",
         )
-    account = db.get(Account, read_token(token, key=svc.signing_key))
+    account_id, epoch = read_claims(token, key=svc.signing_key)
+    account = db.get(Account, account_id)
     if account is None:
         raise Unauthorized("account no longer exists", code="invalid_token")
+    if not session_valid(epoch, account.session_epoch):
+        raise Unauthorized("this session has ended (logged out, password changed or "
+                           "revoked); log in again", code="session_revoked")
     return account
 
 

@@ -116,27 +116,33 @@ def publish(db: Session, settings: Any, seller: Account, sub: Submission) -> Pub
 
 
 def copy_findings(db: Session, seller: Account, accepted: Any) -> list[dict[str, Any]]:
-    """Flag an upload whose weights match another seller's listed or pending model."""
+    """Flag an upload whose weights match another seller's listed or pending model. The
+    uploader reads these findings: a match with an unreleased (pending) listing says so
+    without naming it, its slug or its version."""
     rows = db.execute(
         select(Listing.slug, ListingVersion.version, ListingVersion.fingerprint,
-               ListingVersion.sketch)
+               ListingVersion.sketch, ListingVersion.status)
         .join(Listing, Listing.id == ListingVersion.listing_id)
         .where(Listing.seller_id != seller.id,
                ListingVersion.status.in_(("pending_review", "live")))
     ).all()
     found = []
-    for slug, version, fp, sk in rows:
+    for slug, version, fp, sk, status in rows:
         if fp and fp == accepted.fingerprint:
             score, matched = 1.0, -1
         else:
             score, matched = similarity(accepted.sketch, json.loads(sk or "{}"))
         if score >= COPY_SCORE:
+            public = status == "live"
+            what = f"{slug} (version {version})" if public else "an unreleased listing"
             found.append({
                 "code": "possible_copy",
-                "message": f"possible copy of {slug} (version {version}): "
+                "message": f"possible copy of {what}: "
                            f"{score:.0%} of the weights match"
                            + (" exactly" if matched == -1 else ""),
-                "evidence": {"listing": slug, "version": version, "score": round(score, 4),
+                "evidence": {"listing": slug if public else None,
+                             "version": version if public else None,
+                             "unreleased": not public, "score": round(score, 4),
                              "identical": matched == -1,
                              "tensors_matched": None if matched == -1 else matched},
             })

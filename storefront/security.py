@@ -29,24 +29,38 @@ def verify_password(password: str, hashed: str | None) -> bool:
     return _hasher.verify(password, hashed)
 
 
-def issue_token(account_id: int, *, key: str, minutes: int) -> str:
+def issue_token(account_id: int, *, key: str, minutes: int, session: int = 0) -> str:
+    """A signed access token; ``session`` is the account's session epoch (``ses``): a token
+    of an older epoch is revoked (logout, password change, an admin's revocation)."""
     now = datetime.now(UTC)
     claims = {"sub": str(account_id), "iat": now, "exp": now + timedelta(minutes=minutes),
-              "typ": "access"}
+              "typ": "access", "ses": session}
     return jwt.encode(claims, key, algorithm="HS256")
 
 
 def read_token(token: str, *, key: str) -> int:
     """The account id an access token was issued to; Unauthorized when invalid or expired."""
+    return read_claims(token, key=key)[0]
+
+
+def read_claims(token: str, *, key: str) -> tuple[int, int]:
+    """(account id, session epoch) of a valid access token; Unauthorized when invalid or
+    expired. Whether the epoch is still the account's is the caller's check (it has the
+    account row): ``session_valid``."""
     try:
         claims = jwt.decode(token, key, algorithms=["HS256"], options={"require": ["exp", "sub"]})
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("access token expired; log in again", code="token_expired") from exc
     except jwt.PyJWTError as exc:
         raise Unauthorized("invalid access token", code="invalid_token") from exc
-    if claims.get("typ") != "access":
+    if claims.get("typ") != "access" or not isinstance(claims.get("ses", 0), int):
         raise Unauthorized("invalid access token", code="invalid_token")
-    return int(claims["sub"])
+    return int(claims["sub"]), int(claims.get("ses", 0))
+
+
+def session_valid(epoch: int, account_epoch: int) -> bool:
+    """Whether a token of session ``epoch`` is still good for an account at ``account_epoch``."""
+    return epoch == account_epoch
 
 
 def new_api_key() -> tuple[str, str, str]:

@@ -18,6 +18,7 @@ from metering.metrics import CALLS, ERRORS, LATENCY
 from serving import AimarketError, TooManyRequests, postprocess, prepare
 
 from .services import Services
+from .throttle import check_demo
 
 ANONYMOUS = 0  # the account id demo events of visitors who are not signed in carry
 
@@ -43,6 +44,7 @@ async def demo_call(svc: Services, slug: str, payload: Any, visitor: Visitor
     settings = svc.settings
     limit = settings.demo_calls_per_day
     try:
+        await check_demo(svc, visitor.address)  # per address, signed in or not
         live = await svc.registry.get(slug)
         inputs = prepare(live.manifest, payload)
         call = CallSpec(

@@ -110,6 +110,9 @@ def settings(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  
         redis_namespace=stack["ns"], admin_email="admin@test.local",
         admin_password="admin-pass-123", key_cache_seconds=5.0, flush_interval_ms=50,
         smoke_cpu_s=3,
+        # one test client signs up and logs in hundreds of accounts: the throttles' own
+        # tests (tests/integration/test_hardening.py) tighten them
+        signup_burst=100_000, login_address_failures_burst=100_000, demo_burst=100_000,
     )
 
 
@@ -120,5 +123,6 @@ def client(settings):  # type: ignore[no-untyped-def]
 
     from storefront.app import create_app
 
-    with TestClient(create_app(settings)) as c:
+    # a loopback peer, as a local Prometheus is: /metrics answers it
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as c:
         yield c

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, EmailStr
 
-from .. import moderation, payments
+from serving import NotFound
+
+from .. import accounts, moderation, payments
 from ..deps import Admin, ServicesDep, SessionDep
 from ..moderation import Decision, Rejection
 from ..payments import Grant
@@ -44,3 +47,18 @@ def audit_log(
 @router.post("/v1/admin/credits", status_code=201)
 async def grant_credits(body: Grant, admin: Admin, svc: ServicesDep) -> dict[str, Any]:
     return await payments.grant_credits(svc, admin, body)
+
+
+class SessionRevocation(BaseModel):
+    account_email: EmailStr
+
+
+@router.post("/v1/admin/sessions/revoke")
+def revoke_sessions(body: SessionRevocation, admin: Admin, db: SessionDep) -> dict[str, Any]:
+    """End every session of an account (a stolen token, a departing user): its access tokens
+    and browser sessions answer 401 from now on."""
+    account = accounts.find_account(db, body.account_email)
+    if account is None:
+        raise NotFound("no such account", code="account_not_found")
+    accounts.revoke_sessions(db, account)
+    return {"account_email": account.email, "status": "sessions_revoked"}

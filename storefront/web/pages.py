@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from metering import to_micro
-from serving import AimarketError, InvalidInput
+from serving import AimarketError, InvalidInput, TooManyRequests
 
-from .. import accounts
+from .. import accounts, throttle
 from .. import catalog as listed
 from ..accounts import NewAccount
 from ..models import SIGNUP_ROLES, Account
@@ -85,6 +85,12 @@ async def login(request: Request) -> Response:
     email, password = str(form.get("email", "")).lower(), str(form.get("password", ""))
     target = safe_next(str(form.get("next", "/")))
     svc = services(request)
+    address = throttle.request_address(request, svc)
+    try:
+        await throttle.check_login(svc, address, email)
+    except TooManyRequests as exc:
+        return _throttled(page(request, "login.html", None, status=429, next=target,
+                               email=email, error=exc.message), exc)
 
     def find() -> Account | None:
         with svc.sessions() as db:
@@ -93,6 +99,7 @@ async def login(request: Request) -> Response:
     account = await run_in_threadpool(find)
     ok = await run_in_threadpool(accounts.authenticate, account, password)
     if not ok or account is None:
+        await throttle.login_failed(svc, address, email)
         return page(request, "login.html", None, status=401, next=target, email=email,
                     error="Wrong e-mail or password.")
     response = RedirectResponse(target, status_code=303)
@@ -113,6 +120,11 @@ async def signup(request: Request) -> Response:
     svc = services(request)
     email, role = str(form.get("email", "")), str(form.get("role", "buyer"))
     target = safe_next(str(form.get("next", "/account")))
+    try:
+        await throttle.check_signup(svc, throttle.request_address(request, svc))
+    except TooManyRequests as exc:
+        return _throttled(page(request, "signup.html", None, status=429, role=role,
+                               next=target, email=email, error=exc.message), exc)
     try:
         body = NewAccount(email=email, password=str(form.get("password", "")), role=role,
                           name=str(form.get("name", ""))[:120])
@@ -140,6 +152,20 @@ async def signup(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     form = await request.form()
     check_csrf(request, form.get("csrf"))
+    svc = services(request)
+
+    def revoke() -> None:  # the cookie alone is not the session: end it on the server
+        with svc.sessions() as db:
+            account = current(request, db)
+            if account is not None:
+                accounts.revoke_sessions(db, account)
+
+    await run_in_threadpool(revoke)
     response = RedirectResponse("/", status_code=303)
     end_session(response)
+    return response
+
+
+def _throttled(response: Response, exc: TooManyRequests) -> Response:
+    response.headers.update(exc.headers or {})
     return response

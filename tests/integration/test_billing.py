@@ -50,7 +50,7 @@ def bill(settings, stripe_srv):
         "stripe_api_key": stripe_srv.api_key,
         "stripe_api_base": stripe_srv.url, "stripe_webhook_secret": SECRET,
         "billing_sync_interval_s": 0, "seed_demo": True})
-    with TestClient(create_app(s)) as c:
+    with TestClient(create_app(s), client=("127.0.0.1", 50000)) as c:
         yield c
 
 
