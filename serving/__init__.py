@@ -24,7 +24,13 @@ from .errors import (
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
 from .runtime import sample_inputs
-from .tasks import load_image, postprocess, prepare
+from .tasks import (
+    load_image,
+    postprocess,
+    prepare,
+    prepare_call,
+    sample_payload,
+)
 
 
 def make_backend(
@@ -49,5 +55,6 @@ __all__ = [
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
     "load_image", "make_backend", "model_key", "parse_manifest", "parse_model_key",
-    "parse_v2_body", "postprocess", "prepare", "sample_inputs", "v2_model_metadata",
+    "parse_v2_body", "postprocess", "prepare", "prepare_call", "sample_inputs", "sample_payload",
+    "v2_model_metadata",
 ]
