@@ -25,7 +25,7 @@ from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
 from .runtime import sample_inputs
 from .sanitize import description_html, plain_text, safe_html
-from .tasks import load_image, postprocess, prepare
+from .tasks import load_image, postprocess, prepare, prepare_call, sample_payload
 
 
 def make_backend(
@@ -50,6 +50,6 @@ __all__ = [
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
     "description_html", "load_image", "make_backend", "model_key", "parse_manifest",
-    "parse_model_key", "parse_v2_body", "plain_text", "postprocess", "prepare", "safe_html",
-    "sample_inputs", "v2_model_metadata",
+    "parse_model_key", "parse_v2_body", "plain_text", "postprocess", "prepare", "prepare_call",
+    "safe_html", "sample_inputs", "sample_payload", "v2_model_metadata",
 ]

@@ -15,6 +15,8 @@ V2_TO_NP: dict[str, str] = {
     "INT32": "int32", "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }
 NP_TO_V2: dict[str, str] = {v: k for k, v in V2_TO_NP.items()}
+NP_TO_V2["string"] = "BYTES"  # a string tensor: numpy object array of str
+MAX_STRING_BYTES = 1 << 20  # one element of a string tensor
 MAX_LENGTH_DIGITS = 18  # an Inference-Header-Content-Length longer than this is no length
 
 
@@ -37,8 +39,37 @@ def _integral(name: str, arr: np.ndarray, dtype: str) -> np.ndarray:
     return arr.astype(target)
 
 
+def _strings(name: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` as an object array of str (what onnxruntime takes for a string tensor)."""
+    if arr.dtype.kind == "U":
+        arr = arr.astype(object)
+    if arr.dtype.kind == "S":
+        arr = np.vectorize(_utf8, otypes=[object])(arr) if arr.size else arr.astype(object)
+    if arr.dtype != object:
+        raise InvalidInput(f"input '{name}' holds {arr.dtype} values, expected strings")
+    flat = arr.reshape(-1)
+    for i, v in enumerate(flat):
+        if isinstance(v, bytes):
+            flat[i] = v = _utf8(v)
+        if not isinstance(v, str):
+            raise InvalidInput(f"input '{name}' holds a value that is not a string")
+        if len(v) > MAX_STRING_BYTES:
+            raise InvalidInput(f"input '{name}' holds a string longer than "
+                               f"{MAX_STRING_BYTES:,} characters")
+    return arr
+
+
+def _utf8(b: bytes) -> str:
+    try:
+        return bytes(b).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("a BYTES element is not UTF-8 text") from exc
+
+
 def check_tensor(spec: TensorSpec, arr: np.ndarray, max_batch: int) -> np.ndarray:
     """Check one input against its manifest spec; cast to the declared dtype."""
+    if spec.dtype == "string":
+        arr = _strings(spec.name, arr)
     if arr.ndim != len(spec.shape):
         raise InvalidInput(
             f"input '{spec.name}' has {arr.ndim} dimensions, expected shape {spec.shape}",
@@ -54,6 +85,8 @@ def check_tensor(spec: TensorSpec, arr: np.ndarray, max_batch: int) -> np.ndarra
         raise InvalidInput(f"batch of {arr.shape[0]} exceeds this model's max_batch {max_batch}")
     if arr.shape and arr.shape[0] == 0:
         raise InvalidInput(f"input '{spec.name}' is empty")
+    if spec.dtype == "string":
+        return arr
     if arr.dtype != spec.dtype:
         if arr.dtype.kind in "fc" and np.dtype(spec.dtype).kind in "iub":
             raise InvalidInput(f"input '{spec.name}' holds floats, expected {spec.dtype}")
@@ -78,17 +111,23 @@ def decode_v2_request(body: Any, manifest: Manifest) -> tuple[dict[str, np.ndarr
             raise InvalidInput(
                 f"unknown input {name!r}; this model takes {[t.name for t in manifest.inputs]}"
             )
-        if not isinstance(datatype, str) or datatype not in V2_TO_NP:
+        if not isinstance(datatype, str) or datatype not in (*V2_TO_NP, "BYTES"):
             raise InvalidInput(f"input '{name}' has unsupported datatype {datatype!r}")
+        if (datatype == "BYTES") != (spec.dtype == "string"):
+            raise InvalidInput(f"input '{name}' is {NP_TO_V2[spec.dtype]}, not {datatype}")
         if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
         ):
             raise InvalidInput(f"input '{name}' needs a shape: a list of non-negative integers")
         if "data" not in item:
             raise InvalidInput(f"input '{name}' has no 'data'")
-        dtype = V2_TO_NP[datatype]
+        dtype = V2_TO_NP.get(datatype, "string")
         try:
-            if np.dtype(dtype).kind in "iub":
+            if dtype == "string":
+                data = item["data"]
+                arr = data if isinstance(data, np.ndarray) else np.asarray(
+                    _flat_strings(name, data), dtype=object)
+            elif np.dtype(dtype).kind in "iub":
                 arr = _integral(name, np.asarray(item["data"]), dtype)
             else:
                 arr = np.asarray(item["data"], dtype=dtype)
@@ -110,6 +149,38 @@ def decode_v2_request(body: Any, manifest: Manifest) -> tuple[dict[str, np.ndarr
     return arrays, wanted
 
 
+def _flat_strings(name: str, data: Any) -> list[Any]:
+    """A BYTES input's JSON data, flattened (nested lists are allowed as for numbers)."""
+    out: list[Any] = []
+    stack = [data] if not isinstance(data, list) else list(reversed(data))
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(reversed(v))
+        elif isinstance(v, str):
+            out.append(v)
+        else:
+            raise InvalidInput(f"input '{name}' is BYTES: its data are strings")
+    return out
+
+
+def _bytes_elements(name: str, raw: bytes, offset: int, size: int) -> np.ndarray:
+    """The binary extension's BYTES layout: each element a 4-byte little-endian length, then
+    that many bytes."""
+    out: list[str] = []
+    pos, end = offset, offset + size
+    while pos < end:
+        if pos + 4 > end:
+            raise InvalidInput(f"input {name!r}: BYTES data ends inside a length prefix")
+        n = int.from_bytes(raw[pos:pos + 4], "little")
+        pos += 4
+        if pos + n > end:
+            raise InvalidInput(f"input {name!r}: a BYTES element runs past binary_data_size")
+        out.append(_utf8(raw[pos:pos + n]))
+        pos += n
+    return np.asarray(out, dtype=object)
+
+
 def encode_v2_response(
     model_name: str, version: str, request_id: str, outputs: dict[str, np.ndarray],
     wanted: list[str],
@@ -124,11 +195,18 @@ def encode_v2_response(
                 "name": name,
                 "datatype": NP_TO_V2.get(str(outputs[name].dtype), "BYTES"),
                 "shape": list(outputs[name].shape),
-                "data": outputs[name].ravel().tolist(),
+                "data": _plain(outputs[name].ravel().tolist()),
             }
             for name in wanted
         ],
     }
+
+
+def _plain(values: list[Any]) -> list[Any]:
+    """BYTES outputs as text (JSON has no bytes)."""
+    if values and isinstance(values[0], bytes):
+        return [v.decode("utf-8", "replace") for v in values]
+    return values
 
 
 def parse_v2_body(raw: bytes, header_length: str | None) -> Any:
@@ -151,9 +229,14 @@ def parse_v2_body(raw: bytes, header_length: str | None) -> Any:
         if size is None:
             continue
         dtype = V2_TO_NP.get(str(item.get("datatype")))
-        if not isinstance(size, int) or size < 0 or offset + size > len(raw) or dtype is None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(raw) or (
+                dtype is None and item.get("datatype") != "BYTES"):
             raise InvalidInput(f"input {item.get('name')!r}: binary_data_size does not fit "
                                "the body, or its datatype is unsupported")
+        if dtype is None:  # BYTES
+            item["data"] = _bytes_elements(str(item.get("name")), raw, offset, size)
+            offset += size
+            continue
         if size % np.dtype(dtype).itemsize:
             raise InvalidInput(f"input {item.get('name')!r}: {size} bytes is not a whole "
                                f"number of {item.get('datatype')} values")

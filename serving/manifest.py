@@ -11,11 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import InvalidInput
 
-Task = Literal["image-classification", "tabular-classification", "tabular-regression", "tensor"]
+Task = Literal[
+    "image-classification", "tabular-classification", "tabular-regression", "tensor",
+    "object-detection", "image-segmentation", "audio-classification", "text-classification",
+    "text-embedding",
+]
 DType = Literal[
     "float32", "float64", "float16", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "bool",
+    "uint8", "uint16", "bool", "string",
 ]
+IMAGE_TASKS = ("image-classification", "object-detection", "image-segmentation")
+TEXT_TASKS = ("text-classification", "text-embedding")
 Money = Annotated[Decimal, Field(ge=0, max_digits=18, decimal_places=6)]
 
 
@@ -26,7 +32,7 @@ class _Strict(BaseModel):
 class TensorSpec(_Strict):
     name: str = Field(min_length=1, max_length=128)
     dtype: DType
-    shape: list[int] = Field(min_length=1, max_length=8)
+    shape: list[int] = Field(max_length=8)  # [] is a scalar
 
     @model_validator(mode="after")
     def _dims(self) -> TensorSpec:
@@ -42,6 +48,78 @@ class Preprocessing(_Strict):
     mode: Literal["L", "RGB"] = "L"
     scale: float = 1 / 255
     invert: bool = False  # dark ink on light paper -> light ink on dark, as in sklearn digits
+    mean: list[float] | None = Field(default=None, min_length=1, max_length=3)  # per channel,
+    std: list[float] | None = Field(default=None, min_length=1, max_length=3)  # after scale
+    layout: Literal["NCHW", "NHWC"] | None = None  # inferred from the input's shape if omitted
+    letterbox: bool = False  # keep the aspect ratio, pad with grey (detection, segmentation)
+
+    @model_validator(mode="after")
+    def _norm(self) -> Preprocessing:
+        channels = 3 if self.mode == "RGB" else 1
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if v is not None and len(v) not in (1, channels):
+                raise ValueError(f"'{name}' has {len(v)} values; mode {self.mode} has "
+                                 f"{channels} channel(s)")
+        if self.std is not None and any(x == 0 for x in self.std):
+            raise ValueError("'std' values must not be 0")
+        if not (1 <= self.size[0] <= 8192 and 1 <= self.size[1] <= 8192):
+            raise ValueError("'size' is width, height, each 1 to 8192")
+        return self
+
+
+class DetectionOutputs(_Strict):
+    boxes: str
+    scores: str
+    classes: str | None = None
+
+
+class Detection(_Strict):
+    """How an object detector's outputs become boxes (task object-detection)."""
+
+    format: Literal["yolov8", "boxes-scores-classes"] = "yolov8"
+    outputs: DetectionOutputs | None = None  # boxes-scores-classes: which output is which
+    normalized: bool = False  # boxes in 0..1 of the input size rather than input pixels
+    score_threshold: float = Field(default=0.25, ge=0, le=1)
+    iou_threshold: float = Field(default=0.45, ge=0, le=1)
+    max_detections: int = Field(default=100, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _outs(self) -> Detection:
+        if self.format == "boxes-scores-classes" and self.outputs is None:
+            raise ValueError("format boxes-scores-classes needs 'outputs': {boxes, scores, "
+                             "classes}")
+        return self
+
+
+class Segmentation(_Strict):
+    threshold: float = Field(default=0.5, ge=0, le=1)  # C = 1: a probability map
+
+
+class Audio(_Strict):
+    sample_rate: int = Field(ge=1000, le=192_000)
+    max_seconds: float = Field(default=30, gt=0, le=600)
+
+
+class TextInputs(_Strict):
+    """Which model input each of the tokenizer's fields feeds."""
+
+    input_ids: str
+    attention_mask: str | None = None
+    token_type_ids: str | None = None
+
+
+class Text(_Strict):
+    max_length: int = Field(default=128, ge=1, le=8192)  # tokens (characters: MAX_TEXT_CHARS)
+    inputs: TextInputs | None = None  # absent: the model takes a string input itself
+    # tokenizer.json from the upload archive; filled at review, not written by the seller
+    tokenizer: str | None = Field(default=None, repr=False)
+
+
+class Embedding(_Strict):
+    pooling: Literal["mean", "cls", "none"] = "mean"
+    normalize: bool = True
+    output: str | None = None  # the output holding the embeddings; the first one if omitted
 
 
 class Pricing(_Strict):
@@ -66,6 +144,11 @@ class Manifest(_Strict):
     outputs: list[TensorSpec] = Field(min_length=1, max_length=32)
     labels: list[str] | None = None
     preprocessing: Preprocessing | None = None
+    detection: Detection | None = None
+    segmentation: Segmentation | None = None
+    audio: Audio | None = None
+    text: Text | None = None
+    embedding: Embedding | None = None
     feature_names: list[str] | None = None
     pricing: Pricing
     max_batch: int = Field(default=64, ge=1, le=4096)
@@ -77,8 +160,9 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _task_fields(self) -> Manifest:
-        if self.task == "image-classification" and self.preprocessing is None:
-            raise ValueError("image-classification needs 'preprocessing' (size, mode, scale)")
+        if self.task in IMAGE_TASKS and self.preprocessing is None:
+            raise ValueError(f"{self.task} needs 'preprocessing' (size, mode, scale)")
+        _check_task(self)
         if self.task.startswith("tabular-"):
             if not self.feature_names:
                 raise ValueError(f"{self.task} needs 'feature_names'")
@@ -88,7 +172,9 @@ class Manifest(_Strict):
                     "tabular models take one input whose last dimension equals "
                     f"len(feature_names) = {len(self.feature_names)}"
                 )
-        if self.task in ("image-classification", "tabular-classification") and not self.labels:
+        if self.task in ("image-classification", "tabular-classification", "object-detection",
+                         "image-segmentation", "audio-classification",
+                         "text-classification") and not self.labels:
             raise ValueError(f"{self.task} needs 'labels'")
         if self.task == "image-classification" and self.preprocessing is not None:
             w, h = self.preprocessing.size
@@ -104,6 +190,48 @@ class Manifest(_Strict):
 
     def input(self, name: str) -> TensorSpec | None:
         return next((t for t in self.inputs if t.name == name), None)
+
+
+def _check_task(m: Manifest) -> None:
+    """The task's own block and the shape of its one input (what review checks again against
+    the graph itself)."""
+    needs = {"object-detection": "detection", "audio-classification": "audio"}
+    block = needs.get(m.task)
+    if block and getattr(m, block) is None:
+        raise ValueError(f"{m.task} needs '{block}'")
+    if m.task in ("object-detection", "image-segmentation"):
+        shape = m.inputs[0].shape
+        if len(m.inputs) != 1 or len(shape) != 4:
+            raise ValueError(f"{m.task} takes one image input of 4 dimensions (NCHW or NHWC), "
+                             f"not {[t.shape for t in m.inputs]}")
+        if m.labels and len(m.labels) > 255:
+            raise ValueError("at most 255 labels")
+    if m.task == "object-detection" and m.detection is not None:
+        names = {t.name for t in m.outputs}
+        if m.detection.format == "boxes-scores-classes" and m.detection.outputs is not None:
+            missing = [n for n in m.detection.outputs.model_dump().values()
+                       if n is not None and n not in names]
+            if missing:
+                raise ValueError(f"detection.outputs names {missing}, not outputs of the model "
+                                 f"{sorted(names)}")
+    if m.task == "audio-classification" and (
+            len(m.inputs) != 1 or len(m.inputs[0].shape) not in (1, 2)
+            or m.inputs[0].dtype not in ("float32", "float64", "float16")):
+        raise ValueError("audio-classification takes one float waveform input [N, samples] "
+                         "or [samples]")
+    if m.task in TEXT_TASKS:
+        text = m.text
+        if text is None or text.inputs is None:
+            if len(m.inputs) != 1 or m.inputs[0].dtype != "string":
+                raise ValueError(f"{m.task} without text.inputs takes one string input (the "
+                                 "model tokenizes itself); with a tokenizer.json, map its "
+                                 "fields in text.inputs")
+        else:
+            mapped = {n for n in text.inputs.model_dump().values() if n is not None}
+            graph = {t.name for t in m.inputs}
+            if mapped != graph:
+                raise ValueError(f"text.inputs feeds {sorted(mapped)} but the model takes "
+                                 f"{sorted(graph)}")
 
 
 def _prod(dims: list[int]) -> int:

@@ -14,7 +14,7 @@ ONNX_TO_NP: dict[int, str] = {
     TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.FLOAT16: "float16",
     TensorProto.INT8: "int8", TensorProto.INT16: "int16", TensorProto.INT32: "int32",
     TensorProto.INT64: "int64", TensorProto.UINT8: "uint8", TensorProto.UINT16: "uint16",
-    TensorProto.BOOL: "bool",
+    TensorProto.BOOL: "bool", TensorProto.STRING: "string",
 }
 MIN_OPSET, MAX_OPSET = 7, 23
 
@@ -36,19 +36,32 @@ def new_session(model: bytes | str, *, threads: int = 1) -> ort.InferenceSession
 
 
 def sample_inputs(manifest: Manifest, *, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Generated inputs that fit the manifest: dynamic dims become ``batch`` then 1."""
+    """Generated inputs that fit the manifest: dynamic dims become ``batch`` then 1. An input
+    the manifest's first example gives (a tensor model's scalar sample rate, say) takes the
+    example's value: a generated one may be no valid value for it."""
     rng = np.random.default_rng(seed)
+    example = (manifest.examples or [None])[0] if manifest.task == "tensor" else None
     feeds = {}
     for t in manifest.inputs:
         shape = [batch if i == 0 and d == -1 else (1 if d == -1 else d)
                  for i, d in enumerate(t.shape)]
-        kind = np.dtype(t.dtype).kind
-        if kind == "f":
-            arr = rng.random(shape).astype(t.dtype)
-        elif kind == "b":
-            arr = rng.random(shape) > 0.5
+        if isinstance(example, dict) and t.name in example:
+            try:
+                given = np.asarray(example[t.name], dtype=object if t.dtype == "string"
+                                   else t.dtype)
+            except (ValueError, TypeError, OverflowError):
+                given = None
+            if given is not None and given.ndim == len(shape):
+                feeds[t.name] = given
+                continue
+        if t.dtype == "string":
+            arr = np.full(shape, "sample text", dtype=object)
+        elif np.dtype(t.dtype).kind == "f":
+            arr = np.asarray(rng.random(shape), dtype=t.dtype)
+        elif np.dtype(t.dtype).kind == "b":
+            arr = np.asarray(rng.random(shape) > 0.5)
         else:
-            arr = rng.integers(0, 2, size=shape).astype(t.dtype)
+            arr = np.asarray(rng.integers(0, 2, size=shape), dtype=t.dtype)
         feeds[t.name] = arr
     return feeds
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from metering import CallSpec, Reservation, format_usd
@@ -35,8 +36,9 @@ from serving import (
     encode_v2_response,
     parse_v2_body,
     postprocess,
-    prepare,
+    prepare_call,
 )
+from serving.tasks import INLINE_BODY_BYTES
 
 from .deps import Id
 from .errors import error_response
@@ -60,12 +62,21 @@ def _v2_encode(live: LiveVersion, rid: str, out: dict[str, np.ndarray], wanted: 
 
 
 def _task_decode(manifest: Manifest, body: Any) -> Decoded:
-    return prepare(manifest, body), None
+    return prepare_call(manifest, body)  # tensors and what postprocess needs (placements)
 
 
-def _task_encode(live: LiveVersion, rid: str, out: dict[str, np.ndarray], _: Any) -> dict:
+def _task_encode(live: LiveVersion, rid: str, out: dict[str, np.ndarray], context: Any) -> dict:
     return {"model": live.slug, "version": live.version, "id": rid,
-            **postprocess(live.manifest, out)}
+            **postprocess(live.manifest, out, context)}
+
+
+def _decode_body(decode: Decoder, manifest: Manifest, raw: bytes, header: str | None) -> Decoded:
+    return decode(manifest, _json(raw, header))
+
+
+def _encode_body(encode: Encoder, live: LiveVersion, rid: str, out: dict[str, np.ndarray],
+                 extra: Any) -> bytes:
+    return orjson.dumps(encode(live, rid, out, extra), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 @router.post("/v2/models/{slug}/infer")
@@ -93,8 +104,16 @@ async def paid_call(
         # 1 authenticate, find the live version, validate input: nothing is reserved yet
         key = await svc.keys.authenticate(request.headers.get("authorization"))
         live = await svc.registry.get(slug, version)
-        inputs, extra = decode(live.manifest, _json(
-            await request.body(), request.headers.get("inference-header-content-length")))
+        raw = await request.body()
+        header = request.headers.get("inference-header-content-length")
+        # a large body (images, audio, many texts) is parsed and decoded in a worker thread:
+        # the event loop keeps serving other calls meanwhile; a small one inline, for speed
+        offload = len(raw) > INLINE_BODY_BYTES
+        if offload:
+            inputs, extra = await run_in_threadpool(_decode_body, decode, live.manifest, raw,
+                                                    header)
+        else:
+            inputs, extra = _decode_body(decode, live.manifest, raw, header)
 
         # 2 reserve a trial call or the price, in one Redis script (refused: 402 / 429);
         # 3 infer; 4 commit when the block succeeds, release when it raises
@@ -109,8 +128,11 @@ async def paid_call(
         async with svc.meter.hold(call, refuse=partial(_refused, live, key),
                                   started=started) as res:
             outputs = await svc.backend.infer(live.ref.key, inputs)
-            body = orjson.dumps(encode(live, request_id, outputs, extra),
-                                option=orjson.OPT_SERIALIZE_NUMPY)
+            if offload:  # masks at the images' size are PNG-encoded here: off the loop too
+                body = await run_in_threadpool(_encode_body, encode, live, request_id, outputs,
+                                               extra)
+            else:
+                body = _encode_body(encode, live, request_id, outputs, extra)
 
         # 5 respond
         CALLS.labels(live.slug, res.kind).inc()

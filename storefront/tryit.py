@@ -13,9 +13,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from metering import DEMO, CallSpec, Reservation
 from metering.metrics import CALLS, ERRORS, LATENCY
-from serving import AimarketError, TooManyRequests, postprocess, prepare
+from serving import AimarketError, TooManyRequests, postprocess, prepare_call
 
 from .services import Services
 from .throttle import check_demo
@@ -46,7 +48,8 @@ async def demo_call(svc: Services, slug: str, payload: Any, visitor: Visitor
     try:
         await check_demo(svc, visitor.address)  # per address, signed in or not
         live = await svc.registry.get(slug)
-        inputs = prepare(live.manifest, payload)
+        # the payload is already parsed: decoding images, audio or texts runs off the loop
+        inputs, context = await run_in_threadpool(prepare_call, live.manifest, payload)
         call = CallSpec(
             request_id=request_id, account_id=visitor.account_id or ANONYMOUS, api_key_id=None,
             listing_id=live.listing_id, listing_version_id=live.version_id,
@@ -60,7 +63,7 @@ async def demo_call(svc: Services, slug: str, payload: Any, visitor: Visitor
             async with svc.demos.hold(call, visitor.quota_key, limit, started=started,
                                       refuse=lambda _: _quota_used_up(limit)) as res:
                 outputs = await svc.backend.infer(live.ref.key, inputs)
-                answer = postprocess(live.manifest, outputs)
+                answer = await run_in_threadpool(postprocess, live.manifest, outputs, context)
     except AimarketError as exc:
         ERRORS.labels(exc.code).inc()
         raise

@@ -22,6 +22,7 @@ from .external import check_external, embed_external
 from .fingerprint import fingerprint, sketch
 from .sandbox import smoke_test
 from .sniff import refuse_non_onnx
+from .taskfit import attach_tokenizer, check_task_fit
 
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml"}
 MAX_TENSOR_ELEMENTS = 1 << 31
@@ -42,6 +43,7 @@ class Accepted:
 def intake(upload: bytes, manifest_text: str | bytes | None, workdir: Path, *,
            max_bytes: int, sandbox: dict[str, Any] | None = None) -> Accepted:
     findings: list[dict[str, Any]] = []
+    files: list[Path] = []
     base = workdir / "upload"
     if upload[:4] == b"PK\x03\x04":
         refuse_non_onnx(upload)  # a torch checkpoint or a Keras file is a zip too
@@ -66,7 +68,7 @@ def intake(upload: bytes, manifest_text: str | bytes | None, workdir: Path, *,
         model_path.write_bytes(upload)
     if manifest_text is None:
         raise InvalidInput("part 'manifest' (YAML or JSON) is missing", code="missing_manifest")
-    manifest = parse_manifest(manifest_text)
+    manifest = attach_tokenizer(parse_manifest(manifest_text), files)
     check_examples(manifest)
 
     model = _load(model_path)
@@ -84,6 +86,7 @@ def intake(upload: bytes, manifest_text: str | bytes | None, workdir: Path, *,
         raise InvalidInput(f"the ONNX checker refused the model: {exc}",
                            code="checker_failed") from exc
     match_io(model, manifest)
+    check_task_fit(model, manifest)
     data = model.SerializeToString()
     normalised = workdir / "normalised.onnx"
     normalised.write_bytes(data)

@@ -56,6 +56,7 @@ def _child() -> None:
         import time
 
         from ..runtime import new_session, sample_inputs
+        from ..tasks import postprocess, prepare_call, sample_payload
 
         manifest = Manifest.model_validate(job["manifest"])
         sess = new_session(job["model"])
@@ -65,6 +66,17 @@ def _child() -> None:
             t0 = time.perf_counter()
             sess.run(None, feeds)
             times.append(time.perf_counter() - t0)
+        payload = sample_payload(manifest)
+        if payload is not None:  # the task's whole pipeline, on generated input
+            try:
+                tensors, context = prepare_call(manifest, payload)
+                names = [o.name for o in sess.get_outputs()]
+                postprocess(manifest, dict(zip(names, sess.run(None, tensors), strict=True)),
+                            context)
+            except Exception as exc:
+                raise RuntimeError(f"the {manifest.task} pipeline (pre-processing, model, "
+                                   f"post-processing) failed on a generated "
+                                   f"{next(iter(payload))}: {exc}") from exc
         print(json.dumps({"latency_us": int(statistics.median(times) * 1e6)}))
     except MemoryError as exc:
         print(json.dumps({"kind": "resources", "error": f"out of memory: {exc}"}))

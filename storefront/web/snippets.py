@@ -13,8 +13,12 @@ KEY = "YOUR_API_KEY"
 def example_body(m: Manifest) -> dict[str, Any]:
     """A task-level request body for /v1/models/{slug}/predict."""
     ex = (m.examples or [None])[0]
-    if m.task == "image-classification":
+    if m.task in ("image-classification", "object-detection", "image-segmentation"):
         return {"image": "<base64 PNG or JPEG>"}
+    if m.task == "audio-classification":
+        return {"audio": "<base64 WAV, FLAC or OGG>"}
+    if m.task in ("text-classification", "text-embedding"):
+        return {"texts": ex if isinstance(ex, list) else ["Hello, world"]}
     if m.task.startswith("tabular-"):
         names = m.feature_names or []
         if isinstance(ex, dict):
@@ -24,24 +28,46 @@ def example_body(m: Manifest) -> dict[str, Any]:
         else:
             row = {n: 0.0 for n in names}
         return {"rows": [row]}
-    return {"inputs": ex or {t.name: [[0.0]] for t in m.inputs}}
+    return {"inputs": ex or {t.name: _zeros(t.shape, t.dtype) for t in m.inputs}}
+
+
+def _zeros(shape: list[int], dtype: str) -> Any:
+    """A tensor of the input's shape (dynamic dimensions 1): what the model accepts."""
+    value: Any = "" if dtype == "string" else (0 if dtype[:3] in ("int", "uin") else 0.0)
+    for d in reversed(shape):
+        value = [value] * (1 if d == -1 else d)
+    return value
+
+
+MEDIA = {"image": ("image.png", "base64 -w0 image.png"),
+         "audio": ("clip.wav", "base64 -w0 clip.wav")}
 
 
 def snippets(base: str, slug: str, m: Manifest) -> dict[str, str]:
-    body = json.dumps(example_body(m))
+    example = example_body(m)
+    body = json.dumps(example)
     url = f"{base}/v1/models/{slug}/predict"
+    media = next((k for k in MEDIA if k in example), None)
+    if media is not None:  # a file of the caller's, base64-encoded by the snippet itself
+        name, shell = MEDIA[media]
+        curl_data = f"-d \"{{\\\"{media}\\\": \\\"$({shell})\\\"}}\""
+        py_body = (f"{{\"{media}\": base64.b64encode(open(\"{name}\", \"rb\").read())"
+                   ".decode()}")
+        py_import = "import base64\n\nimport httpx\n\n"
+    else:
+        curl_data, py_body, py_import = f"-d '{body}'", body, "import httpx\n\n"
     spec = m.inputs[0]
     shape = [1 if d == -1 else d for d in spec.shape]
     host = base.split("://", 1)[-1]
-    dtype = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32"}.get(
-        spec.dtype, spec.dtype.upper())
+    dtype = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+             "string": "BYTES"}.get(spec.dtype, spec.dtype.upper())
     return {
         "curl": f"curl {url} \\\n  -H 'Authorization: Bearer {KEY}' \\\n"
-                f"  -H 'Content-Type: application/json' \\\n  -d '{body}'",
-        "python": "import httpx\n\n"
+                f"  -H 'Content-Type: application/json' \\\n  {curl_data}",
+        "python": py_import +
                   f"r = httpx.post(\n    \"{url}\",\n"
                   f"    headers={{\"Authorization\": \"Bearer {KEY}\"}},\n"
-                  f"    json={body},\n)\nprint(r.json(), r.headers[\"X-Cost\"])",
+                  f"    json={py_body},\n)\nprint(r.json(), r.headers[\"X-Cost\"])",
         "javascript": f"const r = await fetch(\"{url}\", {{\n  method: \"POST\",\n"
                       f"  headers: {{\"Authorization\": \"Bearer {KEY}\", "
                       f"\"Content-Type\": \"application/json\"}},\n"
@@ -49,7 +75,8 @@ def snippets(base: str, slug: str, m: Manifest) -> dict[str, str]:
         "tritonclient": "import numpy as np\nimport tritonclient.http as httpclient\n\n"
                         f"client = httpclient.InferenceServerClient(url=\"{host}\""
                         f"{', ssl=True' if base.startswith('https') else ''})\n"
-                        f"x = np.zeros({shape}, dtype=np.{spec.dtype})\n"
+                        f"x = np.zeros({shape}, dtype="
+                        f"{'object' if spec.dtype == 'string' else 'np.' + spec.dtype})\n"
                         f"inp = httpclient.InferInput(\"{spec.name}\", {shape}, \"{dtype}\")\n"
                         "inp.set_data_from_numpy(x)\n"
                         f"result = client.infer(\"{slug}\", [inp],\n"

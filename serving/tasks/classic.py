@@ -1,39 +1,23 @@
-"""Task-level JSON (``/v1/models/{slug}/predict``) <-> model tensors, driven by the manifest."""
+"""The first tasks: image and tabular classification, tabular regression, raw tensors."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .codec import check_tensor
-from .errors import InvalidInput
-from .manifest import Manifest
-
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
-# Pillow's decompression-bomb guard (it warns above the limit and refuses above twice it, from
-# the header, before decoding) at the site's limit rather than its default of ~89 M pixels;
-# load_image refuses anything over MAX_IMAGE_PIXELS itself.
-if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+from ..codec import check_tensor
+from ..errors import InvalidInput
+from ..manifest import Manifest
+from .common import load_image, media_list
 
 
-def prepare(manifest: Manifest, payload: Any) -> dict[str, np.ndarray]:
+def prepare(manifest: Manifest, payload: dict[str, Any]) -> dict[str, np.ndarray]:
     """Turn a task-level request body into the model's input tensors."""
-    if not isinstance(payload, dict):
-        raise InvalidInput("body must be a JSON object")
     spec = manifest.inputs[0]
     if manifest.task == "image-classification":
-        images = payload.get("images", [payload["image"]] if "image" in payload else None)
-        if not isinstance(images, list) or not images:
-            raise InvalidInput("send 'image' (base64 PNG/JPEG) or 'images' (a list of them)")
-        if len(images) > manifest.max_batch:
-            raise InvalidInput(f"at most {manifest.max_batch} images per call")
+        images = media_list(payload, "image", "images", "base64 PNG/JPEG", manifest.max_batch)
         rows = np.stack([_image_to_row(manifest, img) for img in images])
         arr = rows.reshape([len(images)] + [d if d != -1 else -1 for d in spec.shape[1:]])
         return {spec.name: check_tensor(spec, arr.astype(spec.dtype), manifest.max_batch)}
@@ -60,7 +44,7 @@ def prepare(manifest: Manifest, payload: Any) -> dict[str, np.ndarray]:
         if t.name not in inputs:
             raise InvalidInput(f"missing input '{t.name}'")
         try:
-            arr = np.asarray(inputs[t.name], dtype=t.dtype)
+            arr = np.asarray(inputs[t.name], dtype=object if t.dtype == "string" else t.dtype)
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidInput(f"input '{t.name}' is not a rectangular numeric array") from exc
         out[t.name] = check_tensor(t, arr, manifest.max_batch)
@@ -70,14 +54,28 @@ def prepare(manifest: Manifest, payload: Any) -> dict[str, np.ndarray]:
 def postprocess(manifest: Manifest, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     """Turn model outputs into task-level predictions."""
     if manifest.task == "tensor":
-        return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+        return {"outputs": {k: _plain(v) for k, v in outputs.items()}}
     if manifest.task == "tabular-regression":
         values = np.asarray(outputs[manifest.outputs[0].name], dtype=np.float64).reshape(-1)
         return {"predictions": [{"value": float(v)} for v in values]}
+    return classify(manifest, outputs)
+
+
+def _plain(v: np.ndarray) -> Any:
+    out = v.tolist()
+    if v.dtype == object:
+        out = np.vectorize(lambda x: x.decode("utf-8", "replace") if isinstance(x, bytes)
+                           else x, otypes=[object])(v).tolist() if v.size else out
+    return out
+
+
+def classify(manifest: Manifest, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Labels and scores from a classifier's outputs (a probability matrix, a label output)."""
     labels = manifest.labels or []
     probs = _probabilities(manifest, outputs, len(labels))
     label_out = next(
-        (outputs[t.name] for t in manifest.outputs if np.dtype(t.dtype).kind in "iu"), None
+        (outputs[t.name] for t in manifest.outputs
+         if t.dtype != "string" and np.dtype(t.dtype).kind in "iu"), None
     )
     preds = []
     n = len(probs) if probs is not None else len(label_out)  # type: ignore[arg-type]
@@ -98,7 +96,11 @@ def _probabilities(
 ) -> np.ndarray | None:
     for t in manifest.outputs:
         arr = outputs.get(t.name)
-        if arr is not None and arr.dtype.kind == "f" and arr.ndim == 2 and arr.shape[1] == n_labels:
+        if arr is None or arr.dtype.kind != "f":
+            continue
+        if arr.ndim == 3 and arr.shape[1] == 1:  # [N, 1, C]
+            arr = arr[:, 0]
+        if arr.ndim == 2 and arr.shape[1] == n_labels:
             return arr
     return None
 
@@ -119,34 +121,6 @@ def _row_values(manifest: Manifest, i: int, row: Any) -> list[float]:
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         raise InvalidInput(f"row {i} holds a value that is not a number")
     return values
-
-
-def load_image(data: Any) -> Image.Image:
-    """A base64 image (optionally a data: URL) decoded: PNG, JPEG, GIF, BMP or WebP of at
-    most MAX_IMAGE_PIXELS. Anything else, a decompression bomb included, is InvalidInput."""
-    if not isinstance(data, str):
-        raise InvalidInput("an image is a base64 string (optionally a data: URL)")
-    if data.startswith("data:"):
-        data = data.partition(",")[2]
-    if len(data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        raise InvalidInput("image is larger than 10 MB")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidInput("image is not valid base64") from exc
-    try:
-        img = Image.open(io.BytesIO(raw))
-        if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise InvalidInput(f"image has too many pixels ({img.width}x{img.height}; at most "
-                               f"{MAX_IMAGE_PIXELS:,})")
-        img.load()
-    except InvalidInput:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(f"image has too many pixels (at most {MAX_IMAGE_PIXELS:,})") from exc
-    except Exception as exc:  # Pillow's decoders fail in many ways on hostile bytes
-        raise InvalidInput("image could not be decoded (PNG, JPEG, GIF, BMP, WebP)") from exc
-    return img
 
 
 def _image_to_row(manifest: Manifest, data: Any) -> np.ndarray:
