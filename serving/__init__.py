@@ -30,6 +30,8 @@ from .tasks import postprocess, prepare
 def make_backend(
     name: str, *, inline_us: int = 0, ray_address: str | None = None,
     ray_temp_dir: Path | None = None, ray_wire_secret: str | None = None,
+    triton_workspace: Path | None = None, triton_url: str | None = None,
+    triton_repository: Path | None = None, triton_format: str = "python",
 ) -> Backend:
     """The serving backend called ``name``."""
     if name == "local":
@@ -39,7 +41,16 @@ def make_backend(
 
         return RayBackend(address=ray_address, temp_dir=ray_temp_dir,
                           wire_secret=ray_wire_secret)
-    raise ValueError(f"unknown serving backend {name!r}; available: local, ray")
+    if name == "triton":
+        from .triton_backend import TritonBackend  # imports tritonclient only when asked for
+        from .triton_repo import FORMATS
+
+        fmt = next((f for f in FORMATS if f == triton_format), None)
+        if fmt is None:
+            raise ValueError(f"unknown Triton repository format {triton_format!r}")
+        return TritonBackend(workspace=triton_workspace or Path(".aimarket") / "triton",
+                             url=triton_url, repository=triton_repository, fmt=fmt)
+    raise ValueError(f"unknown serving backend {name!r}; available: local, ray, triton")
 
 
 __all__ = [

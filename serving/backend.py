@@ -45,6 +45,8 @@ class ModelRef:
     sha256: str
     latency_us: int = 0  # measured batch-1 latency at review; 0 when unknown
     serving: ServingOptions = ServingOptions()
+    max_batch: int = 64  # the largest batch a caller may send (the manifest's max_batch)
+    backend: str = ""  # the engine this version runs on when several are enabled; "": default
 
 
 class Backend(Protocol):

@@ -11,6 +11,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -85,6 +86,13 @@ def _wire_secret(settings: Settings) -> str:
     return hashlib.sha256(b"aimarket ray wire\0" + settings.signing_key().encode()).hexdigest()
 
 
+def triton_options(settings: Settings) -> dict[str, Any]:
+    """make_backend's Triton arguments: the bundled server's workspace, or an existing one."""
+    return {"triton_workspace": settings.data_dir / "triton", "triton_url": settings.triton_url,
+            "triton_repository": settings.triton_model_repository,
+            "triton_format": settings.triton_repository_format}
+
+
 @dataclass
 class Services:
     """The object graph of a running app, built once by ``start`` (the only place)."""
@@ -127,7 +135,8 @@ class Services:
         backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us,
                                ray_address=settings.ray_address,
                                ray_temp_dir=settings.data_dir / "ray",
-                               ray_wire_secret=_wire_secret(settings))
+                               ray_wire_secret=_wire_secret(settings),
+                               **triton_options(settings))
         await backend.start()
         return cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
