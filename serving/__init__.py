@@ -23,6 +23,7 @@ from .errors import (
 )
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
+from .router import BackendRouter
 from .runtime import sample_inputs
 from .tasks import postprocess, prepare
 
@@ -54,7 +55,8 @@ def make_backend(
 
 
 __all__ = [
-    "AimarketError", "Backend", "BadRequest", "Conflict", "ErrorReply", "Forbidden",
+    "AimarketError", "Backend", "BackendRouter", "BadRequest", "Conflict", "ErrorReply",
+    "Forbidden",
     "InferenceFailed", "InvalidInput", "LocalBackend", "Manifest", "MeteringUnavailable",
     "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",

@@ -139,6 +139,14 @@ class Settings(BaseSettings):
             raise ValueError("must not be negative")
         return value
 
+    def enabled_backends(self) -> list[str]:
+        """AIMARKET_SERVING_BACKENDS (the default first), else the default alone."""
+        named = [n.strip() for n in self.serving_backends.split(",") if n.strip()]
+        unknown = set(named) - {"local", "ray", "triton"}
+        if unknown:
+            raise ValueError(f"AIMARKET_SERVING_BACKENDS: unknown {', '.join(sorted(unknown))}")
+        return list(dict.fromkeys([self.serving_backend, *named]))
+
     @property
     def sqlalchemy_url(self) -> str:
         url = self.database_url or f"sqlite:///{(self.data_dir / 'aimarket.db').resolve()}"
