@@ -63,6 +63,15 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the process (thread) that started it goes, so
+    an app killed without a clean stop leaves no tritonserver behind (Linux only)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class TritonProcess:
     """One bundled tritonserver: ``start`` (waits until ready), ``alive``, ``stop``."""
 
@@ -126,7 +135,7 @@ class TritonProcess:
         try:
             self.proc = subprocess.Popen(cmd, env=server_env(), stdout=logfile,
                                          stderr=subprocess.STDOUT, cwd=self.workspace,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             logfile.close()
         deadline = time.monotonic() + timeout_s
