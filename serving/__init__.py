@@ -23,6 +23,7 @@ from .errors import (
 )
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
+from .router import BackendRouter
 from .runtime import sample_inputs
 from .sanitize import description_html, plain_text, safe_html
 from .tasks import load_image, postprocess, prepare, prepare_call, sample_payload
@@ -31,6 +32,8 @@ from .tasks import load_image, postprocess, prepare, prepare_call, sample_payloa
 def make_backend(
     name: str, *, inline_us: int = 0, ray_address: str | None = None,
     ray_temp_dir: Path | None = None, ray_wire_secret: str | None = None,
+    triton_workspace: Path | None = None, triton_url: str | None = None,
+    triton_repository: Path | None = None, triton_format: str = "python",
 ) -> Backend:
     """The serving backend called ``name``."""
     if name == "local":
@@ -40,11 +43,21 @@ def make_backend(
 
         return RayBackend(address=ray_address, temp_dir=ray_temp_dir,
                           wire_secret=ray_wire_secret)
-    raise ValueError(f"unknown serving backend {name!r}; available: local, ray")
+    if name == "triton":
+        from .triton_backend import TritonBackend  # imports tritonclient only when asked for
+        from .triton_repo import FORMATS
+
+        fmt = next((f for f in FORMATS if f == triton_format), None)
+        if fmt is None:
+            raise ValueError(f"unknown Triton repository format {triton_format!r}")
+        return TritonBackend(workspace=triton_workspace or Path(".aimarket") / "triton",
+                             url=triton_url, repository=triton_repository, fmt=fmt)
+    raise ValueError(f"unknown serving backend {name!r}; available: local, ray, triton")
 
 
 __all__ = [
-    "AimarketError", "Backend", "BadRequest", "Conflict", "ErrorReply", "Forbidden",
+    "AimarketError", "Backend", "BackendRouter", "BadRequest", "Conflict", "ErrorReply",
+    "Forbidden",
     "InferenceFailed", "InvalidInput", "LocalBackend", "Manifest", "MeteringUnavailable",
     "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",

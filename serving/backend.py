@@ -34,6 +34,7 @@ class ServingOptions:
     max_ongoing_requests: int = 64
     max_batch_size: int = 1
     batch_wait_ms: float = 1.0
+    backend: str = ""  # the engine, among the enabled ones, that runs the listing; "": default
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ModelRef:
     sha256: str
     latency_us: int = 0  # measured batch-1 latency at review; 0 when unknown
     serving: ServingOptions = ServingOptions()
+    max_batch: int = 64  # the largest batch a caller may send (the manifest's max_batch)
 
 
 class Backend(Protocol):

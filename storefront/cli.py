@@ -325,6 +325,27 @@ def billing_payouts(
         raise typer.Exit(1)
 
 
+triton_cli = typer.Typer(help="Triton Inference Server: the model repository of live versions.",
+                         no_args_is_help=True)
+app.add_typer(triton_cli, name="triton")
+
+
+@triton_cli.command("export-repo")
+def triton_export_repo(
+    out: Annotated[Path, typer.Argument(file_okay=False, help="The repository folder")],
+) -> None:
+    """Write a standard Triton model repository (onnxruntime_onnx) of every live version."""
+    from .config import Settings
+    from .db import make_engine
+    from .triton_export import export_repository
+
+    settings = Settings()
+    engine = make_engine(settings.sqlalchemy_url)
+    for folder in export_repository(engine, settings.data_dir, out):
+        typer.echo(str(folder))
+    engine.dispose()
+
+
 def main() -> None:
     app()
 

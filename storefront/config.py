@@ -29,8 +29,24 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     redis_url: str | None = Field(None, description="Redis URL; default an embedded Valkey server")
     redis_namespace: str = Field("am:", description="Prefix of every Redis key aimarket writes")
-    serving_backend: Literal["local", "ray"] = Field(
-        "local", description="Engine that runs models: local onnxruntime or Ray Serve"
+    serving_backend: Literal["local", "ray", "triton"] = Field(
+        "local", description="Engine that runs models: local onnxruntime, Ray Serve or Triton"
+    )
+    serving_backends: str = Field(
+        "", description="Engines a listing may choose among (comma list); default: "
+        "serving_backend alone"
+    )
+    triton_url: str | None = Field(
+        None, description="Use this Triton server (host:port of its HTTP API) instead of "
+        "starting the bundled tritonserver"
+    )
+    triton_model_repository: Path | None = Field(
+        None, description="The model repository the Triton server at triton_url reads "
+        "(explicit model control); default data_dir/triton/models"
+    )
+    triton_repository_format: Literal["onnxruntime", "python"] = Field(
+        "onnxruntime", description="Models written for triton_url: onnxruntime (a full Triton "
+        "image) or python (Python-backend models running onnxruntime)"
     )
     ray_address: str | None = Field(
         None, description="Join this Ray cluster (its GCS host:port); default a local Ray"
@@ -163,6 +179,14 @@ class Settings(BaseSettings):
         if to_micro(value) < 0:
             raise ValueError("must not be negative")
         return value
+
+    def enabled_backends(self) -> list[str]:
+        """AIMARKET_SERVING_BACKENDS (the default first), else the default alone."""
+        named = [n.strip() for n in self.serving_backends.split(",") if n.strip()]
+        unknown = set(named) - {"local", "ray", "triton"}
+        if unknown:
+            raise ValueError(f"AIMARKET_SERVING_BACKENDS: unknown {', '.join(sorted(unknown))}")
+        return list(dict.fromkeys([self.serving_backend, *named]))
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -99,5 +99,6 @@ def to_live(listing: Listing, lv: ListingVersion, data_dir: Path,
         rate_rps=limit.rps if limit else 0, rate_burst=limit.burst if limit else 0,
         ref=ModelRef(key=model_key(listing.slug, lv.version),
                      path=path, sha256=lv.model_sha256,
-                     latency_us=lv.latency_us, serving=serving or ServingOptions()),
+                     latency_us=lv.latency_us, serving=serving or ServingOptions(),
+                     max_batch=manifest.max_batch),
     )

@@ -11,6 +11,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from billing import Billing, BillingPolicy, StripeConfig, StripeGateway
 from export import Signer
 from metering import DemoMeter, Flusher, Meter, Snapshot, snapshot, to_micro
-from serving import Backend, make_backend
+from serving import Backend, BackendRouter, make_backend
 
 from .config import Settings
 from .db import make_engine, migrate, session_factory
@@ -85,6 +86,27 @@ def _wire_secret(settings: Settings) -> str:
     return hashlib.sha256(b"aimarket ray wire\0" + settings.signing_key().encode()).hexdigest()
 
 
+def triton_options(settings: Settings) -> dict[str, Any]:
+    """make_backend's Triton arguments: the bundled server's workspace, or an existing one."""
+    return {"triton_workspace": settings.data_dir / "triton", "triton_url": settings.triton_url,
+            "triton_repository": settings.triton_model_repository,
+            "triton_format": settings.triton_repository_format}
+
+
+def build_backend(settings: Settings) -> Backend:
+    """The default backend, or a router over every enabled one (AIMARKET_SERVING_BACKENDS)."""
+    def one(name: str) -> Backend:
+        return make_backend(name, inline_us=settings.inline_infer_us,
+                            ray_address=settings.ray_address,
+                            ray_temp_dir=settings.data_dir / "ray",
+                            ray_wire_secret=_wire_secret(settings), **triton_options(settings))
+
+    names = settings.enabled_backends()
+    if names == [settings.serving_backend]:
+        return one(settings.serving_backend)
+    return BackendRouter({n: one(n) for n in names}, settings.serving_backend)
+
+
 @dataclass
 class Services:
     """The object graph of a running app, built once by ``start`` (the only place)."""
@@ -124,10 +146,7 @@ class Services:
             url = await run_in_threadpool(embedded.start)
         client, sync_client = async_redis(url), sync_redis(url)
         meter = build_meter(settings, client, engine)
-        backend = make_backend(settings.serving_backend, inline_us=settings.inline_infer_us,
-                               ray_address=settings.ray_address,
-                               ray_temp_dir=settings.data_dir / "ray",
-                               ray_wire_secret=_wire_secret(settings))
+        backend = build_backend(settings)
         await backend.start()
         return cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,

@@ -53,6 +53,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 HAVE_PG = _postgres_ok()
+# One test client signs up and logs in hundreds of accounts from one address: the apps the
+# tests start loosen the throttles (tests/integration/test_hardening.py tightens them again).
+LOOSE_THROTTLES = {"signup_burst": 100_000, "login_address_failures_burst": 100_000,
+                   "demo_burst": 100_000}
 HAVE_REDIS = _reachable(6379)
 STACKS = ["embedded"] + (["system"] if HAVE_PG and HAVE_REDIS else [])
 
@@ -110,9 +114,7 @@ def settings(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  
         redis_namespace=stack["ns"], admin_email="admin@test.local",
         admin_password="admin-pass-123", key_cache_seconds=5.0, flush_interval_ms=50,
         smoke_cpu_s=3,
-        # one test client signs up and logs in hundreds of accounts: the throttles' own
-        # tests (tests/integration/test_hardening.py) tighten them
-        signup_burst=100_000, login_address_failures_burst=100_000, demo_burst=100_000,
+        **LOOSE_THROTTLES,
     )
 
 

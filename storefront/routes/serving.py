@@ -8,14 +8,14 @@ every version, and paid calls answer 404 from then on.
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from serving import Forbidden, InvalidInput, NotFound, model_key
+from serving import Forbidden, InvalidInput, NotFound, ServingOptions, model_key
 
 from ..deployments import live_versions, serving_options, set_serving_options
 from ..deps import Seller, ServicesDep
@@ -35,6 +35,8 @@ class ServingPatch(BaseModel):
     max_batch_size: int | None = Field(None, ge=1, le=1024,
                                        description="1 turns dynamic batching off")
     batch_wait_ms: float | None = Field(None, ge=0, le=1000)
+    backend: Literal["local", "ray", "triton"] | None = Field(
+        None, description="The engine among the enabled ones (AIMARKET_SERVING_BACKENDS)")
 
     model_config = {"extra": "forbid"}
 
@@ -58,8 +60,7 @@ def _owned(db: Session, slug: str, account: Account) -> Listing:
 def get_serving(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]:
     with svc.sessions() as db:
         listing = _owned(db, slug, account)
-        return {"slug": slug, "backend": svc.backend.name,
-                **asdict(serving_options(db, listing.id))}
+        return _view(slug, serving_options(db, listing.id), svc)
 
 
 @router.patch("/v1/models/{slug}/serving")
@@ -68,6 +69,10 @@ async def patch_serving(slug: str, body: ServingPatch, account: Seller,
     with svc.sessions() as db:
         listing = _owned(db, slug, account)
         options = replace(serving_options(db, listing.id), **body.model_dump(exclude_none=True))
+        if options.backend and options.backend not in svc.settings.enabled_backends():
+            raise InvalidInput(f"backend {options.backend!r} is not enabled on this server "
+                               f"(enabled: {', '.join(svc.settings.enabled_backends())})",
+                               code="invalid_serving_options")
         if options.max_replicas < max(options.min_replicas, 1):
             raise InvalidInput("max_replicas must be at least min_replicas (and 1)",
                                code="invalid_serving_options")
@@ -77,7 +82,11 @@ async def patch_serving(slug: str, body: ServingPatch, account: Seller,
                 await svc.backend.deploy(to_live(listing, lv, svc.settings.data_dir,
                                                  options).ref)
     svc.registry.invalidate(slug)
-    return {"slug": slug, "backend": svc.backend.name, **asdict(options)}
+    return _view(slug, options, svc)
+
+
+def _view(slug: str, options: ServingOptions, svc: Any) -> dict[str, Any]:
+    return {"slug": slug, **asdict(options), "backend": options.backend or svc.backend.name}
 
 
 @router.post("/v1/models/{slug}/delist")

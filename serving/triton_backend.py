@@ -1,0 +1,310 @@
+"""The ``triton`` backend: each live listing version is a model of a Triton Inference Server.
+
+``slug@3`` is the Triton model ``slug-v3`` (one model per listing version, see
+``serving.triton_repo``), written into the model repository and loaded through Triton's model
+repository API (explicit model control); undeploying unloads it and removes its folder. Calls
+go over KServe v2 HTTP with binary tensors (tritonclient's asyncio client).
+
+Two ways to have a server:
+
+- bundled (no ``url``): this process starts the ``tritonserver`` of the ``nvidia-pytriton``
+  wheel (``serving.triton_server``) with its workspace and repository under ``workspace``, in
+  the ``python`` repository format (that server has only the python backend), stops it on
+  close, and watches it: a dead server is started again and every deployed version reloaded,
+  without a restart of the app;
+- existing (``url``): the versions go into ``repository`` (the folder that server reads) in the
+  given format (``onnxruntime`` for a full Triton image); a version the server lost (it
+  restarted, or evicted it) is loaded again when a call finds it missing, the call waiting for
+  it (bounded).
+
+Failures: the server down, or a model it cannot load, is :class:`ServiceUnavailable`
+(``backend_unavailable``, ``Retry-After``): the gateway releases the hold, nothing is charged.
+Deploying a model Triton refuses raises the same with Triton's reason (approval then fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backend import ModelRef
+from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
+from .triton_repo import (
+    Format,
+    batched,
+    model_tensors,
+    remove_model,
+    scalar_rows,
+    triton_name,
+    write_model,
+)
+from .triton_server import TritonProcess
+
+log = logging.getLogger(__name__)
+
+WATCH_S = 0.2  # how often the bundled server's process is checked
+RELOAD_WAIT_S = 20.0  # longest a call waits for a lost version to be loaded again
+CALL_TIMEOUT_S = 60.0
+
+
+def _unavailable(message: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"{message}; the call was not charged, retry it",
+                              code="backend_unavailable", headers={"Retry-After": "1"})
+
+
+class _Model:
+    __slots__ = ("ref", "name", "inputs", "outputs", "flat_in", "col_out")
+
+    def __init__(self, ref: ModelRef) -> None:
+        self.ref = ref
+        self.name = triton_name(ref.key)
+        ins, outs = model_tensors(ref.path)
+        self.inputs = {t.name: t for t in ins}
+        self.outputs = [t.name for t in outs]
+        batch = batched(ins, outs)
+        # a batch of scalars travels as [batch, 1] (Triton's dims cannot be empty)
+        self.flat_in = scalar_rows(ins) if batch else set()
+        self.col_out = scalar_rows(outs) if batch else set()
+
+
+class TritonBackend:
+    """Listing versions as Triton models, bundled server or an existing one."""
+
+    name = "triton"
+
+    def __init__(self, *, workspace: Path, url: str | None = None,
+                 repository: Path | None = None, fmt: Format = "python") -> None:
+        self._url = url.removeprefix("http://") if url else None
+        self._proc = None if url else TritonProcess(workspace)
+        self._repository = repository or workspace / "models"
+        if self._proc is not None:
+            self._proc.repository = self._repository
+            fmt = "python"  # the only backend the bundled server has
+        self._fmt: Format = fmt
+        self._models: dict[str, _Model] = {}
+        self._loaded: set[str] = set()  # keys Triton has loaded (as far as we know)
+        self._reloading: dict[str, asyncio.Task[None]] = {}
+        self._client: Any = None
+        self._up = False
+        self._closing = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.restarts = 0  # bundled server restarts (for operators and tests)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return self._proc.url if self._proc is not None else (self._url or "")
+
+    @property
+    def server_pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    async def start(self) -> None:
+        if self._proc is not None:
+            await asyncio.to_thread(self._proc.start)
+        self._repository.mkdir(parents=True, exist_ok=True)
+        self._connect()
+        self._up = self._proc is not None or await self._live()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def _connect(self) -> None:
+        from tritonclient.http.aio import InferenceServerClient
+
+        old, self._client = self._client, InferenceServerClient(self.url, conn_limit=256)
+        if old is not None:
+            asyncio.get_running_loop().create_task(old.close())
+
+    async def _live(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._client.is_server_live(), 2))
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for task in self._reloading.values():
+            task.cancel()
+        if self._client is not None:
+            if self._proc is None:  # leave the shared server as we found it
+                for key in list(self._models):
+                    with contextlib.suppress(Exception):
+                        await self._client.unload_model(self._models[key].name)
+            await self._client.close()
+        if self._proc is not None:
+            await asyncio.to_thread(self._proc.stop)
+
+    async def _watch(self) -> None:
+        """Bring a dead bundled server back (an existing one: notice it went and came back)."""
+        while not self._closing:
+            await asyncio.sleep(WATCH_S if self._proc is not None else 1.0)
+            try:
+                if self._proc is not None and not self._proc.alive():
+                    await self._restart()
+                elif self._proc is None:
+                    live = await self._live()
+                    if live and not self._up:
+                        self._loaded.clear()  # it restarted: it knows none of ours
+                        await self._reload_all()
+                    self._up = live
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("watching Triton failed; trying again")
+                await asyncio.sleep(1)
+
+    async def _restart(self) -> None:
+        assert self._proc is not None
+        self._up = False
+        self._loaded.clear()
+        log.warning("tritonserver (pid %s) died; starting it again", self._proc.pid)
+        await asyncio.to_thread(self._proc.stop)
+        await asyncio.to_thread(self._proc.start)
+        self._connect()
+        self.restarts += 1
+        await self._reload_all()
+        self._up = True
+
+    async def _reload_all(self) -> None:
+        results = await asyncio.gather(*(self._load(m) for m in list(self._models.values())),
+                                       return_exceptions=True)
+        for model, result in zip(list(self._models.values()), results, strict=False):
+            if isinstance(result, BaseException):
+                log.error("reloading %s into Triton failed: %s", model.ref.key, result)
+
+    # -- deployments -------------------------------------------------------------------------
+    async def _load(self, model: _Model) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            await self._client.load_model(model.name)
+        except InferenceServerException as exc:
+            raise _unavailable(f"Triton could not load {model.ref.key}: {exc.message()}") \
+                from exc
+        except Exception as exc:
+            raise _unavailable(f"Triton is unavailable ({type(exc).__name__})") from exc
+        self._loaded.add(model.ref.key)
+
+    async def deploy(self, ref: ModelRef) -> None:
+        current = self._models.get(ref.key)
+        if current is not None and current.ref == ref and ref.key in self._loaded:
+            return
+        async with self._lock:
+            current = self._models.get(ref.key)
+            if current is not None and current.ref == ref and ref.key in self._loaded:
+                return
+            model = await asyncio.to_thread(_Model, ref)
+            await asyncio.to_thread(write_model, self._repository, ref, self._fmt)
+            try:
+                await self._load(model)  # a loaded model is reloaded (it serves meanwhile)
+            except ServiceUnavailable:
+                if current is None:
+                    await asyncio.to_thread(remove_model, self._repository, ref.key)
+                elif current.ref != ref:  # keep serving what was there
+                    await asyncio.to_thread(write_model, self._repository, current.ref,
+                                            self._fmt)
+                raise
+            self._models[ref.key] = model
+
+    async def undeploy(self, key: str) -> None:
+        model = self._models.pop(key, None)
+        self._loaded.discard(key)
+        if model is None:
+            return
+        with contextlib.suppress(Exception):  # a dead server has unloaded it already
+            await self._client.unload_model(model.name)
+        await asyncio.to_thread(remove_model, self._repository, key)
+
+    def is_deployed(self, key: str) -> bool:
+        return key in self._models
+
+    def loaded(self) -> list[str]:
+        """Keys loaded in Triton, as this backend knows them."""
+        return sorted(self._loaded)
+
+    # -- the hot path ------------------------------------------------------------------------
+    async def infer(self, key: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        model = self._models.get(key)
+        if model is None:
+            raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
+        if not self._up:
+            raise _unavailable("the Triton server is restarting")
+        if key not in self._loaded:
+            await self._reload(model)
+        try:
+            return await self._call(model, inputs)
+        except _Lost:
+            self._loaded.discard(key)
+            await self._reload(model)
+            try:
+                return await self._call(model, inputs)
+            except _Lost as exc:
+                raise _unavailable(f"Triton cannot serve {key} now") from exc
+
+    async def _reload(self, model: _Model) -> None:
+        """Load a version the server lost again; the call waits for it (bounded)."""
+        task = self._reloading.get(model.ref.key)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._load(model))
+            self._reloading[model.ref.key] = task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), RELOAD_WAIT_S)
+        except TimeoutError as exc:
+            raise _unavailable(f"{model.ref.key} is still loading") from exc
+
+    async def _call(self, model: _Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from tritonclient.http import InferInput, InferRequestedOutput
+        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+        wire = []
+        for name, array in inputs.items():
+            if name in model.flat_in:
+                array = array.reshape(-1, 1)
+            t = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            t.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
+            wire.append(t)
+        wanted = [InferRequestedOutput(n, binary_data=True) for n in model.outputs]
+        started = time.monotonic()
+        try:
+            result = await self._client.infer(model.name, wire, outputs=wanted,
+                                              timeout=int(CALL_TIMEOUT_S * 1_000_000))
+        except InferenceServerException as exc:
+            raise _classify(exc, model.ref.key) from exc
+        except Exception as exc:  # refused connection, reset, timeout: the server went away
+            log.warning("Triton call to %s failed after %.3f s: %r", model.ref.key,
+                        time.monotonic() - started, exc)
+            raise _unavailable("the Triton server is unavailable") from exc
+        out = {}
+        for n in model.outputs:
+            array = result.as_numpy(n)
+            out[n] = array.reshape(-1) if n in model.col_out else array
+        return out
+
+
+class _Lost(Exception):
+    """Triton does not have the model loaded (restarted, evicted, or never loaded)."""
+
+
+def _classify(exc: Any, key: str) -> Exception:
+    message = str(exc.message() or "")
+    lowered = message.lower()
+    if "aimarket invalid input" in lowered:
+        return InvalidInput(f"the model refused the input: {message.split(':', 1)[-1].strip()}")
+    if "aimarket failed" in lowered:
+        return InferenceFailed("inference failed")
+    if ("unknown model" in lowered or "not ready" in lowered or "unavailable" in lowered
+            or "not found" in lowered):
+        return _Lost(message)
+    if str(exc.status() or "").startswith("4"):
+        return InvalidInput(f"the model refused the input: {message}")
+    return _unavailable(f"Triton failed the call to {key}")
