@@ -41,6 +41,10 @@ from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
 from .wire import WIRE_KV_PREFIX, WireClient
 
 SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
+# Serve's cluster-wide options (a KubeRay RayService's serveConfigV2 sets the same, see
+# helm/aimarket): no Serve HTTP proxy, the gateway is the front door.
+SERVE_START_OPTIONS: dict[str, Any] = {"proxy_location": "Disabled",
+                                       "http_options": {"host": "127.0.0.1"}}
 REFRESH_S = 2.0  # how often a listing's replica addresses are re-read while it is called
 
 log = logging.getLogger(__name__)
@@ -119,8 +123,7 @@ class RayBackend:
                          logging_level=logging.WARNING, log_to_driver=False,
                          _node_ip_address="127.0.0.1")
                 self._owns_ray = True
-        # No Serve HTTP proxy: the gateway is the front door.
-        serve.start(proxy_location="Disabled", http_options={"host": "127.0.0.1"})
+        serve.start(**SERVE_START_OPTIONS)
 
     def _ray_temp_dir(self) -> str:
         wanted = self._temp_dir

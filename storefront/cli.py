@@ -279,13 +279,33 @@ def _stripe_settings() -> Any:
 
 
 @billing_cli.command("sync")
-def billing_sync() -> None:
+def billing_sync(
+    every: Annotated[float, typer.Option(
+        help="Keep running (a billing sender): sync again every this many seconds until "
+        "SIGTERM; a failed round is logged and retried on the next; 0: sync once")] = 0,
+) -> None:
     """Push pending postpaid usage to Stripe's meter (safe to rerun: nothing is sent twice)."""
     import asyncio
 
     from .ops import run_billing
 
     settings = _stripe_settings()
+    if every > 0:
+        import signal
+        import threading
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.is_set():
+            try:
+                typer.echo(json.dumps(asyncio.run(run_billing(settings,
+                                                              lambda b: b.sync())).__dict__))
+            except Exception:
+                logging.exception("billing sync failed; pending usage stays in the outbox")
+            stop.wait(every)
+        return
     result = asyncio.run(run_billing(settings, lambda b: b.sync()))
     typer.echo(json.dumps(result.__dict__))
     if result.failed:
