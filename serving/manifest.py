@@ -126,6 +126,7 @@ class Pricing(_Strict):
     per_call: Money
     trial_calls: int = Field(default=0, ge=0, le=1_000_000)
     export_price: Money | None = None
+    kit_price: Money | None = None  # a Nano Kit pre-loaded with the export; none: not offered
 
 
 class RateLimit(_Strict):

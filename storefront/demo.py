@@ -92,7 +92,8 @@ def iris() -> tuple[bytes, dict[str, Any]]:
                     {"name": "probabilities", "dtype": "float32", "shape": [-1, 3]}],
         "labels": [str(n) for n in data.target_names],
         "feature_names": IRIS_FEATURES,
-        "pricing": {"per_call": "0.001", "trial_calls": 10, "export_price": "5.00"},
+        "pricing": {"per_call": "0.001", "trial_calls": 10, "export_price": "5.00",
+                    "kit_price": "39.00"},
         "examples": _rows(data, (0, 50, 100), IRIS_FEATURES),
     }
 

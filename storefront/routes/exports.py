@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
 from export import build
-from metering import CallSpec, Reservation, format_usd
+from metering import CallSpec, Reservation, format_usd, to_micro
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
 from ..deps import Admin, Buyer, Id, ServicesDep, SessionDep
@@ -71,7 +71,8 @@ async def purchase(slug: str, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
             price=price, trial_calls=0, charge_kind="export",
         )
         try:
-            async with svc.meter.hold(charge, refuse=partial(_cannot_pay, price)) as res:
+            refuse = partial(_cannot_pay, price, "the export license")
+            async with svc.meter.hold(charge, refuse=refuse) as res:
                 pass
         except BaseException:  # refused, or metering unavailable: no charge, so no license
             await run_in_threadpool(_delete_purchase, svc, pid)
@@ -81,9 +82,9 @@ async def purchase(slug: str, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
             "credits": format_usd(balance)}
 
 
-def _cannot_pay(price: int, res: Reservation) -> PaymentRequired:
+def _cannot_pay(price: int, what: str, res: Reservation) -> PaymentRequired:
     return PaymentRequired(
-        f"the export license costs {format_usd(price)} USD and your credits are "
+        f"{what} costs {format_usd(price)} USD and your credits are "
         f"{format_usd(res.credits_remaining)} USD", code="insufficient_credits",
         details={"price": format_usd(price), "credits": format_usd(res.credits_remaining)})
 
@@ -203,18 +204,59 @@ def _order_json(o: KitOrder) -> dict[str, Any]:
 
 
 @router.post("/v1/kit-orders", status_code=201)
-def order_kit(body: KitOrderRequest, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
-    record, _, _ = _owned_export(db, body.export_id, buyer)
-    if record.target != "nano-kit":
-        raise InvalidInput("a Nano Kit is pre-loaded with a nano-kit export; create one with "
-                           "target 'nano-kit'", code="wrong_target")
-    now = datetime.now(UTC).isoformat()
-    order = KitOrder(buyer_id=buyer.id, export_id=record.id, state="pending",
-                     shipping_address=body.shipping_address.model_dump_json(),
-                     history=json.dumps([{"state": "pending", "at": now}]))
-    db.add(order)
-    db.commit()
-    return _order_json(order)
+async def order_kit(body: KitOrderRequest, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
+    """Order a Nano Kit pre-loaded with a nano-kit export, charged the listing's
+    ``pricing.kit_price`` from prepaid credit (one charge per kit; never free)."""
+    def place() -> tuple[CallSpec, int]:
+        with svc.sessions() as db:
+            record, slug, _ = _owned_export(db, body.export_id, buyer)
+            if record.target != "nano-kit":
+                raise InvalidInput("a Nano Kit is pre-loaded with a nano-kit export; create one "
+                                   "with target 'nano-kit'", code="wrong_target")
+            lv = db.get(ListingVersion, record.listing_version_id)
+            listing = db.get(Listing, lv.listing_id) if lv is not None else None
+            assert lv is not None and listing is not None
+            kit_price = Manifest.model_validate_json(lv.manifest_json).pricing.kit_price
+            if kit_price is None:
+                raise Conflict(f"'{slug}' is not offered as a Nano Kit", code="kit_not_offered")
+            now = datetime.now(UTC).isoformat()
+            order = KitOrder(buyer_id=buyer.id, export_id=record.id, state="pending",
+                             shipping_address=body.shipping_address.model_dump_json(),
+                             history=json.dumps([{"state": "pending", "at": now}]))
+            db.add(order)
+            db.commit()
+            price = to_micro(kit_price)
+            return CallSpec(
+                request_id=f"kit-{order.id}-{uuid.uuid4().hex[:8]}", account_id=buyer.id,
+                api_key_id=None, listing_id=listing.id, listing_version_id=lv.id,
+                seller_id=listing.seller_id, price=price, trial_calls=0, charge_kind="kit",
+            ), order.id
+
+    charge, oid = await run_in_threadpool(place)
+    try:
+        async with svc.meter.hold(charge, refuse=partial(_cannot_pay, charge.price, "a Nano Kit")
+                                  ) as res:
+            pass
+    except BaseException:  # refused, or metering unavailable: no charge, so no order
+        await run_in_threadpool(_delete_order, svc, oid)
+        raise
+
+    def read() -> dict[str, Any]:
+        with svc.sessions() as db:
+            order = db.get(KitOrder, oid)
+            assert order is not None
+            return _order_json(order)
+
+    return {**await run_in_threadpool(read), "price": format_usd(charge.price),
+            "credits": format_usd(res.credits_remaining)}
+
+
+def _delete_order(svc: Any, oid: int) -> None:
+    with svc.sessions() as db:
+        order = db.get(KitOrder, oid)
+        if order is not None:
+            db.delete(order)
+            db.commit()
 
 
 @router.get("/v1/kit-orders")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from decimal import Decimal
 
 import pytest
 
@@ -131,9 +132,15 @@ def test_kit_order_moves_through_its_states(client, licensed):
                       json={"slug": "iris-species", "target": "nano-kit"}).json()
     address = {"name": "Bea", "line1": "1 Main St", "city": "Lyon", "postal_code": "69001",
                "country": "FR"}
+    before = client.get("/v1/account", headers=bearer(token)).json()["credits"]
     r = client.post("/v1/kit-orders", headers=bearer(token),
                     json={"export_id": exp["id"], "shipping_address": address})
     assert r.status_code == 201 and r.json()["state"] == "pending"
+    # a kit is charged the listing's pricing.kit_price, once per kit
+    assert r.json()["price"] == "39.00"
+    after = client.get("/v1/account", headers=bearer(token)).json()["credits"]
+    assert Decimal(before) - Decimal(after) == Decimal("39.00") == Decimal(before) - Decimal(
+        r.json()["credits"])
     oid = r.json()["id"]
     admin = bearer(admin_token(client))
     bad = client.post(f"/v1/admin/kit-orders/{oid}/advance", headers=admin,
@@ -184,3 +191,29 @@ def test_concurrent_purchases_charge_once(client):
                        headers=bearer(broke)).status_code == 402
     assert client.post("/v1/exports", headers=bearer(broke),
                        json={"slug": "wine-cultivar", "target": "onnx"}).status_code == 403
+
+
+def test_kit_orders_are_never_free(client):
+    """A buyer without the credit gets a 402 and no order; a listing without a kit price
+    offers no kit."""
+    email, token = signup(client, "buyer")
+    grant(client, email, "10.00")
+    assert client.post("/v1/models/iris-species/purchase", headers=bearer(token)).status_code == 201
+    exp = client.post("/v1/exports", headers=bearer(token),
+                      json={"slug": "iris-species", "target": "nano-kit"}).json()
+    address = {"name": "Bea", "line1": "1 Main St", "city": "Lyon", "postal_code": "69001",
+               "country": "FR"}
+    r = client.post("/v1/kit-orders", headers=bearer(token),
+                    json={"export_id": exp["id"], "shipping_address": address})
+    assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_credits"
+    assert client.get("/v1/kit-orders", headers=bearer(token)).json()["items"] == []
+    assert client.get("/v1/account", headers=bearer(token)).json()["credits"] == "5.00"
+    grant(client, email, "40.00")
+    bought = client.post("/v1/models/wine-cultivar/purchase", headers=bearer(token))
+    assert bought.status_code == 201
+    wine = client.post("/v1/exports", headers=bearer(token),
+                       json={"slug": "wine-cultivar", "target": "nano-kit"})
+    assert wine.status_code == 201, wine.text
+    r = client.post("/v1/kit-orders", headers=bearer(token),
+                    json={"export_id": wine.json()["id"], "shipping_address": address})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "kit_not_offered"
