@@ -6,6 +6,8 @@
   4. our paid call on the local backend (`aimarket up`, the default)
   5. raw onnxruntime in-process (calls/s, no HTTP)
   6. a no-op pure ASGI endpoint (the HTTP limit)
+  7. our paid call on the Triton backend (AIMARKET_SERVING_BACKEND=triton, the bundled server)
+  8. bare Triton: the same bundled tritonserver and python-backend model, hit directly
 
 Also: approve -> first paid call on Ray, with Ray running. The model is the 20 KB digits MLP
 (the demo catalog's). wrk (Debian package, installed here when running as root) drives every
@@ -43,7 +45,7 @@ _paid = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(_paid)  # type: ignore[union-attr]
 BIN, BODY, free_port, raw_ort, wrk = _paid.BIN, _paid.BODY, _paid.free_port, _paid.raw_ort, \
     _paid.wrk
-ROWS = ("ray", "bare-default", "bare-best", "local", "ort", "noop")
+ROWS = ("ray", "bare-default", "bare-best", "local", "ort", "noop", "triton", "bare-triton")
 
 
 def ensure_wrk() -> None:
@@ -150,6 +152,30 @@ def bare(tmp: Path, model: Path, mode: str, seconds: int, conns: int) -> dict:
         log.close()
 
 
+def bare_triton(tmp: Path, model: Path, seconds: int, conns: int) -> dict:
+    """The bundled tritonserver the triton backend starts, with the same python-backend model
+    (onnxruntime inside Triton's stub), driven with the same v2 JSON body, no gateway."""
+    import hashlib
+
+    from serving import ModelRef
+    from serving.triton_repo import triton_name, write_model
+    from serving.triton_server import TritonProcess
+
+    server = TritonProcess(tmp / "bare-triton")
+    ref = ModelRef(key="digits@1", path=model, sha256=hashlib.sha256(model.read_bytes()
+                                                                     ).hexdigest())
+    write_model(server.repository, ref, "python")
+    server.start()
+    try:
+        url = f"http://{server.url}/v2/models/{triton_name(ref.key)}"
+        httpx.post(f"http://{server.url}/v2/repository/models/{triton_name(ref.key)}/load",
+                   timeout=120).raise_for_status()
+        httpx.post(f"{url}/infer", json=BODY, timeout=30).raise_for_status()
+        return wrk(f"{url}/infer", {}, seconds, conns, tmp)
+    finally:
+        server.stop()
+
+
 def noop(tmp: Path, seconds: int, conns: int) -> dict:
     port = free_port()
     proc = subprocess.Popen(
@@ -166,11 +192,13 @@ def noop(tmp: Path, seconds: int, conns: int) -> dict:
 def measure(row: str, tmp: Path, model: Path, seconds: int, conns: int,
             first_calls: list[float]) -> dict:
     """One row, measured once, its servers started and stopped around it."""
-    if row in ("ray", "local"):
+    if row in ("ray", "local", "triton"):
         with aimarket(tmp, row) as (base, auth, c):
             if row == "ray":
                 first_calls.append(approve_to_first_call(c, auth))
             return wrk(f"{base}/v2/models/handwritten-digits/infer", auth, seconds, conns, tmp)
+    if row == "bare-triton":
+        return bare_triton(tmp, model, seconds, conns)
     if row.startswith("bare-"):
         return bare(tmp, model, row.removeprefix("bare-"), seconds, conns)
     if row == "ort":
@@ -193,7 +221,8 @@ def main() -> None:
         "ray": "our paid call, Ray backend", "bare-default": "bare Ray Serve, defaults (proxy)",
         "bare-best": "bare Ray Serve, best (HAProxy, tuned)",
         "local": "our paid call, local backend", "ort": "raw onnxruntime in-process",
-        "noop": "no-op pure ASGI (HTTP limit)",
+        "noop": "no-op pure ASGI (HTTP limit)", "triton": "our paid call, Triton backend",
+        "bare-triton": "bare Triton (bundled server, same model)",
     }
     runs: dict[str, list[dict]] = {row: [] for row in ROWS if row in only}
     first_calls: list[float] = []
@@ -227,6 +256,16 @@ def main() -> None:
                                                                  strict=True)]
                 print(f"paid on Ray / {names[row]}: {ours['rps'] / results[row]['rps']:.3f} "
                       f"(per round: {', '.join(f'{x:.2f}' for x in per_round)})")
+    if "triton" in results and "bare-triton" in results:
+        per_round = [a["rps"] / b["rps"] for a, b in zip(runs["triton"], runs["bare-triton"],
+                                                         strict=True)]
+        print(f"paid on Triton / bare Triton: "
+              f"{results['triton']['rps'] / results['bare-triton']['rps']:.3f} "
+              f"(per round: {', '.join(f'{x:.2f}' for x in per_round)})")
+        for row in ("local", "ray"):
+            if row in results:
+                print(f"paid on Triton / {names[row]}: "
+                      f"{results['triton']['rps'] / results[row]['rps']:.3f}")
     if first_calls:
         print("approve -> first paid call on Ray (Ray running): "
               + ", ".join(f"{x:.2f} s" for x in first_calls))
