@@ -113,6 +113,18 @@ def _prod(dims: list[int]) -> int:
     return out
 
 
+class _ManifestLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: a manifest needs none, and ``&x [*x]`` makes a cyclic
+    value that no JSON (the stored manifest) can hold."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "a manifest uses no YAML aliases (*name)",
+                self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_manifest(text: str | bytes) -> Manifest:
     """Parse a YAML or JSON manifest; raise InvalidInput naming every problem."""
     if isinstance(text, bytes):
@@ -123,11 +135,16 @@ def parse_manifest(text: str | bytes) -> Manifest:
     if len(text) > 256_000:
         raise InvalidInput("manifest is larger than 256 kB", code="invalid_manifest")
     try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        data: Any = yaml.load(text, Loader=_ManifestLoader)
+    except RecursionError as exc:
+        raise InvalidInput("manifest is nested too deeply", code="invalid_manifest") from exc
+    except Exception as exc:
+        # Besides YAMLError, PyYAML's scalar constructors raise whatever their parsing hits on
+        # a malformed tagged or implicit value (ValueError on "2001-13-01" and "!!int x",
+        # AttributeError on "!!timestamp x", IndexError on "!!int"): not a manifest either.
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidInput(
                 f"manifest is neither YAML nor JSON: {exc}", code="invalid_manifest"
             ) from exc
