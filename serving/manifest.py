@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidInput
 
@@ -151,7 +152,7 @@ def parse_manifest(text: str | bytes) -> Manifest:
     if not isinstance(data, dict):
         raise InvalidInput("manifest must be a mapping of fields", code="invalid_manifest")
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         problems = [
             {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
@@ -163,3 +164,9 @@ def parse_manifest(text: str | bytes) -> Manifest:
             code="invalid_manifest",
             details=problems,
         ) from exc
+    try:  # it is stored as JSON: text JSON cannot hold (a lone surrogate, "\ud800") is refused
+        manifest.model_dump_json()
+    except PydanticSerializationError as exc:
+        raise InvalidInput(f"manifest holds text that is not valid Unicode: {exc}",
+                           code="invalid_manifest") from exc
+    return manifest

@@ -23,7 +23,7 @@ from schemathesis import GenerationMode
 from tests.helpers import admin_token, bearer, grant, new_key, signup
 
 # Cases per operation, mode and role (~50 operations x 2 modes x 5 roles); more to hunt locally.
-EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "3"))
 DEEP_EXAMPLES = 4 * EXAMPLES  # the pass on a real listing (below)
 LIVE = {"slug": "iris-species", "version": 1}  # a demo listing every stack seeds
 # The pass with LIVE's path parameters: read-only and paid-call operations (never moderation
