@@ -18,6 +18,10 @@ def to_micro(amount: Decimal | str | int, *, field: str | None = None) -> int:
 
     if isinstance(amount, float):
         raise bad("money is never a float; send a decimal string such as \"10.00\"")
+    if isinstance(amount, int):  # exact; str() of a huge int would raise ValueError
+        if abs(amount) > MAX_MICRO // MICRO:
+            raise bad("too large an amount (at most " + format_usd(MAX_MICRO) + ")")
+        return amount * MICRO
     try:
         value = Decimal(str(amount)) if not isinstance(amount, Decimal) else amount
     except InvalidOperation as exc:
@@ -26,12 +30,18 @@ def to_micro(amount: Decimal | str | int, *, field: str | None = None) -> int:
         raise bad(f"{amount!r} is not a finite amount")
     if value and value.adjusted() > 15:  # beyond any real amount; also keeps "1e999999" cheap
         raise bad(f"{amount} is too large an amount")
-    micro = value * MICRO
-    if micro != micro.to_integral_value():
+    # Integer arithmetic on the digits, never Decimal's 28-digit context: that rounded
+    # "1.00000000000000000000000000001" to 1000000 and "1e-1000000000" to 0.
+    sign, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    coefficient = "".join(map(str, digits)).rstrip("0") or "0"
+    exponent += len(digits) - len(coefficient) if coefficient != "0" else 0
+    if coefficient != "0" and exponent < -6:
         raise bad(f"{amount} has more than 6 decimal places")
-    if abs(micro) > MAX_MICRO:
+    micro = 0 if coefficient == "0" else int(coefficient) * 10 ** (exponent + 6)
+    if micro > MAX_MICRO:
         raise bad(f"{amount} is too large an amount (at most {format_usd(MAX_MICRO)})")
-    return int(micro)
+    return -micro if sign else micro
 
 
 def format_usd(micro: int) -> str:

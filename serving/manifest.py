@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticSerializationError
 
 from .errors import InvalidInput
 
@@ -242,6 +243,18 @@ def _prod(dims: list[int]) -> int:
     return out
 
 
+class _ManifestLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: a manifest needs none, and ``&x [*x]`` makes a cyclic
+    value that no JSON (the stored manifest) can hold."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "a manifest uses no YAML aliases (*name)",
+                self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def parse_manifest(text: str | bytes) -> Manifest:
     """Parse a YAML or JSON manifest; raise InvalidInput naming every problem."""
     if isinstance(text, bytes):
@@ -252,18 +265,23 @@ def parse_manifest(text: str | bytes) -> Manifest:
     if len(text) > 256_000:
         raise InvalidInput("manifest is larger than 256 kB", code="invalid_manifest")
     try:
-        data: Any = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        data: Any = yaml.load(text, Loader=_ManifestLoader)
+    except RecursionError as exc:
+        raise InvalidInput("manifest is nested too deeply", code="invalid_manifest") from exc
+    except Exception as exc:
+        # Besides YAMLError, PyYAML's scalar constructors raise whatever their parsing hits on
+        # a malformed tagged or implicit value (ValueError on "2001-13-01" and "!!int x",
+        # AttributeError on "!!timestamp x", IndexError on "!!int"): not a manifest either.
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidInput(
                 f"manifest is neither YAML nor JSON: {exc}", code="invalid_manifest"
             ) from exc
     if not isinstance(data, dict):
         raise InvalidInput("manifest must be a mapping of fields", code="invalid_manifest")
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         problems = [
             {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
@@ -275,3 +293,9 @@ def parse_manifest(text: str | bytes) -> Manifest:
             code="invalid_manifest",
             details=problems,
         ) from exc
+    try:  # it is stored as JSON: text JSON cannot hold (a lone surrogate, "\ud800") is refused
+        manifest.model_dump_json()
+    except PydanticSerializationError as exc:
+        raise InvalidInput(f"manifest holds text that is not valid Unicode: {exc}",
+                           code="invalid_manifest") from exc
+    return manifest

@@ -16,9 +16,10 @@ from .models import Account, holders
 from .security import read_claims, session_valid
 from .services import Services
 
-MAX_ID = 2**63 - 1
-# Every id or version number a route takes, in a path or a body: a positive int64, so one
-# that no column can hold answers 422 instead of overflowing the database driver.
+MAX_ID = 2**31 - 1
+# Every id or version number a route takes, in a path or a body: a positive int32, as the
+# INTEGER columns that hold ids and versions (PostgreSQL's is 4 bytes), so one that no column
+# can hold answers 422 instead of a database error (2**31..2**63 was a 500 on PostgreSQL).
 Id = Annotated[int, Ge(1), Le(MAX_ID)]
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/v1/auth/token", auto_error=False)
