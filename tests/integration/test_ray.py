@@ -23,6 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from tests.conftest import LOOSE_THROTTLES
 from tests.helpers import DIGIT_ZERO, v2_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
@@ -60,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory,
         data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite'}",
         redis_url=embedded_redis_url, redis_namespace="ray:", serving_backend="ray",
         admin_email="admin@test.local", admin_password="admin-pass-123", seed_demo=False,
-        flusher_process=False, flush_interval_ms=50, smoke_cpu_s=5,
+        flusher_process=False, flush_interval_ms=50, smoke_cpu_s=5, **LOOSE_THROTTLES,
     )
     app = create_app(settings)
     port = _free_port()
