@@ -75,7 +75,7 @@ async def purchase(slug: str, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
             async with svc.meter.hold(charge, refuse=refuse) as res:
                 pass
         except BaseException:  # refused, or metering unavailable: no charge, so no license
-            await run_in_threadpool(_delete_purchase, svc, pid)
+            await run_in_threadpool(_undo, svc, Purchase, pid)
             raise
         balance = res.credits_remaining
     return {"purchase_id": pid, "slug": slug, "price": format_usd(price),
@@ -89,11 +89,12 @@ def _cannot_pay(price: int, what: str, res: Reservation) -> PaymentRequired:
         details={"price": format_usd(price), "credits": format_usd(res.credits_remaining)})
 
 
-def _delete_purchase(svc: Any, pid: str) -> None:
+def _undo(svc: Any, model: type[Purchase] | type[KitOrder], pk: str | int) -> None:
+    """Delete the row a charge was for: the charge was refused or failed."""
     with svc.sessions() as db:
-        purchase = db.get(Purchase, pid)
-        if purchase is not None:
-            db.delete(purchase)
+        row = db.get(model, pk)
+        if row is not None:
+            db.delete(row)
             db.commit()
 
 
@@ -238,7 +239,7 @@ async def order_kit(body: KitOrderRequest, buyer: Buyer, svc: ServicesDep) -> di
                                   ) as res:
             pass
     except BaseException:  # refused, or metering unavailable: no charge, so no order
-        await run_in_threadpool(_delete_order, svc, oid)
+        await run_in_threadpool(_undo, svc, KitOrder, oid)
         raise
 
     def read() -> dict[str, Any]:
@@ -249,14 +250,6 @@ async def order_kit(body: KitOrderRequest, buyer: Buyer, svc: ServicesDep) -> di
 
     return {**await run_in_threadpool(read), "price": format_usd(charge.price),
             "credits": format_usd(res.credits_remaining)}
-
-
-def _delete_order(svc: Any, oid: int) -> None:
-    with svc.sessions() as db:
-        order = db.get(KitOrder, oid)
-        if order is not None:
-            db.delete(order)
-            db.commit()
 
 
 @router.get("/v1/kit-orders")

@@ -9,9 +9,7 @@ Valkey; the test talks HTTP to it and reads Ray's state through the app's backen
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -25,27 +23,10 @@ from onnx import TensorProto, helper
 
 from tests.conftest import LOOSE_THROTTLES
 from tests.helpers import DIGIT_ZERO, v2_body
+from tests.integration.journey import admin, approve, buyer, free_port, publish, signup, until
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ray = pytest.importorskip("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _until(fn: Any, deadline_s: float = 60, what: str = "condition") -> Any:
-    """Poll ``fn`` until truthy (Ray and the ledger act asynchronously); not a timing test."""
-    end = time.monotonic() + deadline_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +45,12 @@ def server(tmp_path_factory: pytest.TempPathFactory,
         flusher_process=False, flush_interval_ms=50, smoke_cpu_s=5, **LOOSE_THROTTLES,
     )
     app = create_app(settings)
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    _until(lambda: srv.started, 120, "the server to start Ray and listen")
+    until(lambda: srv.started, 120, "the server to start Ray and listen")
     yield url, app
     srv.should_exit = True
     thread.join(60)
@@ -80,48 +61,6 @@ def server(tmp_path_factory: pytest.TempPathFactory,
 def http(server: tuple[str, Any]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server[0], timeout=120) as c:
         yield c
-
-
-def _signup(http: httpx.Client, role: str) -> tuple[str, dict[str, str]]:
-    addr = f"{role}-{time.monotonic_ns()}@example.com"
-    r = http.post("/v1/accounts", json={"email": addr, "password": "password-123", "role": role})
-    assert r.status_code == 201, r.text
-    r = http.post("/v1/auth/token", data={"username": addr, "password": "password-123"})
-    return addr, {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
-def _admin(http: httpx.Client) -> dict[str, str]:
-    r = http.post("/v1/auth/token",
-                  data={"username": "admin@test.local", "password": "admin-pass-123"})
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
-def _publish(http: httpx.Client, seller: dict[str, str], model: bytes, manifest: dict,
-             slug: str | None = None) -> dict[str, Any]:
-    data = {"attest_rights": "true", "manifest": json.dumps(manifest), "license": "MIT"}
-    if slug:
-        data["slug"] = slug
-    r = http.post("/v1/models", headers=seller, data=data,
-                  files={"model": ("m.onnx", model, "application/octet-stream")})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-def _approve(http: httpx.Client, slug: str, version: int) -> None:
-    r = http.post(f"/v1/admin/models/{slug}/approve", headers=_admin(http),
-                  json={"version": version, "reason": "ok"})
-    assert r.status_code == 200, r.text
-
-
-def _buyer(http: httpx.Client, credits: str | None = "1.00") -> tuple[dict[str, str], str]:
-    addr, buyer = _signup(http, "buyer")
-    r = http.post("/v1/keys", headers=buyer, json={"name": "k"})
-    key = {"Authorization": f"Bearer {r.json()['key']}"}
-    if credits:
-        r = http.post("/v1/admin/credits", headers=_admin(http),
-                      json={"account_email": addr, "amount": credits})
-        assert r.status_code == 201, r.text
-    return key, addr
 
 
 def _credits(http: httpx.Client, addr: str) -> str:
@@ -137,9 +76,9 @@ def digits(http: httpx.Client) -> dict[str, Any]:
 
     model, manifest = train()
     manifest["pricing"] = {"per_call": "0.002", "trial_calls": 0}
-    _, seller = _signup(http, "seller")
+    _, seller = signup(http, "seller")
     slug = f"ray-digits-{time.monotonic_ns() % 10**6}"
-    pub = _publish(http, seller, model, manifest, slug=slug)
+    pub = publish(http, seller, model, manifest, slug=slug)
     return {"slug": slug, "seller": seller, "model": model, "manifest": manifest,
             "version": pub["version"]}
 
@@ -152,10 +91,10 @@ def test_approval_deploys_a_serve_application_and_paid_calls_run_on_it(
         http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
     slug = digits["slug"]
     assert _backend(server).replicas(f"{slug}@1") == []
-    _approve(http, slug, 1)
+    approve(http, slug, 1)
     assert len(_backend(server).replicas(f"{slug}@1")) == 1  # slug-v1, one replica
 
-    key, addr = _buyer(http)
+    key, addr = buyer(http)
     r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
     assert r.status_code == 200, r.text
     assert r.headers["X-Cost"] == "0.002" and r.headers["X-Model-Version"] == "1"
@@ -202,13 +141,13 @@ def test_a_new_version_deploys_beside_the_old_and_the_route_pins_it(
         http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
     slug = digits["slug"]
     manifest = {**digits["manifest"], "pricing": {"per_call": "0.005", "trial_calls": 0}}
-    pub = _publish(http, digits["seller"], digits["model"], manifest, slug=slug)
+    pub = publish(http, digits["seller"], digits["model"], manifest, slug=slug)
     assert pub["version"] == 2
-    _approve(http, slug, 2)
+    approve(http, slug, 2)
     backend = _backend(server)
     assert backend.replicas(f"{slug}@1") and backend.replicas(f"{slug}@2")
 
-    key, _ = _buyer(http)
+    key, _ = buyer(http)
     newest = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
     pinned = http.post(f"/v2/models/{slug}/versions/1/infer", headers=key, json=v2_body())
     assert (newest.headers["X-Model-Version"], newest.headers["X-Cost"]) == ("2", "0.005")
@@ -221,7 +160,7 @@ def test_a_new_version_deploys_beside_the_old_and_the_route_pins_it(
 def test_serving_options_are_the_sellers_and_batching_keeps_answers_apart(
         http: httpx.Client, digits: dict[str, Any]) -> None:
     slug = digits["slug"]
-    _, stranger = _signup(http, "seller")
+    _, stranger = signup(http, "seller")
     r = http.patch(f"/v1/models/{slug}/serving", headers=stranger, json={"max_replicas": 2})
     assert r.status_code == 403 and r.json()["error"]["code"] == "not_owner"
     r = http.patch(f"/v1/models/{slug}/serving", headers=digits["seller"],
@@ -231,14 +170,14 @@ def test_serving_options_are_the_sellers_and_batching_keeps_answers_apart(
                    json={"max_batch_size": 8, "batch_wait_ms": 5, "max_replicas": 2,
                          "target_ongoing_requests": 4})
     assert r.status_code == 200, r.text
-    got = http.get(f"/v1/models/{slug}/serving", headers=_admin(http)).json()
+    got = http.get(f"/v1/models/{slug}/serving", headers=admin(http)).json()
     assert (got["max_batch_size"], got["max_replicas"], got["backend"]) == (8, 2, "ray")
 
     # Concurrent calls with different digits are batched on the replica; each gets its own.
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
-    key, _ = _buyer(http)
+    key, _ = buyer(http)
 
     def call(i: int) -> int:
         r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body([list(X[i])]))
@@ -311,11 +250,11 @@ def _replica_process(app: str) -> Any:
 def test_a_replica_killed_mid_call_answers_503_charges_nothing_and_is_replaced(
         http: httpx.Client, server: tuple[str, Any]) -> None:
     model, manifest = _slow_model()
-    _, seller = _signup(http, "seller")
+    _, seller = signup(http, "seller")
     slug = f"ray-slow-{time.monotonic_ns() % 10**6}"
-    _publish(http, seller, model, manifest, slug=slug)
-    _approve(http, slug, 1)
-    key, addr = _buyer(http)
+    publish(http, seller, model, manifest, slug=slug)
+    approve(http, slug, 1)
+    key, addr = buyer(http)
     r = http.post(f"/v2/models/{slug}/infer", headers=key, json=_slow_body(2))
     assert r.status_code == 200, r.text
     assert _credits(http, addr) == "0.99"
@@ -331,7 +270,7 @@ def test_a_replica_killed_mid_call_answers_503_charges_nothing_and_is_replaced(
         # there (before that, Serve would still send it to a new replica).
         pending = pool.submit(http.post, f"/v2/models/{slug}/infer", headers=key,
                               json=_slow_body(50_000_000))
-        _until(lambda: replica.cpu_times().user > idle + 1.0, 60, "the replica to run the call")
+        until(lambda: replica.cpu_times().user > idle + 1.0, 60, "the replica to run the call")
         assert svc.redis_sync.hlen(holds) == 1  # reserved, not yet charged
         replica.send_signal(signal.SIGKILL)  # the replica's process dies mid-call
         r = pending.result(timeout=60)
@@ -341,9 +280,9 @@ def test_a_replica_killed_mid_call_answers_503_charges_nothing_and_is_replaced(
     assert svc.redis_sync.hlen(holds) == 0  # the hold was released, not left to the sweeper
 
     # Serve replaces the replica; the listing answers again without anyone redeploying it.
-    _until(lambda: (reps := backend.replicas(f"{slug}@1")) and reps != [victim], 90,
+    until(lambda: (reps := backend.replicas(f"{slug}@1")) and reps != [victim], 90,
            "a replacement replica")
-    _until(lambda: http.post(f"/v2/models/{slug}/infer", headers=key,
+    until(lambda: http.post(f"/v2/models/{slug}/infer", headers=key,
                              json=_slow_body(1)).status_code == 200, 90, "a served call")
     assert _credits(http, addr) == "0.98"
 
@@ -354,7 +293,7 @@ def test_tritonclient_calls_the_paid_gateway(http: httpx.Client, server: tuple[s
     from tritonclient.utils import InferenceServerException
 
     slug = digits["slug"]
-    key, addr = _buyer(http)
+    key, addr = buyer(http)
     client = triton.InferenceServerClient(server[0].removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata()["name"] == "aimarket"
@@ -384,14 +323,14 @@ def test_tritonclient_calls_the_paid_gateway(http: httpx.Client, server: tuple[s
 def test_delisting_undeploys_every_version(http: httpx.Client, server: tuple[str, Any],
                                            digits: dict[str, Any]) -> None:
     slug = digits["slug"]
-    _, stranger = _signup(http, "seller")
+    _, stranger = signup(http, "seller")
     assert http.post(f"/v1/models/{slug}/delist", headers=stranger).status_code == 403
     r = http.post(f"/v1/models/{slug}/delist", headers=digits["seller"])
     assert r.status_code == 200, r.text
     assert sorted(r.json()["undeployed"]) == [f"{slug}@1", f"{slug}@2"]
     backend = _backend(server)
     assert backend.replicas(f"{slug}@1") == [] and backend.replicas(f"{slug}@2") == []
-    key, addr = _buyer(http)
+    key, addr = buyer(http)
     r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert http.get(f"/v1/models/{slug}").status_code == 404

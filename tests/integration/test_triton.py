@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.triton]
 pytest.importorskip("pytriton")
 pytest.importorskip("tritonclient.http")
 
-from tests.integration.triton_helpers import (  # noqa: E402
+from tests.integration.journey import (  # noqa: E402
     admin,
     approve,
     buyer,

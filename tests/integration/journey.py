@@ -1,5 +1,5 @@
-"""HTTP helpers of the Triton tests (the marketplace's journey: sign up, publish, approve,
-buy credits), as tests/integration/test_ray.py does them."""
+"""HTTP helpers of the backend tests (Ray, Triton) against a live app: sign up, publish, approve,
+buy credits."""
 
 from __future__ import annotations
 
