@@ -3,10 +3,14 @@ buy credits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,3 +84,29 @@ def buyer(http: httpx.Client, credits: str | None = "1.00") -> tuple[dict[str, s
 def credits(http: httpx.Client, addr: str) -> Decimal:
     me = http.get("/v1/account", headers=login(http, addr))
     return Decimal(str(me.json()["credits"]))
+
+
+@contextlib.contextmanager
+def live_app(data: Path, redis_url: str, what: str, **settings: Any) -> Iterator[tuple[str, Any]]:
+    """The real app on uvicorn on a free loopback port, its state in ``data``: (URL, app)."""
+    import uvicorn
+
+    from storefront.app import create_app
+    from storefront.config import Settings
+    from tests.conftest import LOOSE_THROTTLES
+
+    app = create_app(Settings(
+        data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite'}", redis_url=redis_url,
+        admin_email=ADMIN[0], admin_password=ADMIN[1], seed_demo=False, flusher_process=False,
+        flush_interval_ms=50, smoke_cpu_s=5, **{**LOOSE_THROTTLES, **settings},
+    ))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    until(lambda: srv.started, 120, what)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        srv.should_exit = True
+        thread.join(60)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,9 +20,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import LOOSE_THROTTLES
 from tests.helpers import DIGIT_ZERO, v2_body
-from tests.integration.journey import admin, approve, buyer, free_port, publish, signup, until
+from tests.integration.journey import (
+    admin,
+    approve,
+    buyer,
+    live_app,
+    publish,
+    signup,
+    until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 ray = pytest.importorskip("ray")
@@ -32,28 +38,10 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory,
            embedded_redis_url: str) -> Iterator[tuple[str, Any]]:
-    import uvicorn
-
-    from storefront.app import create_app
-    from storefront.config import Settings
-
-    data = tmp_path_factory.mktemp("ray-data")
-    settings = Settings(
-        data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite'}",
-        redis_url=embedded_redis_url, redis_namespace="ray:", serving_backend="ray",
-        admin_email="admin@test.local", admin_password="admin-pass-123", seed_demo=False,
-        flusher_process=False, flush_interval_ms=50, smoke_cpu_s=5, **LOOSE_THROTTLES,
-    )
-    app = create_app(settings)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    until(lambda: srv.started, 120, "the server to start Ray and listen")
-    yield url, app
-    srv.should_exit = True
-    thread.join(60)
+    with live_app(tmp_path_factory.mktemp("ray-data"), embedded_redis_url,
+                  "the server to start Ray and listen", redis_namespace="ray:",
+                  serving_backend="ray") as served:
+        yield served
     assert not ray.is_initialized(), "closing the app stops the Ray it started"
 
 

@@ -25,7 +25,6 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import LOOSE_THROTTLES
 from tests.helpers import DIGIT_ZERO, v2_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.triton]
@@ -37,7 +36,7 @@ from tests.integration.journey import (  # noqa: E402
     approve,
     buyer,
     credits,
-    free_port,
+    live_app,
     login,
     publish,
     signup,
@@ -48,30 +47,13 @@ from tests.integration.journey import (  # noqa: E402
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory,
            embedded_redis_url: str) -> Iterator[tuple[str, Any]]:
-    import uvicorn
-
-    from storefront.app import create_app
-    from storefront.config import Settings
-
-    data = tmp_path_factory.mktemp("triton-data")
-    settings = Settings(
-        data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite'}",
-        redis_url=embedded_redis_url, redis_namespace="triton:", serving_backend="triton",
-        serving_backends="triton,local", rate_limit_rps=10_000, rate_limit_burst=10_000,
-        admin_email="admin@test.local", admin_password="admin-pass-123", seed_demo=False,
-        flusher_process=False, flush_interval_ms=50, smoke_cpu_s=5, **LOOSE_THROTTLES,
-    )
-    app = create_app(settings)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    until(lambda: srv.started, 120, "the server to start tritonserver and listen")
-    pid = _backend((f"http://127.0.0.1:{port}", app)).server_pid
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(60)
-    pid = _backend((f"http://127.0.0.1:{port}", app)).server_pid or pid
+    with live_app(tmp_path_factory.mktemp("triton-data"), embedded_redis_url,
+                  "the server to start tritonserver and listen", redis_namespace="triton:",
+                  serving_backend="triton", serving_backends="triton,local",
+                  rate_limit_rps=10_000, rate_limit_burst=10_000) as (url, app):
+        pid = _backend((url, app)).server_pid
+        yield url, app
+    pid = _backend((url, app)).server_pid or pid
     with pytest.raises(ProcessLookupError):  # closing the app stops the server it started
         os.kill(pid, 0)
 

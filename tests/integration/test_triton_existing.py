@@ -6,7 +6,6 @@ that finds it missing."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LOOSE_THROTTLES
 from tests.helpers import v2_body
 
 pytestmark = [pytest.mark.integration, pytest.mark.triton]
@@ -25,7 +23,7 @@ tritonhttp = pytest.importorskip("tritonclient.http")
 from tests.integration.journey import (  # noqa: E402
     approve,
     buyer,
-    free_port,
+    live_app,
     publish,
     signup,
     until,
@@ -45,30 +43,13 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, embedded_redis_url: str,
            triton: Any) -> Iterator[tuple[str, Any]]:
-    import uvicorn
-
-    from storefront.app import create_app
-    from storefront.config import Settings
-
-    data = tmp_path_factory.mktemp("triton-ext-data")
-    settings = Settings(
-        data_dir=data, database_url=f"sqlite:///{data / 'db.sqlite'}",
-        redis_url=embedded_redis_url, redis_namespace="tritonext:", serving_backend="triton",
-        triton_url=f"http://{triton.url}", triton_model_repository=triton.repository,
-        triton_repository_format="python",
-        admin_email="admin@test.local", admin_password="admin-pass-123", seed_demo=False,
-        flusher_process=False, flush_interval_ms=50, smoke_cpu_s=5, **LOOSE_THROTTLES,
-    )
-    app = create_app(settings)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    until(lambda: srv.started, 60, "the server to listen")
-    assert app.state.services.backend.server_pid is None  # it started no server of its own
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(60)
+    with live_app(tmp_path_factory.mktemp("triton-ext-data"), embedded_redis_url,
+                  "the server to listen", redis_namespace="tritonext:",
+                  serving_backend="triton", triton_url=f"http://{triton.url}",
+                  triton_model_repository=triton.repository,
+                  triton_repository_format="python") as (url, app):
+        assert app.state.services.backend.server_pid is None  # it started no server of its own
+        yield url, app
     assert triton.alive()  # closing the app leaves the server it did not start running
 
 
