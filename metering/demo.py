@@ -15,8 +15,9 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from . import scripts
+from .calls import CallSpec, Reservation
 from .hold import Hold, Refuse
-from .meter import CallSpec, Meter, Reservation, day_month
+from .meter import Meter, day_month
 
 DEMO = "demo"
 

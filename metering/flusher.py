@@ -100,7 +100,7 @@ class Flusher:
     def _process(self, messages: list[tuple[Any, dict[Any, Any]]]) -> int:
         if not messages:
             return 0
-        events = [Event.from_fields(fields) for _, fields in messages]
+        events = [e for _, fields in messages for e in Event.from_entry(fields)]
         new = write_events(self.engine, events)
         ids = [mid for mid, _ in messages]
         pipe = self.redis.pipeline(transaction=False)

@@ -22,7 +22,8 @@ from serving.errors import AimarketError, MeteringUnavailable, ServiceUnavailabl
 from .metrics import RELEASED
 
 if TYPE_CHECKING:
-    from .meter import Meter, Reservation
+    from .calls import Reservation
+    from .meter import Meter
 
 COMMIT_RETRY_S = 10.0  # covers a Redis restart that reloads its append-only file
 Refuse = Callable[["Reservation"], BaseException]
@@ -87,6 +88,13 @@ class Hold:
         Redis stays away past the deadline is the call answered 503 while its charge may
         stand; reconcile shows such calls.
         """
+        if res.lease is not None:  # a lease's group commit retries its batch itself
+            if await self._meter.commit(res, latency_us=latency_us):
+                return
+            raise ServiceUnavailable(
+                "the call outlived its reservation and was not charged; retry it",
+                code="reservation_expired",
+            )
         deadline = time.monotonic() + COMMIT_RETRY_S
         retried = False
         while True:

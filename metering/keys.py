@@ -38,6 +38,14 @@ class Keys:
     def credit(self, account_id: int) -> str:
         return f"{self.ns}c:{account_id}"
 
+    def leased(self, account_id: int) -> str:
+        """Credit of the account held by leases (lease.py): still the buyer's, not spent."""
+        return f"{self.ns}l:{account_id}"
+
+    def lease_batch(self, batch_id: str) -> str:
+        """A leased group commit's outcome, so that a retried batch runs once."""
+        return f"{self.ns}lb:{batch_id}"
+
     def trial(self, account_id: int, listing_id: int) -> str:
         return f"{self.ns}t:{account_id}:{listing_id}"
 

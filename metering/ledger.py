@@ -103,9 +103,22 @@ class Event:
         return {"e": self.encode()}
 
     @classmethod
+    def from_entry(cls, raw: dict[Any, Any]) -> list[Event]:
+        """A stream entry's events: one (field ``e``) or a leased group commit's (``b``,
+        one encoded event per line)."""
+        value = raw.get(b"b", raw.get("b"))
+        if value is None:
+            return [cls.from_fields(raw)]
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return [cls.decode(line) for line in text.split("\n")]
+
+    @classmethod
     def from_fields(cls, raw: dict[Any, Any]) -> Event:
         value = raw.get(b"e", raw.get("e"))
-        text = value.decode() if isinstance(value, bytes) else str(value)
+        return cls.decode(value.decode() if isinstance(value, bytes) else str(value))
+
+    @classmethod
+    def decode(cls, text: str) -> Event:
         (rid, account, key, listing, version, seller, kind, price, share, fee, latency,
          ts) = text.split("|")
         return cls(

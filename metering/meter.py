@@ -12,14 +12,17 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from . import scripts
 from .autopipe import AutoPipeline
+from .calls import PAID, REFUSALS, TRIAL, CallSpec, Reservation
 from .hold import Hold, Refuse
 from .keys import Keys
+from .lease import Leases
 from .ledger import Event
 from .money import split
 
@@ -35,53 +38,6 @@ class Snapshot:
 
 SnapshotLoader = Callable[[int], Awaitable[Snapshot]]
 
-TRIAL, PAID = "trial", "paid"
-# Reserve outcomes that refuse the call, by the metric label and error they map to.
-REFUSALS = {0: "credits", 3: "rate", 4: "cap_day", 5: "cap_month"}
-
-
-@dataclass(frozen=True)
-class CallSpec:
-    """What the gateway knows about a call before it reserves."""
-
-    request_id: str
-    account_id: int
-    api_key_id: int | None
-    listing_id: int
-    listing_version_id: int
-    seller_id: int
-    price: int  # micro-units per paid call
-    trial_calls: int
-    key_rps: float = 0  # 0: no limit
-    key_burst: int = 0
-    listing_rps: float = 0
-    listing_burst: int = 0
-    cap_day: int | None = None  # micro-units per UTC day and key
-    cap_month: int | None = None
-    credit_line: int = 0  # postpaid: credit may go this far below zero (micro-units)
-    charge_kind: str = "paid"  # the usage event's kind when charged: paid | export
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """The outcome of reserve(): ``ok`` with a kind, or refused with a ``refusal`` reason."""
-
-    call: CallSpec
-    ok: bool
-    kind: str  # trial | paid | "" when refused
-    trial_remaining: int
-    credits_remaining: int
-    refusal: str = ""  # credits | rate | cap_day | cap_month
-    rate_limit: int = -1  # burst of the tighter bucket; -1 when unlimited
-    rate_remaining: int = -1
-    rate_reset_ms: int = 0
-    retry_after_ms: int = 0
-
-    @property
-    def cost(self) -> int:
-        return self.call.price if self.kind == PAID else 0
-
-
 def day_month(ts: float | None = None) -> tuple[str, str]:
     t = time.gmtime(ts)
     return f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}", f"{t.tm_year:04d}{t.tm_mon:02d}"
@@ -93,7 +49,7 @@ class Meter:
 
     def __init__(
         self, client: aioredis.Redis, *, fee_bps: int, load_snapshot: SnapshotLoader,
-        namespace: str = "am:",
+        namespace: str = "am:", leases: bool = True,
     ) -> None:
         self.redis = client
         self.fee_bps = fee_bps
@@ -104,11 +60,14 @@ class Meter:
         self._pipe = AutoPipeline(client)
         self._sha = {
             name: hashlib.sha1(getattr(scripts, name).encode()).hexdigest()
-            for name in ("RESERVE", "COMMIT", "RELEASE")
+            for name in ("RESERVE", "COMMIT", "RELEASE", "LEASE", "COMMIT_LEASED",
+                         "SHRINK_LEASE")
         }
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
         self._throttle = client.register_script(scripts.THROTTLE)
+        self.leases = Leases(self._script, self.names, fee_bps=fee_bps,
+                             day_month=day_month) if leases else None
 
     # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
@@ -121,7 +80,7 @@ class Meter:
         day, month = day_month(ts)
         return self.names.spend_day(key_id, day), self.names.spend_month(key_id, month)
 
-    async def _script(self, name: str, keys: list[str], args: list[object]) -> object:
+    async def _script(self, name: str, keys: list[str], args: list[object]) -> Any:
         try:
             return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
         except NoScriptError:  # a restarted Redis forgot its scripts
@@ -130,7 +89,12 @@ class Meter:
 
     # -- the hot path ------------------------------------------------------------------------
     async def reserve(self, call: CallSpec) -> Reservation:
-        """Rate-limit, then take one trial call or hold the price from credit, atomically."""
+        """Rate-limit, then take one trial call or hold the price from credit, atomically.
+        A paid call is decided from a lease when one can be had (lease.py)."""
+        if self.leases is not None and call.charge_kind == PAID and call.price > 0:
+            leased = await self.leases.reserve(call)
+            if leased is not None:
+                return leased
         marker, credit = self._keys(call.account_id)
         day, month = self._spend_keys(call.api_key_id)
         keys = [
@@ -146,10 +110,13 @@ class Meter:
             call.credit_line,
         ]
         reply = await self._script("RESERVE", keys, args)
-        if reply[0] == -1:  # type: ignore[index]
+        if reply[0] == -1:
             await self.hydrate(call.account_id)
             reply = await self._script("RESERVE", keys, args)
-        status, trial_left, credits, limit, left, reset, wait = map(int, reply)  # type: ignore[call-overload]
+        if reply[0] in (0, 4, 5) and self.leases is not None \
+                and await self.leases.give_back(call.account_id):
+            reply = await self._script("RESERVE", keys, args)  # refused while leases held it
+        status, trial_left, credits, limit, left, reset, wait = map(int, reply)
         ok = status in (1, 2)
         return Reservation(
             call, ok, (TRIAL if status == 1 else PAID) if ok else "", trial_left, credits,
@@ -161,6 +128,8 @@ class Meter:
         """Turn the hold into a usage event on the durable stream; False if the hold was
         already refunded (the call took longer than the sweeper allows): then nothing is
         charged and the call must not be answered as served."""
+        if res.lease is not None:
+            return await self.leases.commit(res, latency_us=latency_us)  # type: ignore[union-attr]
         c = res.call
         share, fee = split(res.cost, self.fee_bps)
         event = Event(
@@ -178,6 +147,8 @@ class Meter:
         """Give back what reserve() took: the call failed and is not charged."""
         if not res.ok:
             return False
+        if res.lease is not None:
+            return self.leases.release(res)  # type: ignore[union-attr]
         return bool(await self._script("RELEASE", [self.holds, self.holdq],
                                        [res.call.request_id]))
 
@@ -226,12 +197,18 @@ class Meter:
         if not await record():
             return await self.credits(account_id)
         marker, credit = self._keys(account_id)
-        new = await self._add_credits([marker, credit], [amount])
-        if new is None:  # Redis lost the counters meanwhile: the rebuild reads the ledger
-            return await self.credits(account_id)
-        return int(new)
+        await self._add_credits([marker, credit], [amount])  # nil: Redis lost the counters
+        return await self.credits(account_id)  # meanwhile, and the rebuild reads the ledger
 
     async def credits(self, account_id: int) -> int:
         """Current spendable credit (after holds of calls in flight)."""
         await self.hydrate(account_id)
-        return int(await self.redis.get(self._keys(account_id)[1]) or 0)
+        credit, leased = await self.redis.mget(self._keys(account_id)[1],
+                                               self.names.leased(account_id))
+        held = self.leases.in_flight(account_id) if self.leases is not None else 0
+        return int(credit or 0) + int(leased or 0) - held  # a lease's rest is the buyer's
+
+    async def close(self) -> None:
+        """Give back the process's leases (the app stops)."""
+        if self.leases is not None:
+            await self.leases.close()

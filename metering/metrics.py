@@ -20,6 +20,19 @@ REJECTIONS = Counter(
 )
 RELEASED = Counter("aimarket_reservations_released_total", "Reservations given back",
                    ["why"])  # failed (the call failed) | swept (its worker died)
+_ANSWERED: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
+def answered(listing: str, kind: str, seconds: float) -> None:
+    """Count an answered call and its latency (the labelled children are kept: ``labels``
+    costs more than the count itself on the paid path)."""
+    pair = _ANSWERED.get((listing, kind))
+    if pair is None:
+        pair = _ANSWERED[(listing, kind)] = (CALLS.labels(listing, kind), LATENCY.labels(listing))
+    pair[0].inc()
+    pair[1].observe(seconds)
+
+
 FLUSH_LAG = Gauge("aimarket_ledger_flush_lag_events", "Usage events not yet in the ledger")
 
 

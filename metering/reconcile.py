@@ -50,11 +50,11 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
     pending_paid: Counter[int] = Counter()
     pending_trial: Counter[tuple[int, int]] = Counter()
     for _id, fields in client.xrange(flusher.stream) or []:  # committed after the drain
-        e = Event.from_fields(fields or {})
-        if e.price > 0:  # a paid call or an export purchase: debited when flushed
-            pending_paid[e.account_id] += e.price
-        elif e.kind == "trial":
-            pending_trial[(e.account_id, e.listing_id)] += 1
+        for e in Event.from_entry(fields or {}):
+            if e.price > 0:  # a paid call or an export purchase: debited when flushed
+                pending_paid[e.account_id] += e.price
+            elif e.kind == "trial":
+                pending_trial[(e.account_id, e.listing_id)] += 1
     held_paid: Counter[int] = Counter()
     held_trial: Counter[str] = Counter()
     for meta in client.hvals(names.holds):

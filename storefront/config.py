@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     hold_timeout_s: float = Field(
         120, gt=0, description="Refund reservations older than this (s)"
     )
+    meter_leases: bool = Field(
+        True, description="Decide paid calls from per-process leases of credit and rate "
+        "(one Redis round trip shared by many calls); off: two scripts per call"
+    )
     run_flusher: bool = Field(
         True, description="Run the ledger flusher inside the app (else: aimarket ledger flush)"
     )

@@ -12,6 +12,7 @@ answered 200.
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from metering import CallSpec, Reservation, format_usd
-from metering.metrics import CALLS, ERRORS, LATENCY, REJECTIONS
+from metering.metrics import ERRORS, REJECTIONS, answered
 from serving import (
     AimarketError,
     InvalidInput,
@@ -99,7 +100,7 @@ async def paid_call(
 ) -> Response:
     svc: Services = request.app.state.services
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+    request_id = os.urandom(16).hex()  # as random as uuid4().hex, a tenth of its cost
     try:
         # 1 authenticate, find the live version, validate input: nothing is reserved yet
         key = await svc.keys.authenticate(request.headers.get("authorization"))
@@ -135,13 +136,17 @@ async def paid_call(
                 body = _encode_body(encode, live, request_id, outputs, extra)
 
         # 5 respond
-        CALLS.labels(live.slug, res.kind).inc()
-        LATENCY.labels(live.slug).observe(time.perf_counter() - started)
-        return Response(body, media_type="application/json", headers={
-            "X-Request-Id": request_id, "X-Model-Version": str(live.version),
-            "X-Cost": format_usd(res.cost), "X-Trial-Remaining": str(res.trial_remaining),
-            "X-Credits-Remaining": format_usd(res.credits_remaining), **_rate_headers(res),
-        })
+        answered(live.slug, res.kind, time.perf_counter() - started)
+        response = Response(body, media_type="application/json")
+        response.raw_headers += [
+            (b"x-request-id", request_id.encode()),
+            (b"x-model-version", str(live.version).encode()),
+            (b"x-cost", format_usd(res.cost).encode()),
+            (b"x-trial-remaining", str(res.trial_remaining).encode()),
+            (b"x-credits-remaining", format_usd(res.credits_remaining).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in _rate_headers(res).items()),
+        ]
+        return response
     except AimarketError as exc:
         ERRORS.labels(exc.code).inc()
         response = error_response(exc)

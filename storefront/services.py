@@ -57,7 +57,7 @@ def build_meter(settings: Settings, client: aioredis.Redis, engine: Engine) -> M
         return await run_in_threadpool(snapshot, engine, account_id)
 
     return Meter(client, fee_bps=settings.platform_fee_bps, load_snapshot=load_snapshot,
-                 namespace=settings.redis_namespace)
+                 namespace=settings.redis_namespace, leases=settings.meter_leases)
 
 
 def build_flusher(settings: Settings, client: redis.Redis, engine: Engine) -> Flusher:
@@ -189,6 +189,7 @@ class Services:
             except Exception:
                 log.exception("final ledger flush failed; events stay in Redis for next start")
         await self.backend.close()
+        await self.meter.close()
         await self.redis.aclose()
         self.redis_sync.close()
         self.engine.dispose()

@@ -63,7 +63,8 @@ def refuse(res):
 
 
 async def events(meter: Meter) -> list[Event]:
-    return [Event.from_fields(fields) for _, fields in await meter.redis.xrange(meter.stream)]
+    return [e for _, fields in await meter.redis.xrange(meter.stream)
+            for e in Event.from_entry(fields)]
 
 
 async def test_a_block_that_succeeds_is_charged_once(meter, engine):
