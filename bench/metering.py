@@ -37,7 +37,8 @@ def reachable(port: int) -> bool:
         return False
 
 
-async def pairs_per_second(url: str, engine, seconds: float, callers: int) -> tuple[float, float]:
+async def pairs_per_second(url: str, engine, seconds: float, callers: int,
+                           leases: bool) -> tuple[float, float]:
     client = aioredis.Redis.from_url(url, max_connections=256, retry=Retry(NoBackoff(), 0))
     ns = f"bench{uuid.uuid4().hex[:6]}:"
     acct = random.randint(10**6, 10**9)
@@ -48,7 +49,7 @@ async def pairs_per_second(url: str, engine, seconds: float, callers: int) -> tu
 
         return snapshot(engine, a)
 
-    meter = Meter(client, fee_bps=2000, load_snapshot=load, namespace=ns)
+    meter = Meter(client, fee_bps=2000, load_snapshot=load, namespace=ns, leases=leases)
     done = 0
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
@@ -69,6 +70,7 @@ async def pairs_per_second(url: str, engine, seconds: float, callers: int) -> tu
     await asyncio.gather(*(caller(i) for i in range(callers)))
     elapsed = time.perf_counter() - t0
     latencies.sort()
+    await meter.close()
     await client.delete(f"{ns}usage", f"{ns}holds", f"{ns}holdq")
     await client.aclose()
     return done / elapsed, latencies[len(latencies) // 2] * 1000
@@ -122,10 +124,17 @@ def main() -> None:
         migrate(pg)
         sql_targets["postgresql"] = pg
     try:
-        print(f"reserve+commit pairs, {args.callers} concurrent callers, {args.seconds:g} s:")
+        print(f"paid-call decisions (reserve + commit), {args.callers} concurrent callers, "
+              f"{args.seconds:g} s, one process:")
         for name, url in redis_targets.items():
-            rate, p50 = asyncio.run(pairs_per_second(url, sqlite, args.seconds, args.callers))
-            print(f"  {name:40} {rate:>9.0f} pairs/s   p50 {p50:.2f} ms per pair")
+            rates = {}
+            for leases in (False, True):
+                rate, p50 = asyncio.run(pairs_per_second(url, sqlite, args.seconds,
+                                                         args.callers, leases))
+                rates[leases] = rate
+                how = "leased, group commit" if leases else "per call (2 scripts)"
+                print(f"  {name:38} {how:22} {rate:>9.0f} calls/s   p50 {p50:.2f} ms")
+            print(f"  {'':38} {'leased / per call':22} {rates[True] / rates[False]:>9.2f}")
         print(f"ledger flush of {args.events} events (Redis stream -> SQL, exactly once):")
         for rname, url in redis_targets.items():
             for sname, engine in sql_targets.items():
