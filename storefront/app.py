@@ -87,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(bootstrap_admin, svc)
             if settings.seed_demo:
                 await run_in_threadpool(seed_demo, svc)
+            # live listings answer their first call without waiting for a deployment
+            await svc.registry.deploy_live()
             if settings.run_flusher:
                 svc.start_flusher()
             if svc.billing.stripe is not None and settings.billing_sync_interval_s > 0:
