@@ -20,7 +20,8 @@ REJECTIONS = Counter(
 )
 RELEASED = Counter("aimarket_reservations_released_total", "Reservations given back",
                    ["why"])  # failed (the call failed) | swept (its worker died)
-FLUSH_LAG = Gauge("aimarket_ledger_flush_lag_events", "Usage events not yet in the ledger")
+FLUSH_LAG = Gauge("aimarket_ledger_flush_lag_events", "Usage events not yet in the ledger",
+                  multiprocess_mode="mostrecent")  # set at scrape time by any worker
 
 
 class _Flushed:
