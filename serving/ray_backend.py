@@ -47,6 +47,12 @@ SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
 SERVE_START_OPTIONS: dict[str, Any] = {"proxy_location": "Disabled",
                                        "http_options": {"host": "127.0.0.1"}}
 REFRESH_S = 2.0  # how often a listing's replica addresses are re-read while it is called
+# Placement: Serve schedules replicas with Ray's SPREAD strategy (round robin over the nodes,
+# see NODE_ENV), which spreads one listing's replicas across nodes; it only does so for actors
+# that ask for some resource (Ray's GCS sends zero-resource actors to a random node). So a
+# replica asks for a token share of a CPU: a 2-core node still holds 200 listed models, and
+# onnxruntime uses one thread per session.
+REPLICA_CPUS = 0.01
 # A fixed-size listing whose replicas are all unreachable directly (being replaced: a node
 # died) waits this long for Serve's handle to find one, then answers 503 (not charged).
 HANDLE_WAIT_S = 3.0
@@ -81,9 +87,7 @@ def deployment_options(options: ServingOptions) -> dict[str, Any]:
         },
         "user_config": {"max_batch_size": options.max_batch_size,
                         "batch_wait_ms": options.batch_wait_ms},
-        # Replicas reserve no CPU: a 2-core node still holds every listed model; onnxruntime
-        # uses one thread per session.
-        "ray_actor_options": {"num_cpus": 0},
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
         "health_check_period_s": 2,
     }
 
