@@ -134,6 +134,11 @@ def gateways(cluster: Cluster, pg_database: str, tmp_path_factory: pytest.TempPa
         state["a"] = stack.enter_context(gateway(envs["a"], log=root / "a.log"))
         yield state
         stack.close()  # the gateways go before the cluster does
+    import redis
+
+    r = redis.Redis.from_url(SYSTEM_REDIS)
+    for k in r.scan_iter(f"{common['redis_namespace']}*"):
+        r.delete(k)
 
 
 def _replicas(cluster: Cluster, app: str) -> dict[int, str]:
