@@ -11,10 +11,13 @@ from .tables import Payout, UsageReport
 
 REPORTS = Gauge("aimarket_billing_usage_reports", "Usage reports for Stripe's meter, by status "
                 "(pending: not yet accepted; acked: accepted, credit step pending; rejected: "
-                "refused by Stripe for good)", ["status"])
+                "refused by Stripe for good)", ["status"],
+                multiprocess_mode="mostrecent")
 REPORTED = Gauge("aimarket_billing_usage_reported_micro_usd",
-                 "Usage Stripe's meter has acknowledged, micro-USD")
-PAYOUTS = Gauge("aimarket_billing_payouts", "Seller payouts by status", ["status"])
+                 "Usage Stripe's meter has acknowledged, micro-USD",
+                 multiprocess_mode="mostrecent")
+PAYOUTS = Gauge("aimarket_billing_payouts", "Seller payouts by status", ["status"],
+                multiprocess_mode="mostrecent")  # gauges set at scrape time, by any worker
 
 
 def refresh(engine: Engine) -> None:

@@ -33,7 +33,8 @@ def answered(listing: str, kind: str, seconds: float) -> None:
     pair[1].observe(seconds)
 
 
-FLUSH_LAG = Gauge("aimarket_ledger_flush_lag_events", "Usage events not yet in the ledger")
+FLUSH_LAG = Gauge("aimarket_ledger_flush_lag_events", "Usage events not yet in the ledger",
+                  multiprocess_mode="mostrecent")  # set at scrape time by any worker
 
 
 class _Flushed:

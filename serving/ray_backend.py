@@ -38,6 +38,7 @@ import numpy as np
 
 from .backend import ModelRef, ServingOptions, parse_model_key
 from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
+from .ray_models import publish_model
 from .wire import WIRE_KV_PREFIX, WireClient
 
 SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
@@ -46,6 +47,21 @@ SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
 SERVE_START_OPTIONS: dict[str, Any] = {"proxy_location": "Disabled",
                                        "http_options": {"host": "127.0.0.1"}}
 REFRESH_S = 2.0  # how often a listing's replica addresses are re-read while it is called
+# Placement: Serve schedules replicas with Ray's SPREAD strategy (round robin over the nodes,
+# see NODE_ENV), which spreads one listing's replicas across nodes; it only does so for actors
+# that ask for some resource (Ray's GCS sends zero-resource actors to a random node). So a
+# replica asks for a token share of a CPU: a 2-core node still holds 200 listed models, and
+# onnxruntime uses one thread per session.
+REPLICA_CPUS = 0.01
+# A fixed-size listing whose replicas are all unreachable directly (being replaced: a node
+# died) waits this long for Serve's handle to find one, then answers 503 (not charged).
+HANDLE_WAIT_S = 3.0
+# Ray's workers run at nice 15 unless the raylet says otherwise; replicas answer paid calls.
+NODE_ENV = {"RAY_worker_niceness": "0",
+            # Serve's spread scheduler (its default), not its pack one: one listing's
+            # replicas go to different nodes where there are several
+            "RAY_SERVE_USE_PACK_SCHEDULING_STRATEGY": "0",
+            "RAY_SERVE_USE_COMPACT_SCHEDULING_STRATEGY": "0"}
 
 log = logging.getLogger(__name__)
 # Unix socket paths under Ray's temp dir must stay below 108 bytes; Ray adds ~70.
@@ -71,9 +87,7 @@ def deployment_options(options: ServingOptions) -> dict[str, Any]:
         },
         "user_config": {"max_batch_size": options.max_batch_size,
                         "batch_wait_ms": options.batch_wait_ms},
-        # Replicas reserve no CPU: a 2-core node still holds every listed model; onnxruntime
-        # uses one thread per session.
-        "ray_actor_options": {"num_cpus": 0},
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
         "health_check_period_s": 2,
     }
 
@@ -116,9 +130,8 @@ class RayBackend:
                 # Loopback-only local cluster: token auth would write ~/.ray; no phoning home.
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                # Ray runs workers at nice 15; replicas answer paid calls, so the gateway must
-                # not starve them
-                os.environ.setdefault("RAY_worker_niceness", "0")  # noqa: SIM112 (its name)
+                for name, value in NODE_ENV.items():  # read by the raylet and Serve
+                    os.environ.setdefault(name, value)
                 ray.init(include_dashboard=False, _temp_dir=self._ray_temp_dir(),
                          logging_level=logging.WARNING, log_to_driver=False,
                          _node_ip_address="127.0.0.1")
@@ -175,12 +188,15 @@ class RayBackend:
         name = app_name(ref.key)
         # serve.run replaces the replicas even when nothing changed: another gateway process
         # (or a restarted one) adopts a running application deployed with the same settings.
-        settings = json.dumps([asdict(ref.serving), str(ref.path), ref.sha256, ref.latency_us,
+        # Not the path: gateways with their own data dirs (other machines) share the app.
+        settings = json.dumps([asdict(ref.serving), ref.sha256, ref.latency_us,
                                hashlib.sha256(self._secret.encode()).hexdigest()]).encode()
         app_status = serve.status().applications.get(name)
         if (app_status is not None and app_status.status == "RUNNING"
                 and _internal_kv_get(SETTINGS_KV_PREFIX + name) == settings):
             return serve.get_app_handle(name)
+        # The replicas read the model from the cluster's object store, on whatever node.
+        publish_model(ref.sha256, ref.path.read_bytes)
         deployment: Any = serve.deployment(ModelReplica)  # a Deployment (stubs say a decorator)
         app = deployment.options(**deployment_options(ref.serving)).bind(
             str(ref.path), ref.sha256, ref.latency_us, name, self._secret)
@@ -299,7 +315,11 @@ class RayBackend:
                     raise
             # no replica reachable directly (all being replaced): Serve's handle waits for one
         try:
-            status, result = await handle.remote(inputs)
+            if self._wired(key):
+                status, result = await asyncio.wait_for(_result(handle.remote(inputs)),
+                                                        HANDLE_WAIT_S)
+            else:
+                status, result = await handle.remote(inputs)
         except Exception as exc:  # a dead replica, a deleted application, Ray going away
             raise ServiceUnavailable(
                 "the model's replica is unavailable; the call was not charged, retry it",
@@ -310,3 +330,12 @@ class RayBackend:
         if status == "invalid":
             raise InvalidInput(result)
         raise InferenceFailed(result)
+
+
+async def _result(response: Any) -> Any:
+    """Await a DeploymentResponse (``asyncio.wait_for`` takes coroutines); cancelled with it."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise

@@ -16,6 +16,7 @@ import numpy as np
 from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from ray import serve
 
+from .ray_models import fetch_model, normal_priority
 from .runtime import new_session
 from .wire import WIRE_KV_PREFIX, serve_wire
 
@@ -43,7 +44,9 @@ class ModelReplica:
     def __init__(self, path: str, sha256: str, latency_us: int = 0, app: str = "",
                  wire_secret: str = "") -> None:
         self.sha256 = sha256
-        self._session = new_session(path)
+        self.niceness = normal_priority()
+        # the bytes come from the cluster's model store: this node may never have seen ``path``
+        self._session = new_session(fetch_model(sha256))
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._inline = 0 < latency_us <= INLINE_US
         self._batching = False

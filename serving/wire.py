@@ -31,6 +31,7 @@ DTYPES = {"bool", "uint8", "uint16", "int8", "int16", "int32", "int64", "float16
 SECRET_LEN = 32  # bytes
 WIRE_KV_PREFIX = "aimarket:wire:"  # + app + ":" + replica id -> "host:port" in Ray's KV
 MAX_FRAME = 64 * 1024 * 1024
+CONNECT_TIMEOUT_S = 1.0  # a replica's port answers in microseconds when its node is alive
 _U32, _U16, _STATUS = struct.Struct("!I"), struct.Struct("!H"), struct.Struct("!BH")
 OK, INVALID, FAILED = 0, 1, 2
 Runner = Callable[[dict[str, np.ndarray]], Awaitable[tuple[str, Any]]]
@@ -122,12 +123,15 @@ class WireClient:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._idle:
             return self._idle.pop()
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+        # bounded: a node that went away (no RST from a dead host) must not stall the call;
+        # TimeoutError is an OSError, so the caller tries another replica
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
         writer.write(self._hello)
         try:
-            if await reader.readexactly(1) == b"\x01":
+            if await asyncio.wait_for(reader.readexactly(1), CONNECT_TIMEOUT_S) == b"\x01":
                 return reader, writer
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, TimeoutError):
             pass
         writer.close()
         raise OSError("not this application's replica")  # a stale address, port reused

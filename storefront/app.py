@@ -14,6 +14,7 @@ import redis.exceptions
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -28,6 +29,7 @@ from .models import Account
 from .routes import accounts, admin, billing, exports, keys, models, serving, usage, v2
 from .security import hash_password
 from .services import Services
+from .workers import metrics_registry
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +38,14 @@ class BootstrapRefused(RuntimeError):
     """AIMARKET_ADMIN_EMAIL names an account the bootstrap did not create."""
 
 
-def bootstrap_admin(svc: Services) -> None:
+def bootstrap_admin(s: Settings, sessions: sessionmaker[Session]) -> None:
     """Create the configured admin account once. It never takes over an existing account:
     one that is already an admin is left as it is (its password too); any other account
     with that e-mail (someone signed it up) stops the start."""
-    s = svc.settings
     if not (s.admin_email and s.admin_password):
         return
     email = s.admin_email.lower()
-    with svc.sessions() as db:
+    with sessions() as db:
         account = db.execute(select(Account).where(Account.email == email)).scalar_one_or_none()
         if account is not None and account.role != "admin":
             raise BootstrapRefused(
@@ -69,9 +70,9 @@ async def billing_loop(svc: Services, every_s: float) -> None:
             log.exception("billing sync failed; pending usage stays in the outbox")
 
 
-def seed_demo(svc: Services) -> None:
-    with svc.sessions() as db:
-        demo.seed(db, svc.settings)
+def seed_demo(settings: Settings, sessions: sessionmaker[Session]) -> None:
+    with sessions() as db:
+        demo.seed(db, settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,9 +85,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = svc
         syncer: asyncio.Task[None] | None = None
         try:
-            await run_in_threadpool(bootstrap_admin, svc)
+            await run_in_threadpool(bootstrap_admin, settings, svc.sessions)
             if settings.seed_demo:
-                await run_in_threadpool(seed_demo, svc)
+                await run_in_threadpool(seed_demo, settings, svc.sessions)
+            # live listings answer their first call without waiting for a deployment
+            await svc.registry.deploy_live()
             if settings.run_flusher:
                 svc.start_flusher()
             if svc.billing.stripe is not None and settings.billing_sync_interval_s > 0:
@@ -131,6 +134,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(redis.exceptions.RedisError):  # scrape what we have
             await refresh(svc.redis, svc.settings.redis_namespace)
         await run_in_threadpool(billing_metrics.refresh, svc.engine)
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return app

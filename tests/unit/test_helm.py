@@ -450,12 +450,14 @@ def test_the_ray_cluster_matches_what_the_app_runs(case: Any) -> None:
     gateway = one(docs, "Deployment", "aimarket-gateway")["spec"]["template"]
     args = " ".join(gateway["spec"]["containers"][0]["args"])
     assert 'ray start --address="$AIMARKET_RAY_ADDRESS"' in args and "--num-cpus=0" in args
-    # Every Ray node and gateway: the app image, the shared volume at the same path.
+    # Every Ray node and gateway: the app image. The Ray nodes mount no data volume: the
+    # replicas read the models from Ray's object store (a node that never saw the data dir).
     image = gateway["spec"]["containers"][0]["image"]
     for template in pod_templates(ray):
         c = template["spec"]["containers"][0]
         assert c["image"] == image
-        assert {"name": "data", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
+        assert "/data" not in {m["mountPath"] for m in c["volumeMounts"]}
+        assert not [v for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v]
         env = {e["name"]: e["value"] for e in c["env"]}
         assert env["RAY_worker_niceness"] == "0"
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
