@@ -27,7 +27,8 @@ from serving import Manifest, sample_inputs
 
 from .common import DemoCall, DemoSpec, example_images, flatten, png_b64, run
 
-INLINE_ELEMENTS = 256  # a tensor input up to this size is shown whole in the JSON editor
+INLINE_ELEMENTS = 256  # a generated tensor input up to this size is shown whole
+EXAMPLE_CHARS = 20_000  # a seller's example input up to this size (JSON) is shown whole
 SUMMARY_ELEMENTS = 1_000  # a tensor output above this size is summarised
 RANDOM = "random"
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -222,12 +223,12 @@ def tensor_example(m: Manifest) -> dict[str, Any]:
     """The JSON editor's first text: the manifest's first example where it is small, else one
     small generated value per input, ``"random"`` for an input too large to show."""
     given = (m.examples or [None])[0]
-    if isinstance(given, dict) and len(json.dumps(given)) <= 16 * INLINE_ELEMENTS:
+    if isinstance(given, dict) and len(json.dumps(given)) <= EXAMPLE_CHARS:
         return given
     out: dict[str, Any] = {}
     for t in m.inputs:
         if isinstance(given, dict) and t.name in given and \
-                len(json.dumps(given[t.name])) <= 16 * INLINE_ELEMENTS:
+                len(json.dumps(given[t.name])) <= EXAMPLE_CHARS:
             out[t.name] = given[t.name]
             continue
         shape = [1 if d == -1 else d for d in t.shape]
