@@ -7,7 +7,8 @@ audio-classification: a clip, uploaded or recorded -> the top labels
 text-classification: a text -> the top labels
 text-embedding: two texts -> their cosine similarity and a summary of each vector
 tensor: JSON inputs, prefilled with a small valid example (large inputs as ``"random"``, a
-generated tensor of the right shape) -> the outputs, large ones summarised
+generated tensor of the right shape), or .npy uploads per input -> the outputs, large ones
+summarised
 """
 
 from __future__ import annotations
@@ -270,16 +271,34 @@ def describe_inputs(m: Manifest) -> str:
             "of the right shape (one item of the batch).")
 
 
+def npy_inputs(m: Manifest, paths: list[str] | None) -> dict[str, Any]:
+    """Uploaded .npy files, each named after the input it fills (``images.npy``)."""
+    names = {t.name for t in m.inputs}
+    out: dict[str, Any] = {}
+    for path in paths or []:
+        name = Path(path).name.removesuffix(".npy")
+        if name not in names:
+            raise gr.Error(f"{Path(path).name}: name a .npy file after the input it fills "
+                           f"({', '.join(sorted(names))})")
+        try:
+            arr = np.load(path, allow_pickle=False)  # never unpickle a visitor's file
+        except (ValueError, OSError, EOFError) as exc:
+            raise gr.Error(f"{Path(path).name} is not a readable .npy array") from exc
+        out[name] = arr.tolist()
+    return out
+
+
 def tensor_ui(spec: DemoSpec, call: DemoCall) -> None:
     m = spec.manifest
 
-    async def predict(text: str, request: gr.Request) -> tuple[Any, str]:
+    async def predict(text: str, uploads: list[str] | None, request: gr.Request
+                      ) -> tuple[Any, str]:
         try:
             inputs = json.loads(text)
         except ValueError as exc:
             raise gr.Error(f"inputs are not valid JSON: {exc}") from exc
         if isinstance(inputs, dict):
-            inputs = fill_random(m, inputs)
+            inputs = fill_random(m, {**inputs, **npy_inputs(m, uploads)})
         answer = await run(call, spec.slug, {"inputs": inputs}, request)
         return {k: summarise(v) for k, v in answer["outputs"].items()}, answer["remaining_text"]
 
@@ -289,11 +308,14 @@ def tensor_ui(spec: DemoSpec, call: DemoCall) -> None:
             text = gr.Code(json.dumps(tensor_example(m)), language="json",
                            label="Inputs (JSON: input name -> nested list)",
                            elem_id="demo-input")
+            uploads = gr.File(label="Or upload .npy files named after the inputs "
+                              "(images.npy): they replace those inputs of the JSON",
+                              file_count="multiple", file_types=[".npy"], elem_id="demo-npy")
             run_btn = gr.Button("Run", variant="primary", elem_id="demo-run")
         with gr.Column():
             out = gr.JSON(label="Outputs", elem_id="demo-output")
             left = gr.Markdown(elem_id="demo-remaining")
-    run_btn.click(predict, [text], [out, left], api_name="predict")
+    run_btn.click(predict, [text, uploads], [out, left], api_name="predict")
 
 
 UIS: dict[str, Callable[[DemoSpec, DemoCall], None]] = {

@@ -108,6 +108,23 @@ def test_tensor_demo_prefills_a_small_example_and_fills_random_inputs() -> None:
     code = next(b for b in blocks.blocks.values() if isinstance(b, gr.Code))
     example = json.loads(code.value)
     assert example["sr"] == 16000 and np.asarray(example["state"]).shape == (2, 1, 128)
-    outputs, _ = asyncio.run(_fn(blocks)(json.dumps({**example, "input": "random"}), None))
+    outputs, _ = asyncio.run(_fn(blocks)(json.dumps({**example, "input": "random"}), None,
+                                         None))
     assert np.asarray(call.sent[0]["inputs"]["input"]).shape == (1, 1)
     assert np.asarray(outputs["output"]).shape == (1, 1)
+
+
+def test_tensor_demo_takes_npy_uploads_named_after_the_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blocks, call = _demo(tm.vad_like)
+    code = next(b for b in blocks.blocks.values() if isinstance(b, gr.Code)).value
+    wave = np.full((1, 512), 0.5, dtype=np.float32)
+    np.save(tmp_path / "input.npy", wave)
+    outputs, _ = asyncio.run(_fn(blocks)(code, [str(tmp_path / "input.npy")], None))
+    assert call.sent[0]["inputs"]["input"] == wave.tolist()
+    assert np.asarray(outputs["output"]).shape == (1, 1)
+    np.save(tmp_path / "other.npy", wave)
+    with pytest.raises(gr.Error, match="name a .npy file after the input"):
+        asyncio.run(_fn(blocks)(code, [str(tmp_path / "other.npy")], None))
+    np.save(tmp_path / "state.npy", np.asarray([object()], dtype=object), allow_pickle=True)
+    with pytest.raises(gr.Error, match="not a readable .npy array"):
+        asyncio.run(_fn(blocks)(code, [str(tmp_path / "state.npy")], None))
