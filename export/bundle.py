@@ -19,7 +19,7 @@ import onnxruntime as ort
 from serving import InvalidInput, Manifest, sample_inputs
 from serving import errors as serving_errors
 
-from . import templates
+from . import taskcode, templates
 from .signing import Signer
 from .targets import convert
 
@@ -40,6 +40,7 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
           signer: Signer, *, min_agreement: float = MIN_AGREEMENT) -> Bundle:
     """Convert, check accuracy, watermark, sign and zip. Raises InvalidInput
     (``export_accuracy``) when the converted model disagrees with the original too often."""
+    task_files = taskcode.bundle_files(manifest, target)  # refuses a task the target cannot run
     converted, notes = convert(model_bytes, target)
     agreement, max_diff = accuracy(model_bytes, converted, manifest)
     if agreement < min_agreement:
@@ -57,8 +58,7 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
     files: dict[str, bytes] = {
         "model.onnx": model_bytes_out,
         "manifest.json": manifest.model_dump_json(indent=2).encode(),
-        "predict.py": templates.PREDICT.encode(),
-        "requirements.txt": templates.REQUIREMENTS.encode(),
+        **task_files,  # predict.py, requirements.txt and the pipeline predict.py runs
         "license.json": json.dumps({"license": license_body,
                                     "signature": signer.sign(license_body)}, indent=2).encode(),
         "accuracy.json": json.dumps({"samples": SAMPLES, "agreement": agreement,

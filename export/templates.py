@@ -43,22 +43,84 @@ def predict(payload, sess=None):
     labels = MANIFEST.get("labels") or []
     if MANIFEST["task"] == "tabular-regression":
         first = out[MANIFEST["outputs"][0]["name"]]
-        return [{"value": float(v)} for v in np.asarray(first).reshape(-1)]
+        return {"predictions": [{"value": float(v)} for v in np.asarray(first).reshape(-1)]}
     if MANIFEST["task"] == "tensor":
-        return [{k: np.asarray(v).tolist() for k, v in out.items()}]
+        return {"outputs": {k: np.asarray(v).tolist() for k, v in out.items()}}
     label_out = next((out[o["name"]] for o in MANIFEST["outputs"]
                       if o["dtype"].startswith(("int", "uint"))), None)
     probs = next((out[o["name"]] for o in MANIFEST["outputs"]
                   if o["dtype"].startswith("float") and len(o["shape"]) == 2), None)
     idx = label_out if label_out is not None else np.argmax(probs, axis=1)
-    return [{"label": labels[int(i)] if 0 <= int(i) < len(labels) else str(int(i))}
-            for i in np.asarray(idx).reshape(-1)]
+    return {"predictions": [
+        {"label": labels[int(i)] if 0 <= int(i) < len(labels) else str(int(i))}
+        for i in np.asarray(idx).reshape(-1)]}
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
-    print(json.dumps({"predictions": predict(json.loads(Path(sys.argv[1]).read_text()))}))
+    print(json.dumps(predict(json.loads(Path(sys.argv[1]).read_text()))))
+'''
+
+TASK_PREDICT = r'''#!/usr/bin/env python3
+"""Run this model locally; it answers as the marketplace's /v1/models/{slug}/predict does,
+with the marketplace's own pre- and post-processing (serving/, shipped beside this file).
+Needs Python 3.10 or newer and requirements.txt (pip install -r requirements.txt).
+
+input.json holds the body /predict takes: {"image": <base64 PNG/JPEG>} or {"images": [...]}
+(image tasks), {"audio": <base64 WAV/FLAC/OGG>} (audio), {"texts": [...]} (text),
+{"rows": [...]} (tabular), {"inputs": {"<input name>": nested lists}} (tensor).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the shipped serving/ package
+
+import onnxruntime as ort  # noqa: E402
+
+from serving.manifest import Manifest  # noqa: E402
+from serving.tasks import postprocess, prepare_call  # noqa: E402
+
+MANIFEST = Manifest.model_validate_json((HERE / "manifest.json").read_text())
+
+
+def session():
+    wanted = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    available = ort.get_available_providers()
+    return ort.InferenceSession(str(HERE / "model.onnx"),
+                                providers=[p for p in wanted if p in available])
+
+
+def predict(payload, sess=None):
+    """A /predict request body -> the /predict answer (InvalidInput for bad input)."""
+    sess = sess or session()
+    feeds, context = prepare_call(MANIFEST, payload)
+    names = [o.name for o in sess.get_outputs()]
+    return postprocess(MANIFEST, dict(zip(names, sess.run(None, feeds))), context)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("input", help="a JSON file with the request body ('-' reads stdin)")
+    args = ap.parse_args(argv)
+    text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+    from serving.errors import AimarketError, error_reply
+
+    try:
+        answer = predict(json.loads(text))
+    except AimarketError as exc:  # the marketplace's error envelope, exit status 2
+        print(error_reply(exc).body.decode(), file=sys.stderr)
+        return 2
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 '''
 
 README = """# {title} — version {version}, target {target}
@@ -118,7 +180,10 @@ import argparse
 import json
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from errors import AimarketError, InvalidInput, NotFound, error_reply  # the marketplace's own
+try:  # the marketplace's own error envelope: the shipped pipeline's, else the kit's copy
+    from serving.errors import AimarketError, InvalidInput, NotFound, error_reply
+except ImportError:
+    from errors import AimarketError, InvalidInput, NotFound, error_reply
 from predict import predict, session
 
 SESSION = session()
@@ -132,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise NotFound(f"no route {self.path}; POST /predict")
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                data = json.dumps({"predictions": predict(body, SESSION)}).encode()
+                data = json.dumps(predict(body, SESSION)).encode()
             except AimarketError:
                 raise
             except Exception as exc:  # bad input: say what, keep serving

@@ -2,41 +2,25 @@
 
 image-classification: an uploaded or sketched image -> the top labels
 tabular-*: a form with one number per feature -> the label (with scores) or the value
-tensor: JSON inputs -> JSON outputs
+the other tasks: sandbox_ui/task_demos.py (detection, segmentation, audio, text, tensor)
 Every call goes to ``call`` (the marketplace's demo path); its refusals show as Gradio errors.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import html
 import inspect
-import io
-import json
 import keyword
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
-from serving import AimarketError, InvalidInput, Manifest, description_html, load_image
+from serving import description_html
 
-# (slug, task-level payload, the HTTP request) -> the demo call's answer
-DemoCall = Callable[[str, Any, Any], Awaitable[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class DemoSpec:
-    """What a demo is built from: a live listing version."""
-
-    slug: str
-    version: int
-    title: str
-    manifest: Manifest
+from . import task_demos
+from .common import DemoCall, DemoSpec, example_images, png_b64
+from .common import run as run_call
 
 
 def build_demo(spec: DemoSpec, call: DemoCall, concurrency: int = 4) -> gr.Blocks:
@@ -54,57 +38,21 @@ def build_demo(spec: DemoSpec, call: DemoCall, concurrency: int = 4) -> gr.Block
             _image_ui(spec, call)
         elif m.task.startswith("tabular-"):
             _tabular_ui(spec, call)
+        elif m.task in task_demos.UIS:
+            task_demos.UIS[m.task](spec, call)
         else:
-            _tensor_ui(spec, call)
+            task_demos.tensor_ui(spec, call)
     blocks.queue(default_concurrency_limit=concurrency)
     return blocks
 
 
-async def _run(call: DemoCall, slug: str, payload: Any, request: gr.Request | None
-               ) -> dict[str, Any]:
-    try:
-        return await call(slug, payload, getattr(request, "request", None))
-    except AimarketError as exc:
-        raise gr.Error(exc.message, title="Demo call refused") from exc
-
-
 def _labels(answer: dict[str, Any]) -> dict[str, float]:
-    pred = answer["predictions"][0]
-    top = pred.get("top") or [{"label": pred["label"], "score": 1.0}]
-    return {t["label"]: float(t["score"]) for t in top}
-
-
-def _png_b64(image: Any) -> str:
-    if isinstance(image, dict):  # a sketch: the editor's layers flattened
-        image = image.get("composite")
-    if image is None:
-        raise gr.Error("add an image first: upload one or draw one")
-    if not isinstance(image, Image.Image):
-        image = Image.fromarray(image)
-    if image.mode in ("RGBA", "LA", "P"):
-        # Transparent pixels (an untouched canvas) are paper: flatten onto white.
-        rgba = image.convert("RGBA")
-        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(paper, rgba).convert("RGB")
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _example_images(m: Manifest) -> list[Image.Image]:
-    """The manifest's example images, decoded as /predict decodes images; the upload review
-    refuses any it cannot decode, and one stored before that check is left out."""
-    out = []
-    for ex in m.examples or []:
-        if isinstance(ex, str):
-            with contextlib.suppress(InvalidInput), load_image("".join(ex.split())) as img:
-                out.append(img.convert("RGB"))
-    return out
+    return task_demos.labels(answer)
 
 
 def _image_ui(spec: DemoSpec, call: DemoCall) -> None:
     async def classify(image: Any, request: gr.Request) -> tuple[dict[str, float], str]:
-        answer = await _run(call, spec.slug, {"image": _png_b64(image)}, request)
+        answer = await run_call(call, spec.slug, {"image": png_b64(image)}, request)
         return _labels(answer), answer["remaining_text"]
 
     with gr.Row():
@@ -113,7 +61,7 @@ def _image_ui(spec: DemoSpec, call: DemoCall) -> None:
                 image = gr.Image(type="pil", sources=["upload", "clipboard"], label="Image",
                                  elem_id="demo-image")
                 upload_btn = gr.Button("Classify", variant="primary", elem_id="demo-run")
-                examples = _example_images(spec.manifest)
+                examples = example_images(spec.manifest)
                 if examples:
                     gr.Examples([[e] for e in examples], inputs=[image], label="Examples")
             with gr.Tab("Draw"):
@@ -141,7 +89,7 @@ def _tabular_ui(spec: DemoSpec, call: DemoCall) -> None:
         if any(v is None for v in values):
             raise gr.Error("fill in every feature")
         row = {n: float(v) for n, v in zip(names, values, strict=True)}  # type: ignore[arg-type]
-        answer = await _run(call, spec.slug, {"rows": [row]}, request)
+        answer = await run_call(call, spec.slug, {"rows": [row]}, request)
         if m.task == "tabular-regression":
             return answer["predictions"][0]["value"], answer["remaining_text"]
         return _labels(answer), answer["remaining_text"]
@@ -189,34 +137,3 @@ def _row(names: list[str], example: Any) -> list[float]:
     if isinstance(example, dict):
         return [float(example[n]) for n in names]
     return [float(v) for v in example]
-
-
-def _tensor_ui(spec: DemoSpec, call: DemoCall) -> None:
-    m = spec.manifest
-    example = (m.examples or [None])[0] or {
-        t.name: _zeros([1 if d == -1 else d for d in t.shape]) for t in m.inputs
-    }
-
-    async def predict(text: str, request: gr.Request) -> tuple[Any, str]:
-        try:
-            inputs = json.loads(text)
-        except ValueError as exc:
-            raise gr.Error(f"inputs are not valid JSON: {exc}") from exc
-        answer = await _run(call, spec.slug, {"inputs": inputs}, request)
-        return answer["outputs"], answer["remaining_text"]
-
-    with gr.Row():
-        with gr.Column():
-            text = gr.Code(json.dumps(example), language="json", label="Inputs (JSON: input "
-                           "name -> nested list)", elem_id="demo-input")
-            run = gr.Button("Run", variant="primary", elem_id="demo-run")
-        with gr.Column():
-            out = gr.JSON(label="Outputs", elem_id="demo-output")
-            left = gr.Markdown(elem_id="demo-remaining")
-    run.click(predict, [text], [out, left], api_name="predict")
-
-
-def _zeros(shape: list[int]) -> Any:
-    if len(shape) == 1:
-        return [0.0] * shape[0]
-    return [_zeros(shape[1:]) for _ in range(shape[0])]

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving import NotFound, error_reply
 
-from .builder import DemoCall, DemoSpec, build_demo
+from .builder import build_demo
+from .common import DemoCall, DemoSpec
 from .uploads import UPLOAD_PATH, UploadLimits, guard_upload
 
 # slug -> the live listing version to demo, or None when there is none

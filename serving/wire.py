@@ -8,6 +8,8 @@ dtypes, shapes) and the arrays' bytes. A connection starts with the shared secre
 does not, or names another application, is closed without the one-byte welcome.
 
 request  = u32 length | u16 header length | {"i": [[name, dtype, shape], ...]} | buffers
+           (a string tensor, dtype "string": each element a u32 length, then its UTF-8 bytes,
+           as the v2 protocol's BYTES)
 response = u32 length | u8 status | u16 header length | header | buffers
            status 0 ok ({"o": [...]} and buffers), 1 invalid input / 2 failed ({"m": message})
 """
@@ -47,17 +49,51 @@ def _name(dtype: np.dtype) -> str:
     return name
 
 
+STRING = "string"  # an object array of str (what onnxruntime takes and gives for strings)
+
+
+def _utf8(x: Any) -> bytes:
+    return x if isinstance(x, bytes) else str(x).encode("utf-8")
+
+
+def _encode_strings(arr: np.ndarray) -> bytes:
+    items = [_utf8(x) for x in arr.reshape(-1).tolist()]
+    return b"".join(_U32.pack(len(b)) + b for b in items)
+
+
+def _decode_strings(body: bytes | memoryview, count: int, offset: int
+                    ) -> tuple[np.ndarray, int]:
+    view = memoryview(body)
+    out = np.empty(count, dtype=object)
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise ValueError("string element length runs past the frame")
+        (n,) = _U32.unpack(view[offset:offset + 4])
+        if offset + 4 + n > len(view):
+            raise ValueError("string element runs past the frame")
+        out[i] = bytes(view[offset + 4:offset + 4 + n]).decode("utf-8")
+        offset += 4 + n
+    return out, offset
+
+
 def encode_arrays(arrays: dict[str, np.ndarray]) -> tuple[bytes, list[bytes | memoryview]]:
-    header = orjson.dumps([[k, _name(v.dtype), v.shape] for k, v in arrays.items()])
-    return header, [memoryview(np.ascontiguousarray(v).data).cast("B") for v in arrays.values()]
+    header = orjson.dumps([[k, STRING if v.dtype == object else _name(v.dtype), v.shape]
+                           for k, v in arrays.items()])
+    return header, [_encode_strings(v) if v.dtype == object
+                    else memoryview(np.ascontiguousarray(v).data).cast("B")
+                    for v in arrays.values()]
 
 
 def decode_arrays(specs: Any, body: bytes | memoryview) -> dict[str, np.ndarray]:
     out, offset = {}, 0
     for name, dtype, shape in specs:
+        count = math.prod(shape)  # 1 for a scalar
+        if dtype == STRING:
+            strings, offset = _decode_strings(body, count, offset)
+            out[name] = strings.reshape(shape)
+            continue
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r}")
-        count = math.prod(shape)  # 1 for a scalar
         arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
         offset += arr.nbytes
         out[name] = arr

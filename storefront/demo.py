@@ -1,4 +1,6 @@
-"""The demo catalog: real models trained at start from scikit-learn's bundled datasets."""
+"""The demo catalog: real models trained at start from scikit-learn's bundled datasets, and
+(storefront/demo_tasks.py) real published models of the newer tasks where their packages are
+installed."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import moderation, publishing
+from .demo_tasks import TASK_DEMOS
 from .models import Account, Listing
 from .security import hash_password
 
@@ -172,13 +175,16 @@ def seed(db: Session, settings: Any) -> list[tuple[Listing, Any]]:
     seller = system_account(db, DEMO_SELLER, "seller", "aimarket demo")
     moderator = system_account(db, MODERATOR, "admin", "aimarket moderator")
     approved = []
-    for slug, build in DEMOS.items():
+    for slug, build in {**DEMOS, **TASK_DEMOS}.items():
         if db.execute(select(Listing.id).where(Listing.slug == slug)).first() is not None:
             continue
-        data, manifest = build()
+        built = build()
+        if built is None:  # its package is not installed
+            continue
+        data, manifest = built
         published = publishing.publish(db, settings, seller, publishing.Submission(
-            upload=data, manifest_text=json.dumps(manifest), license="BSD-3-Clause",
-            attested=True, slug=slug))
+            upload=data, manifest_text=json.dumps(manifest),
+            license=manifest.get("license", "BSD-3-Clause"), attested=True, slug=slug))
         listing, lv = moderation.pending_version(db, published.slug, published.version)
         moderation.decide(db, listing, lv, moderator, "approve", "demo catalog, seeded at start")
         approved.append((listing, lv))

@@ -1,21 +1,24 @@
 """The manifest's examples: the demo offers each one, so each must go through the task pipeline
-of ``/v1/models/{slug}/predict`` (images decoded under the site's pixel limit, rows keyed by
-the features, tensors of the inputs' shapes). One that does not is refused at upload."""
+of ``/v1/models/{slug}/predict`` (images and clips decoded under the site's limits, texts
+within theirs, rows keyed by the features, tensors of the inputs' shapes). One that does not
+is refused at upload."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..errors import InvalidInput
-from ..manifest import Manifest
+from ..manifest import IMAGE_TASKS, TEXT_TASKS, Manifest
 from ..tasks import prepare
 
 
 def _payload(manifest: Manifest, example: Any) -> dict[str, Any]:
-    if manifest.task == "image-classification":
+    if manifest.task in IMAGE_TASKS or manifest.task == "audio-classification":
         if isinstance(example, str):  # base64 wrapped over lines in YAML is still base64
             example = "".join(example.split())
-        return {"image": example}
+        return {"audio" if manifest.task == "audio-classification" else "image": example}
+    if manifest.task in TEXT_TASKS:  # an example is one text
+        return {"texts": [example]}
     if manifest.task.startswith("tabular-"):
         return {"rows": [example]}
     return {"inputs": example}

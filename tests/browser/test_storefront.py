@@ -14,12 +14,16 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Page, expect
 
+from storefront.demo import DEMOS
+from storefront.demo_tasks import TASK_DEMOS
 from tests.e2e.test_journey import running
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "browser"
 BIN = Path(sys.executable).parent / "aimarket"
 WAIT_MS = 30_000
+# the demo catalog: the scikit-learn models and the task models whose packages are installed
+CATALOG = len(DEMOS) + sum(build() is not None for build in TASK_DEMOS.values())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,7 @@ def shot(page: Page, name: str) -> None:
 def test_newcomer_browses_tries_a_model_signs_up_and_creates_a_key(pages) -> None:
     page = pages()
     page.goto("/")
-    expect(page.locator(".card")).to_have_count(4)
+    expect(page.locator(".card")).to_have_count(CATALOG)
     shot(page, "01-catalog")
     page.get_by_role("search").get_by_placeholder("Search models").fill("iris")
     page.keyboard.press("Enter")

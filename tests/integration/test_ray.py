@@ -9,6 +9,7 @@ Valkey; the test talks HTTP to it and reads Ray's state through the app's backen
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -323,3 +324,40 @@ def test_delisting_undeploys_every_version(http: httpx.Client, server: tuple[str
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     assert http.get(f"/v1/models/{slug}").status_code == 404
     assert _credits(http, addr) == "1.00"
+
+
+def test_a_text_model_with_a_string_input_answers_on_ray_as_on_local(
+        http: httpx.Client, server: tuple[str, Any]) -> None:
+    """String tensors cross the gateway's wire into the replica and back (/predict and v2
+    BYTES); the answers equal the task pipeline on onnxruntime in this process."""
+    from serving import parse_manifest, postprocess, prepare_call
+    from serving.runtime import new_session
+    from tests import task_models as tm
+
+    model, manifest = tm.text_clf()
+    _, seller = signup(http, "seller")
+    slug = f"ray-text-{time.monotonic_ns() % 10**6}"
+    publish(http, seller, model, {**manifest, "pricing": {"per_call": "0.001",
+                                                          "trial_calls": 0}}, slug=slug)
+    approve(http, slug, 1)
+    assert _backend(server).replicas(f"{slug}@1")
+    key, _ = buyer(http)
+    payload = {"texts": ["love it, great", "awful and bad, terrible ☹"]}
+    r = http.post(f"/v1/models/{slug}/predict", headers=key, json=payload)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Cost"] == "0.001"
+    m = parse_manifest(json.dumps(manifest))
+    tensors, context = prepare_call(m, payload)
+    session = new_session(model)
+    names = [o.name for o in session.get_outputs()]
+    local = dict(zip(names, session.run(None, tensors), strict=True))
+    assert r.json()["predictions"] == postprocess(m, local, context)["predictions"]
+    assert [p["label"] for p in r.json()["predictions"]] == ["positive", "negative"]
+
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json={"inputs": [
+        {"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": payload["texts"]}]})
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert out["label"]["data"] == local["label"].tolist()
+    np.testing.assert_allclose(out["probabilities"]["data"],
+                               local["probabilities"].reshape(-1), rtol=1e-6)

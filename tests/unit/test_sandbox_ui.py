@@ -125,9 +125,9 @@ def test_tensor_demo_takes_json_and_shows_refusals_as_errors() -> None:
     code = next(b for b in blocks.blocks.values() if isinstance(b, gr.Code))
     assert code.value == '{"x": [[0.0, 0.0]]}'
     with pytest.raises(gr.Error, match=r"input 'x' has shape \[1, 3\]"):
-        asyncio.run(_fn(blocks, "predict")('{"x": [[1, 2, 3]]}', None))
+        asyncio.run(_fn(blocks, "predict")('{"x": [[1, 2, 3]]}', None, None))
     with pytest.raises(gr.Error, match="not valid JSON"):
-        asyncio.run(_fn(blocks, "predict")("{", None))
+        asyncio.run(_fn(blocks, "predict")("{", None, None))
 
 
 def test_try_apps_serve_each_listing_and_rebuild_for_a_new_version() -> None:

@@ -101,3 +101,27 @@ async def test_a_replica_that_goes_away_mid_call_is_unavailable() -> None:
         await client.call({"X": np.zeros((1, 4), np.float32)})
     assert err.value.code == "replica_unavailable" and client.broken and accepted
     server.close()
+
+
+async def test_string_tensors_round_trip_to_a_text_model() -> None:
+    """A text model's string input (and a string output) cross the wire as UTF-8."""
+    from tests import task_models as tm
+
+    session = new_session(tm.text_clf()[0])
+
+    async def run(inputs):  # type: ignore[no-untyped-def]
+        label, probs = session.run(None, inputs)
+        words = np.asarray([f"échos {t}" for t in inputs["text"].reshape(-1)], dtype=object)
+        return ("ok", {"label": label, "probabilities": probs, "echo": words.reshape(-1, 1)})
+
+    server = await serve_wire(run, SECRET, "t-v1", "127.0.0.1")
+    client = WireClient("127.0.0.1", server.sockets[0].getsockname()[1], SECRET, "t-v1")
+    texts = np.asarray([["love it, great"], ["awful and bad ☹"], [""]], dtype=object)
+    out = await client.call({"text": texts})
+    want_label, want_probs = session.run(None, {"text": texts})
+    np.testing.assert_array_equal(out["label"], want_label)
+    np.testing.assert_array_equal(out["probabilities"], want_probs)
+    assert out["echo"].dtype == object and out["echo"].shape == (3, 1)
+    assert out["echo"].reshape(-1).tolist() == [f"échos {t}" for t in texts.reshape(-1)]
+    client.close()
+    server.close()
