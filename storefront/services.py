@@ -97,6 +97,8 @@ def build_backend(settings: Settings) -> Backend:
     """The default backend, or a router over every enabled one (AIMARKET_SERVING_BACKENDS)."""
     def one(name: str) -> Backend:
         return make_backend(name, inline_us=settings.inline_infer_us,
+                            memory_budget=settings.model_memory_bytes(),
+                            load_wait_s=settings.model_load_wait_s,
                             ray_address=settings.ray_address,
                             ray_temp_dir=settings.data_dir / "ray",
                             ray_wire_secret=_wire_secret(settings), **triton_options(settings))

@@ -35,6 +35,10 @@ class ServingPatch(BaseModel):
     max_batch_size: int | None = Field(None, ge=1, le=1024,
                                        description="1 turns dynamic batching off")
     batch_wait_ms: float | None = Field(None, ge=0, le=1000)
+    batching: Literal["auto", "off"] | None = Field(
+        None, description="auto: the local backend batches models slow enough to gain from "
+        "it (review latency >= 0.5 ms) up to 8 rows; off: the local backend does not batch "
+        "this listing (max_batch_size still sets Ray's batching)")
     backend: Literal["local", "ray", "triton"] | None = Field(
         None, description="The engine among the enabled ones (AIMARKET_SERVING_BACKENDS)")
 

@@ -1,0 +1,63 @@
+"""Load live versions at start while the model memory budget allows, the most called first.
+
+The others load on their first call (``serving.local``). Runs as a background task after the
+app is up: a large catalog does not delay the start, and a call for a model still loading
+simply waits for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from metering import UsageEvent
+from serving import Backend, BackendRouter, LocalBackend
+
+from .deployments import serving_options
+from .models import Listing, ListingVersion
+from .registry import LiveVersion, to_live
+
+log = logging.getLogger(__name__)
+
+
+def by_calls(db: Session, data_dir: Path) -> list[LiveVersion]:
+    """Every live version of a listed listing, the most called first."""
+    calls = (select(UsageEvent.listing_version_id, func.count().label("n"))
+             .group_by(UsageEvent.listing_version_id).subquery())
+    rows = db.execute(
+        select(Listing, ListingVersion)
+        .join(ListingVersion, ListingVersion.listing_id == Listing.id)
+        .outerjoin(calls, calls.c.listing_version_id == ListingVersion.id)
+        .where(Listing.status == "listed", ListingVersion.status == "live")
+        .order_by(func.coalesce(calls.c.n, 0).desc(), ListingVersion.id.desc())
+    ).all()
+    return [to_live(listing, lv, data_dir, serving_options(db, listing.id))
+            for listing, lv in rows]
+
+
+def _local(backend: Backend, live: LiveVersion) -> LocalBackend | None:
+    """The local backend that would run ``live``, if it is the local one."""
+    if isinstance(backend, LocalBackend):
+        return backend
+    if isinstance(backend, BackendRouter):
+        target = backend.backends.get(live.ref.serving.backend or backend.default)
+        return target if isinstance(target, LocalBackend) else None
+    return None
+
+
+async def preload(backend: Backend, versions: list[LiveVersion]) -> int:
+    """Deploy ``versions`` in order while each fits the budget; returns how many loaded."""
+    loaded = 0
+    for live in versions:
+        local = _local(backend, live)
+        if local is None or not local.has_room(live.ref):
+            continue
+        try:
+            await backend.deploy(live.ref)
+            loaded += 1
+        except Exception:  # a broken model file must not stop the others from loading
+            log.exception("preloading %s failed; it loads on its first call", live.ref.key)
+    return loaded
