@@ -66,6 +66,6 @@ __all__ = [
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
     "description_html", "load_image", "machine_memory", "make_backend", "model_key",
-    "parse_manifest", "parse_model_key", "parse_v2_body", "plain_text", "postprocess", "prepare", "prepare_call",
-    "safe_html", "sample_inputs", "sample_payload", "v2_model_metadata",
+    "parse_manifest", "parse_model_key", "parse_v2_body", "plain_text", "postprocess", "prepare",
+    "prepare_call", "safe_html", "sample_inputs", "sample_payload", "v2_model_metadata",
 ]

@@ -153,7 +153,8 @@ class Services:
         return cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
             redis_sync=sync_client, redis_url=url, meter=meter, demos=DemoMeter(meter),
-            backend=backend, registry=Registry(engine, backend, settings.data_dir),
+            backend=backend, registry=Registry(engine, backend, settings.data_dir,
+                                               load_wait_s=settings.model_load_wait_s),
             keys=KeyCache(engine, settings.key_cache_seconds, rps=settings.rate_limit_rps,
                           burst=settings.rate_limit_burst),
             flusher=build_flusher(settings, sync_client, engine), embedded=embedded,
