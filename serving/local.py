@@ -126,15 +126,22 @@ class LocalBackend:
         return None
 
     async def deploy(self, ref: ModelRef) -> None:
-        """Know ``ref`` and load it now (a deploy verifies the model loads), evicting the
-        least recently used beyond the budget."""
+        """Know ``ref``; a version new here is loaded now (a deploy verifies that the model
+        loads), evicting the least recently used beyond the budget. Deploying a known version
+        applies its serving options and loads nothing: an unloaded one loads on its call."""
+        known = ref.key in self._refs
         self._refs[ref.key] = ref
         loaded = self._models.get(ref.key)
         if loaded is not None:
             self._configure(loaded, ref)
-            self._residency.touch(ref.key)
-            return
-        await self._ensure(ref.key)
+        elif not known or ref.key in self._loads:
+            await self._ensure(ref.key)
+
+    async def load(self, key: str) -> None:
+        """Load a known version now (waits for a load in progress)."""
+        if key not in self._refs:
+            raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
+        await self._ensure(key)
 
     def has_room(self, ref: ModelRef) -> bool:
         """Whether ``ref`` would load without evicting anything (the preload at start)."""

@@ -48,6 +48,14 @@ def _local(backend: Backend, live: LiveVersion) -> LocalBackend | None:
     return None
 
 
+def cold_start_ms(backend: Backend, key: str) -> float | None:
+    """The measured load time of ``key`` in this process, where a local backend loaded it."""
+    if isinstance(backend, BackendRouter):
+        where = backend.backend_of(key)
+        backend = backend.backends[where] if where else backend
+    return backend.cold_start_ms(key) if isinstance(backend, LocalBackend) else None
+
+
 async def preload(backend: Backend, versions: list[LiveVersion]) -> int:
     """Deploy ``versions`` in order while each fits the budget; returns how many loaded."""
     loaded = 0

@@ -69,7 +69,10 @@ class Registry:
         if live is None:
             what = f"{slug} version {version}" if version is not None else slug
             raise NotFound(f"no live model '{what}'", code="model_not_found")
-        await self._deploy(live.ref)  # idempotent; applies changed serving options
+        if self.backend.is_deployed(live.ref.key):
+            await self.backend.deploy(live.ref)  # applies changed serving options
+        else:
+            await self._deploy(live.ref)
         self._cache[(slug, version)] = (now + self.ttl, live)
         return live
 

@@ -83,7 +83,7 @@ def test_a_call_that_cannot_wait_for_the_load_is_503_and_the_load_goes_on(models
         assert backend.is_deployed("digits@1") and not backend.is_resident("digits@1")
         with pytest.raises(ServiceUnavailable) as refused:
             await backend.infer("digits@1", {"X": x})
-        await backend.deploy(ref)  # the load it started, awaited to its end
+        await backend.load("digits@1")  # the load it started, awaited to its end
         out = await backend.infer("digits@1", {"X": x})
         await backend.close()
         return refused.value, out
