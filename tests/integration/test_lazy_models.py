@@ -6,7 +6,6 @@ wait for its model's load is 503 with Retry-After and charged nothing."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
