@@ -12,6 +12,14 @@ flight never waits: a lone caller pays no batching delay.
 
 If a batched run fails, its calls run again one by one, so one caller's bad input (an
 out-of-range index, say) fails that caller alone.
+
+``adaptive`` (the automatic batching of a listing that did not ask for it) keeps batching only
+while it pays: the batcher keeps the time per row of single-row runs and of batched runs
+(moving averages of their wall time on the pool) and stacks calls only while a batched row
+costs less than ``GAIN`` x a single one; every ``PROBE_EVERY`` runs it tries the other way
+again, as load and neighbours change. On a CPU a large convolutional batch often runs slower
+per image than one image at a time (its activations leave the cache); on a GPU it is the
+other way round.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ import numpy as np
 Feeds = dict[str, np.ndarray]
 Run = Callable[[Feeds], Sequence[np.ndarray]]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
+GAIN = 0.9  # adaptive: a batched row must cost < 90% of a single one to keep batching
+PROBE_EVERY = 32  # adaptive: one run in this many tries the way not taken
+_ALPHA = 0.2  # weight of the newest run in the moving averages
 
 
 def signature(inputs: Feeds) -> Signature:
@@ -44,6 +55,8 @@ class BatchStats:
     batched_runs: int = 0  # runs that served more than one call
     largest_rows: int = 0  # the most rows one run carried
     fallbacks: int = 0  # batched runs that failed and were rerun call by call
+    single_row_s: float | None = None  # moving average of a row's time in single-row runs
+    batched_row_s: float | None = None  # ... and in runs of several rows
 
 
 @dataclass
@@ -59,20 +72,40 @@ class Batcher:
     """Coalesces the concurrent calls of one model into runs of at most ``max_rows`` rows."""
 
     def __init__(self, run: Run, pool: Executor, *, max_rows: int, wait_s: float,
-                 slots: int) -> None:
+                 slots: int, adaptive: bool = False) -> None:
         self._run = run
         self._pool = pool
         self.max_rows = max(1, max_rows)
         self.wait_s = max(0.0, wait_s)
         self._slots = max(1, slots)
+        self.adaptive = adaptive
         self._queue: deque[_Call] = deque()
         self._busy = 0
         self._timer: asyncio.TimerHandle | None = None
         self.stats = BatchStats()
 
-    def configure(self, *, max_rows: int, wait_s: float) -> None:
+    def configure(self, *, max_rows: int, wait_s: float, adaptive: bool) -> None:
         """New limits from changed serving options; they apply to the next run."""
         self.max_rows, self.wait_s = max(1, max_rows), max(0.0, wait_s)
+        self.adaptive = adaptive
+
+    def limit(self) -> int:
+        """The most rows the next run may take."""
+        if not self.adaptive:
+            return self.max_rows
+        single, batched = self.stats.single_row_s, self.stats.batched_row_s
+        if single is None or batched is None:  # learn both first
+            return 1 if single is None and self.stats.runs % 2 else self.max_rows
+        probe = self.stats.runs % PROBE_EVERY == 0
+        pays = batched < single * GAIN
+        return (1 if probe else self.max_rows) if pays else (self.max_rows if probe else 1)
+
+    def learn(self, rows: int, seconds: float) -> None:
+        """Record one run's wall time on the pool."""
+        per_row = seconds / max(rows, 1)
+        name = "single_row_s" if rows == 1 else "batched_row_s"
+        old = getattr(self.stats, name)
+        setattr(self.stats, name, per_row if old is None else old + _ALPHA * (per_row - old))
 
     async def submit(self, inputs: Feeds, rows: int) -> Sequence[np.ndarray]:
         """The outputs of this call alone (``rows`` is its leading dimension)."""
@@ -85,10 +118,11 @@ class Batcher:
     def _dispatch(self) -> None:
         while self._busy < self._slots and self._queue:
             head = self._queue[0]
-            batch = self._take(head)
+            limit = self.limit()
+            batch = self._take(head, limit)
             rows = sum(c.rows for c in batch)
             waited = time.monotonic() - head.arrived
-            if rows < self.max_rows and self._busy > 0 and waited < self.wait_s:
+            if rows < limit and self._busy > 0 and waited < self.wait_s:
                 self._wake_in(self.wait_s - waited)
                 return
             taken = {id(c) for c in batch}
@@ -96,13 +130,13 @@ class Batcher:
             self._busy += 1
             asyncio.get_running_loop().create_task(self._serve(batch))
 
-    def _take(self, head: _Call) -> list[_Call]:
+    def _take(self, head: _Call, limit: int) -> list[_Call]:
         """The calls of the next run: the head and those after it that stack with it."""
         batch, rows = [head], head.rows
         for call in list(self._queue)[1:]:
-            if rows >= self.max_rows:
+            if rows >= limit:
                 break
-            if call.sig == head.sig and rows + call.rows <= self.max_rows:
+            if call.sig == head.sig and rows + call.rows <= limit:
                 batch.append(call)
                 rows += call.rows
         return batch
@@ -132,11 +166,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self.stats.runs += 1
         self.stats.largest_rows = max(self.stats.largest_rows, call.rows)
+        began = time.perf_counter()
         try:
             out = await loop.run_in_executor(self._pool, self._run, call.inputs)
         except Exception as exc:
             _settle(call, exc)
         else:
+            self.learn(call.rows, time.perf_counter() - began)
             _settle(call, out)
 
     async def _batched(self, batch: list[_Call]) -> None:
@@ -146,8 +182,10 @@ class Batcher:
         self.stats.runs += 1
         self.stats.batched_runs += 1
         self.stats.largest_rows = max(self.stats.largest_rows, total)
+        began = time.perf_counter()
         try:
             outs = await loop.run_in_executor(self._pool, self._run, feeds)
+            self.learn(total, time.perf_counter() - began)
             if any(o.ndim == 0 or o.shape[0] != total for o in outs):
                 raise ValueError("an output has no batch dimension matching the inputs")
         except Exception:

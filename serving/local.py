@@ -28,7 +28,8 @@ from .runtime import new_session
 
 # Automatic batching (serving option batching "auto", max_batch_size left at 1) for models
 # measured at review at least this slow per batch-1 call: below it the per-call work of the
-# gateway (auth, metering, JSON) dwarfs the model and stacking tensors only adds to it.
+# gateway (auth, metering, JSON) dwarfs the model and stacking tensors only adds to it. It is
+# adaptive (serving.batching): kept only while a batched row costs less than a single one.
 AUTO_BATCH_MIN_US = 500
 AUTO_BATCH_ROWS = 8
 
@@ -240,13 +241,14 @@ class LocalBackend:
         """Batching as the serving options and the model allow."""
         rows = batch_rows(ref) if loaded.spec is not None else 0
         wait_s = ref.serving.batch_wait_ms / 1000
+        adaptive = ref.serving.max_batch_size <= 1  # automatic: kept only while it pays
         if rows <= 1:
             loaded.batcher = None
         elif loaded.batcher is None:
             loaded.batcher = Batcher(loaded.run, self._pool, max_rows=rows, wait_s=wait_s,
-                                     slots=self._threads)
+                                     slots=self._threads, adaptive=adaptive)
         else:
-            loaded.batcher.configure(max_rows=rows, wait_s=wait_s)
+            loaded.batcher.configure(max_rows=rows, wait_s=wait_s, adaptive=adaptive)
 
     async def close(self) -> None:
         for task in self._loads.values():

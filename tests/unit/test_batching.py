@@ -139,3 +139,26 @@ def test_changed_options_apply_to_a_loaded_model(digits):
 
     before, after, out = asyncio.run(scenario())
     assert before and after is None and out["label"].shape == (2,)
+
+
+def test_automatic_batching_keeps_to_the_way_that_pays():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.batching import PROBE_EVERY, Batcher
+
+    with ThreadPoolExecutor(1) as pool:
+        b = Batcher(lambda feeds: [], pool, max_rows=8, wait_s=0, slots=1, adaptive=True)
+        b.learn(1, 0.010)  # 10 ms for one image
+        b.learn(8, 0.160)  # 20 ms an image in a batch of 8: batching costs here
+        limits = []
+        for runs in range(1, 2 * PROBE_EVERY + 1):
+            b.stats.runs = runs
+            limits.append(b.limit())
+        assert limits.count(8) == 2 and limits.count(1) == 2 * PROBE_EVERY - 2  # probes only
+        for _ in range(10):  # a batch got cheap (say the neighbours went quiet) ...
+            b.learn(8, 0.010)
+        b.stats.runs = 1
+        assert b.limit() == 8  # ... so calls are stacked again
+        b.configure(max_rows=8, wait_s=0, adaptive=False)
+        b.learn(8, 10.0)
+        assert b.limit() == 8  # a seller's explicit max_batch_size is kept whatever it costs
