@@ -206,6 +206,8 @@ def serve(tmp: Path, model: Path, args: argparse.Namespace) -> dict[str, dict]:
                 assert r.status_code == 200, r.text
             results[f"paid call, batching {label}"] = wrk(
                 url, auth, body, args.seconds, args.connections, tmp)
+            view = c.get("/v1/models/ppocr-rec/serving", headers=seller).json()
+            print(f"batching {label}: the server's counters {view.get('local_batching')}")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)

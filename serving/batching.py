@@ -15,11 +15,11 @@ out-of-range index, say) fails that caller alone.
 
 ``adaptive`` (the automatic batching of a listing that did not ask for it) keeps batching only
 while it pays: the batcher keeps the time per row of single-row runs and of batched runs
-(moving averages of their wall time on the pool) and stacks calls only while a batched row
-costs less than ``GAIN`` x a single one; every ``PROBE_EVERY`` runs it tries the other way
-again, as load and neighbours change. On a CPU a large convolutional batch often runs slower
-per image than one image at a time (its activations leave the cache); on a GPU it is the
-other way round.
+(moving averages of their wall time on the pool) and starts stacking calls when a batched row
+costs less than ``GAIN`` x a single one, stops when it costs as much; every ``PROBE_EVERY``
+runs it tries the other way again (a wrong probe costs one slow run in 128), as load and
+neighbours change. On a CPU a large convolutional batch often runs slower per image than one
+image at a time (its activations leave the cache); on a GPU it is the other way round.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ Feeds = dict[str, np.ndarray]
 Run = Callable[[Feeds], Sequence[np.ndarray]]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 GAIN = 0.9  # adaptive: a batched row must cost < 90% of a single one to keep batching
-PROBE_EVERY = 32  # adaptive: one run in this many tries the way not taken
+PROBE_EVERY = 128  # adaptive: one run in this many tries the way not taken
 _ALPHA = 0.2  # weight of the newest run in the moving averages
 
 
@@ -79,6 +79,7 @@ class Batcher:
         self.wait_s = max(0.0, wait_s)
         self._slots = max(1, slots)
         self.adaptive = adaptive
+        self._stacking = False  # adaptive: whether batching pays, as last measured
         self._queue: deque[_Call] = deque()
         self._busy = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -96,9 +97,12 @@ class Batcher:
         single, batched = self.stats.single_row_s, self.stats.batched_row_s
         if single is None or batched is None:  # learn both first
             return 1 if single is None and self.stats.runs % 2 else self.max_rows
+        # hysteresis: start stacking below GAIN x a single row, stop at no gain at all, so
+        # noise around the line does not flip it run by run
+        self._stacking = batched < single * (1.0 if self._stacking else GAIN)
         probe = self.stats.runs % PROBE_EVERY == 0
-        pays = batched < single * GAIN
-        return (1 if probe else self.max_rows) if pays else (self.max_rows if probe else 1)
+        return (1 if probe else self.max_rows) if self._stacking else \
+            (self.max_rows if probe else 1)
 
     def learn(self, rows: int, seconds: float) -> None:
         """Record one run's wall time on the pool."""

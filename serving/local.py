@@ -169,6 +169,7 @@ class LocalBackend:
         return self._cold_ms.get(key)
 
     def batch_stats(self, key: str) -> BatchStats | None:
+        """How calls of ``key`` were coalesced in this process; None: it is not batched."""
         loaded = self._models.get(key)
         return None if loaded is None or loaded.batcher is None else loaded.batcher.stats
 

@@ -8,7 +8,9 @@ simply waits for it.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -48,12 +50,25 @@ def _local(backend: Backend, live: LiveVersion) -> LocalBackend | None:
     return None
 
 
-def cold_start_ms(backend: Backend, key: str) -> float | None:
-    """The measured load time of ``key`` in this process, where a local backend loaded it."""
+def _runs_here(backend: Backend, key: str) -> LocalBackend | None:
+    """The local backend ``key`` is deployed on, if it is deployed on one."""
     if isinstance(backend, BackendRouter):
         where = backend.backend_of(key)
         backend = backend.backends[where] if where else backend
-    return backend.cold_start_ms(key) if isinstance(backend, LocalBackend) else None
+    return backend if isinstance(backend, LocalBackend) else None
+
+
+def cold_start_ms(backend: Backend, key: str) -> float | None:
+    """The measured load time of ``key`` in this process, where a local backend loaded it."""
+    local = _runs_here(backend, key)
+    return None if local is None else local.cold_start_ms(key)
+
+
+def batching_view(backend: Backend, key: str) -> dict[str, Any] | None:
+    """The local backend's batching counters of ``key`` in this process (None: not batched)."""
+    local = _runs_here(backend, key)
+    stats = None if local is None else local.batch_stats(key)
+    return None if stats is None else asdict(stats)
 
 
 async def preload(backend: Backend, versions: list[LiveVersion]) -> int:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from serving import Forbidden, InvalidInput, NotFound, ServingOptions, model_key
 
+from .. import preload
 from ..deployments import live_versions, serving_options, set_serving_options
 from ..deps import Seller, ServicesDep
 from ..models import Account, Listing
@@ -64,7 +65,9 @@ def _owned(db: Session, slug: str, account: Account) -> Listing:
 def get_serving(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]:
     with svc.sessions() as db:
         listing = _owned(db, slug, account)
-        return _view(slug, serving_options(db, listing.id), svc)
+        versions = live_versions(db, listing)
+        return _view(slug, serving_options(db, listing.id), svc,
+                     versions[-1].version if versions else None)
 
 
 @router.patch("/v1/models/{slug}/serving")
@@ -89,8 +92,12 @@ async def patch_serving(slug: str, body: ServingPatch, account: Seller,
     return _view(slug, options, svc)
 
 
-def _view(slug: str, options: ServingOptions, svc: Any) -> dict[str, Any]:
-    return {"slug": slug, **asdict(options), "backend": options.backend or svc.backend.name}
+def _view(slug: str, options: ServingOptions, svc: Any, version: int | None = None
+          ) -> dict[str, Any]:
+    view = {"slug": slug, **asdict(options), "backend": options.backend or svc.backend.name}
+    if version is not None:  # how the newest live version's calls were batched here
+        view["local_batching"] = preload.batching_view(svc.backend, model_key(slug, version))
+    return view
 
 
 @router.post("/v1/models/{slug}/delist")
