@@ -16,16 +16,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from metering import UsageEvent
-from serving import Backend, BackendRouter, LocalBackend
+from serving import Backend, BackendRouter, LocalBackend, ModelRef
 
 from .deployments import serving_options
 from .models import Listing, ListingVersion
-from .registry import LiveVersion, to_live
+from .registry import to_live
 
 log = logging.getLogger(__name__)
 
 
-def by_calls(db: Session, data_dir: Path) -> list[LiveVersion]:
+def by_calls(db: Session, data_dir: Path) -> list[ModelRef]:
     """Every live version of a listed listing, the most called first."""
     calls = (select(UsageEvent.listing_version_id, func.count().label("n"))
              .group_by(UsageEvent.listing_version_id).subquery())
@@ -36,16 +36,16 @@ def by_calls(db: Session, data_dir: Path) -> list[LiveVersion]:
         .where(Listing.status == "listed", ListingVersion.status == "live")
         .order_by(func.coalesce(calls.c.n, 0).desc(), ListingVersion.id.desc())
     ).all()
-    return [to_live(listing, lv, data_dir, serving_options(db, listing.id))
+    return [to_live(listing, lv, data_dir, serving_options(db, listing.id)).ref
             for listing, lv in rows]
 
 
-def _local(backend: Backend, live: LiveVersion) -> LocalBackend | None:
-    """The local backend that would run ``live``, if it is the local one."""
+def _local(backend: Backend, ref: ModelRef) -> LocalBackend | None:
+    """The local backend that would run ``ref``, if it is the local one."""
     if isinstance(backend, LocalBackend):
         return backend
     if isinstance(backend, BackendRouter):
-        target = backend.backends.get(live.ref.serving.backend or backend.default)
+        target = backend.backends.get(ref.serving.backend or backend.default)
         return target if isinstance(target, LocalBackend) else None
     return None
 
@@ -71,16 +71,16 @@ def batching_view(backend: Backend, key: str) -> dict[str, Any] | None:
     return None if stats is None else asdict(stats)
 
 
-async def preload(backend: Backend, versions: list[LiveVersion]) -> int:
-    """Deploy ``versions`` in order while each fits the budget; returns how many loaded."""
+async def preload(backend: Backend, refs: list[ModelRef]) -> int:
+    """Deploy ``refs`` in order where each fits the budget; returns how many loaded."""
     loaded = 0
-    for live in versions:
-        local = _local(backend, live)
-        if local is None or not local.has_room(live.ref):
+    for ref in refs:
+        local = _local(backend, ref)
+        if local is None or not local.has_room(ref):
             continue
         try:
-            await backend.deploy(live.ref)
+            await backend.deploy(ref)
             loaded += 1
         except Exception:  # a broken model file must not stop the others from loading
-            log.exception("preloading %s failed; it loads on its first call", live.ref.key)
+            log.exception("preloading %s failed; it loads on its first call", ref.key)
     return loaded

@@ -92,3 +92,23 @@ def test_a_call_that_cannot_wait_for_the_load_is_503_and_the_load_goes_on(models
     assert err.status == 503 and err.code == "backend_unavailable"
     assert err.headers["Retry-After"] == "1"
     assert out["label"].shape == (2,)
+
+
+def test_the_start_loads_the_most_called_first_while_the_budget_allows(models):
+    from storefront.preload import preload
+
+    order = ["wine", "digits", "iris"]  # most called first, as by_calls orders them
+    refs = [ModelRef(key=f"{n}@1", path=models[n][0], sha256=n) for n in order]
+
+    async def scenario():
+        backend = LocalBackend(threads=1, memory_budget=2 * MIN_COST)
+        loaded = await preload(backend, refs)
+        resident = [r.key for r in refs if backend.is_resident(r.key)]
+        await backend.deploy(refs[2])  # its first call (the registry deploys it then)
+        out = await backend.infer("iris@1", {"X": models["iris"][1]})
+        await backend.close()
+        return loaded, resident, out
+
+    loaded, resident, out = asyncio.run(scenario())
+    assert loaded == 2 and resident == ["wine@1", "digits@1"]  # nothing evicted at start
+    assert out["label"].shape == (2,)
