@@ -10,11 +10,14 @@ has a leading batch dimension may be coalesced into one run (``serving.batching`
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import onnxruntime as ort
@@ -100,6 +103,19 @@ class _Loaded:
 
     def run(self, feeds: dict[str, np.ndarray]) -> Sequence[np.ndarray]:
         return self.session.run(None, feeds)
+
+
+def _runner(session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]],
+                                                      Sequence[np.ndarray]]:
+    """``session.run`` for the batcher; holding the session alone (not the _Loaded that holds
+    the batcher) leaves no reference cycle, so an evicted session is freed at once."""
+    return partial(session.run, None)
+
+
+def _trim() -> None:
+    """Hand freed heap back to the system after an eviction (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class LocalBackend:
@@ -234,8 +250,11 @@ class LocalBackend:
         self._configure(loaded, current)
         if ref.key in self._refs:  # not undeployed while it loaded
             self._models[ref.key] = loaded
-            for old in self._residency.admit(ref.key, resident_cost(ref.path)):
-                self._models.pop(old, None)
+            evicted = [self._models.pop(k, None)
+                       for k in self._residency.admit(ref.key, resident_cost(ref.path))]
+            if evicted:
+                del evicted  # the last references: the sessions go now, then their memory
+                loop.run_in_executor(self._pool, _trim)
         return loaded
 
     def _configure(self, loaded: _Loaded, ref: ModelRef) -> None:
@@ -246,8 +265,8 @@ class LocalBackend:
         if rows <= 1:
             loaded.batcher = None
         elif loaded.batcher is None:
-            loaded.batcher = Batcher(loaded.run, self._pool, max_rows=rows, wait_s=wait_s,
-                                     slots=self._threads, adaptive=adaptive)
+            loaded.batcher = Batcher(_runner(loaded.session), self._pool, max_rows=rows,
+                                     wait_s=wait_s, slots=self._threads, adaptive=adaptive)
         else:
             loaded.batcher.configure(max_rows=rows, wait_s=wait_s, adaptive=adaptive)
 
