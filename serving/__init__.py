@@ -23,6 +23,7 @@ from .errors import (
 )
 from .local import LocalBackend
 from .manifest import Manifest, TensorSpec, parse_manifest
+from .residency import machine_memory
 from .router import BackendRouter
 from .runtime import sample_inputs
 from .sanitize import description_html, plain_text, safe_html
@@ -30,14 +31,16 @@ from .tasks import load_image, postprocess, prepare, prepare_call, sample_payloa
 
 
 def make_backend(
-    name: str, *, inline_us: int = 0, ray_address: str | None = None,
+    name: str, *, inline_us: int = 0, memory_budget: int | None = None,
+    load_wait_s: float = 30.0, ray_address: str | None = None,
     ray_temp_dir: Path | None = None, ray_wire_secret: str | None = None,
     triton_workspace: Path | None = None, triton_url: str | None = None,
     triton_repository: Path | None = None, triton_format: str = "python",
 ) -> Backend:
     """The serving backend called ``name``."""
     if name == "local":
-        return LocalBackend(inline_us=inline_us)
+        return LocalBackend(inline_us=inline_us, memory_budget=memory_budget,
+                            load_wait_s=load_wait_s)
     if name == "ray":
         from .ray_backend import RayBackend  # imports Ray only when asked for
 
@@ -62,7 +65,7 @@ __all__ = [
     "ModelRef", "NotFound",
     "PayloadTooLarge", "PaymentRequired", "ServiceUnavailable", "ServingOptions", "TensorSpec",
     "TooManyRequests", "Unauthorized", "decode_v2_request", "encode_v2_response", "error_reply",
-    "description_html", "load_image", "make_backend", "model_key", "parse_manifest",
-    "parse_model_key", "parse_v2_body", "plain_text", "postprocess", "prepare", "prepare_call",
-    "safe_html", "sample_inputs", "sample_payload", "v2_model_metadata",
+    "description_html", "load_image", "machine_memory", "make_backend", "model_key",
+    "parse_manifest", "parse_model_key", "parse_v2_body", "plain_text", "postprocess", "prepare",
+    "prepare_call", "safe_html", "sample_inputs", "sample_payload", "v2_model_metadata",
 ]

@@ -22,10 +22,11 @@ def parse_model_key(key: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class ServingOptions:
-    """How a listing is served by engines that scale (Ray Serve); the local backend ignores it.
+    """How a listing is served: replicas and autoscaling (Ray Serve), dynamic batching.
 
-    ``max_batch_size`` 1 turns dynamic batching off: it pays for heavy models and costs
-    throughput on a microsecond one.
+    ``max_batch_size`` above 1 batches calls up to that many rows on every engine. Left at 1,
+    the local backend batches by itself (up to 8 rows) models whose review-measured latency
+    makes it pay, unless ``batching`` is "off" (``serving.local.batch_rows``).
     """
 
     min_replicas: int = 1
@@ -34,6 +35,7 @@ class ServingOptions:
     max_ongoing_requests: int = 64
     max_batch_size: int = 1
     batch_wait_ms: float = 1.0
+    batching: str = "auto"  # "off": the local backend never batches this listing by itself
     backend: str = ""  # the engine, among the enabled ones, that runs the listing; "": default
 
 

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from billing import metrics as billing_metrics
 from metering.metrics import refresh
 
-from . import VERSION, demo, errors, filemodes, gateway, web
+from . import VERSION, demo, errors, filemodes, gateway, preload, web
 from .config import Settings
 from .fastpath import PaidCallFastPath
 from .hardening import SecurityHeaders, check_metrics_access
@@ -75,6 +75,21 @@ def seed_demo(settings: Settings, sessions: sessionmaker[Session]) -> None:
         demo.seed(db, settings)
 
 
+async def preload_models(svc: Services) -> None:
+    """Load live versions while the model memory budget allows (the most called first)."""
+    try:
+        versions = await run_in_threadpool(_versions_by_calls, svc)
+        n = await preload.preload(svc.backend, versions)
+        log.info("preloaded %d of %d live versions", n, len(versions))
+    except Exception:
+        log.exception("preloading models failed; they load on their first call")
+
+
+def _versions_by_calls(svc: Services) -> list[Any]:
+    with svc.sessions() as db:
+        return preload.by_calls(db, svc.settings.data_dir)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -84,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         svc = await Services.start(settings)
         app.state.services = svc
         syncer: asyncio.Task[None] | None = None
+        preloader: asyncio.Task[None] | None = None
         try:
             await run_in_threadpool(bootstrap_admin, settings, svc.sessions)
             if settings.seed_demo:
@@ -92,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await svc.registry.deploy_live()
             if settings.run_flusher:
                 svc.start_flusher()
+            preloader = asyncio.create_task(preload_models(svc))
             if svc.billing.stripe is not None and settings.billing_sync_interval_s > 0:
                 syncer = asyncio.create_task(billing_loop(svc, settings.billing_sync_interval_s))
             # Start-up objects (libraries, demo training) never die: keep them out of the
@@ -100,8 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.freeze()
             yield
         finally:
-            if syncer is not None:
-                syncer.cancel()
+            for task in (syncer, preloader):
+                if task is not None:
+                    task.cancel()
             await demos.close()
             await svc.close()
 

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering import to_micro
+from serving import machine_memory
 
 MIN_SECRET_BYTES = 32
 MIN_RPS = 0.001  # a slower rate is no rate: GCRA's interval (1/rps) overflows
@@ -69,6 +70,15 @@ class Settings(BaseSettings):
         200, ge=0,
         description="Models measured faster than this (µs, batch 1) run on the event loop; "
         "0 runs every model on the thread pool",
+    )
+    model_memory_mb: int = Field(
+        0, ge=0, description="Memory the local backend's loaded models may take per process "
+        "(MB, estimated as model file size x 2); beyond it the least recently used are "
+        "unloaded and reload on their next call. 0: half of this machine's memory",
+    )
+    model_load_wait_s: float = Field(
+        30, gt=0, le=600, description="How long a call to an unloaded model waits for its "
+        "load before 503 backend_unavailable with Retry-After (never charged)",
     )
     rate_limit_rps: float = Field(
         100, ge=MIN_RPS, description="Default calls/s per API key (its owner may change it)"
@@ -191,6 +201,12 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"AIMARKET_SERVING_BACKENDS: unknown {', '.join(sorted(unknown))}")
         return list(dict.fromkeys([self.serving_backend, *named]))
+
+    def model_memory_bytes(self) -> int:
+        """AIMARKET_MODEL_MEMORY_MB in bytes; its default is half of this machine's memory."""
+        if self.model_memory_mb:
+            return self.model_memory_mb << 20
+        return machine_memory() // 2
 
     @property
     def sqlalchemy_url(self) -> str:

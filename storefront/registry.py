@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,15 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from serving import Backend, Manifest, ModelRef, NotFound, ServingOptions, model_key
+from serving import (
+    Backend,
+    Manifest,
+    ModelRef,
+    NotFound,
+    ServiceUnavailable,
+    ServingOptions,
+    model_key,
+)
 
 from .deployments import serving_options
 from .filemodes import share_model
@@ -42,8 +52,11 @@ def model_path(data_dir: Path, sha256: str) -> Path:
 class Registry:
     """slug (and optional version) -> LiveVersion; deploys on first use in this worker."""
 
-    def __init__(self, engine: Engine, backend: Backend, data_dir: Path, ttl: float = 5.0) -> None:
+    def __init__(self, engine: Engine, backend: Backend, data_dir: Path, ttl: float = 5.0,
+                 load_wait_s: float = 30.0) -> None:
         self.engine = engine
+        self.load_wait_s = load_wait_s
+        self._deploying: dict[str, asyncio.Task[None]] = {}
         self.backend = backend
         self.data_dir = data_dir
         self.ttl = ttl
@@ -58,7 +71,10 @@ class Registry:
         if live is None:
             what = f"{slug} version {version}" if version is not None else slug
             raise NotFound(f"no live model '{what}'", code="model_not_found")
-        await self.backend.deploy(live.ref)
+        if self.backend.is_deployed(live.ref.key):
+            await self.backend.deploy(live.ref)  # applies changed serving options
+        else:
+            await self._deploy(live.ref)
         self._cache[(slug, version)] = (now + self.ttl, live)
         return live
 
@@ -85,6 +101,23 @@ class Registry:
                 .order_by(Listing.id, ListingVersion.version)).all()
             return [to_live(listing, lv, self.data_dir, serving_options(s, listing.id))
                     for listing, lv in rows]
+    async def _deploy(self, ref: ModelRef) -> None:
+        """Deploy on first use here, waiting at most ``load_wait_s``: past it the call is
+        503 with Retry-After (nothing is reserved yet) and the load goes on for the next."""
+        task = self._deploying.get(ref.key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self.backend.deploy(ref))
+            self._deploying[ref.key] = task
+            task.add_done_callback(lambda t: (self._deploying.pop(ref.key, None),
+                                              t.cancelled() or t.exception()))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.load_wait_s)
+        except TimeoutError:
+            wait = max(1, math.ceil(self.load_wait_s))
+            raise ServiceUnavailable(
+                f"model {ref.key} is loading; retry in {wait} s (this call was not charged)",
+                code="backend_unavailable", headers={"Retry-After": str(wait)},
+            ) from None
 
     def invalidate(self, slug: str) -> None:
         for k in [k for k in self._cache if k[0] == slug]:

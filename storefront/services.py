@@ -97,6 +97,8 @@ def build_backend(settings: Settings) -> Backend:
     """The default backend, or a router over every enabled one (AIMARKET_SERVING_BACKENDS)."""
     def one(name: str) -> Backend:
         return make_backend(name, inline_us=settings.inline_infer_us,
+                            memory_budget=settings.model_memory_bytes(),
+                            load_wait_s=settings.model_load_wait_s,
                             ray_address=settings.ray_address,
                             ray_temp_dir=settings.data_dir / "ray",
                             ray_wire_secret=_wire_secret(settings), **triton_options(settings))
@@ -152,7 +154,8 @@ class Services:
         return cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
             redis_sync=sync_client, redis_url=url, meter=meter, demos=DemoMeter(meter),
-            backend=backend, registry=Registry(engine, backend, settings.data_dir),
+            backend=backend, registry=Registry(engine, backend, settings.data_dir,
+                                               load_wait_s=settings.model_load_wait_s),
             keys=KeyCache(engine, settings.key_cache_seconds, rps=settings.rate_limit_rps,
                           burst=settings.rate_limit_burst),
             flusher=build_flusher(settings, sync_client, engine), embedded=embedded,

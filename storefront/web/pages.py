@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from metering import to_micro
-from serving import AimarketError, InvalidInput, TooManyRequests
+from serving import AimarketError, InvalidInput, TooManyRequests, model_key
 
-from .. import accounts, throttle
+from .. import accounts, preload, throttle
 from .. import catalog as listed
 from ..accounts import NewAccount
 from ..models import SIGNUP_ROLES, Account
@@ -67,8 +67,9 @@ def model_page(request: Request, slug: str) -> Response:
                         message=f"There is no listed model called '{slug}'.")
         manifest = listed.manifest_of(db, slug, info["version"])
     base = str(request.base_url).rstrip("/")
+    cold = preload.cold_start_ms(svc.backend, model_key(slug, info["version"]))
     return page(request, "model.html", account, m=info, manifest=manifest,
-                snippets=snippets.snippets(base, slug, manifest))
+                snippets=snippets.snippets(base, slug, manifest), cold_start_ms=cold)
 
 
 @router.get("/login")
