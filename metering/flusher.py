@@ -19,8 +19,8 @@ import redis
 from sqlalchemy import Engine
 
 from . import metrics, scripts
-from .keys import Keys
 from .bulk import payloads
+from .keys import Keys
 from .ledger import write_encoded
 
 log = logging.getLogger(__name__)
