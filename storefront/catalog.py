@@ -42,13 +42,14 @@ def catalog(
     if max_price is not None:
         query = query.where(Listing.live_price <= max_price)
     counted = select(func.count()).select_from(query.subquery())
-    order: list[Any] = {
+    orders: dict[str, list[Any]] = {
         "newest": [Listing.created_at.desc(), Listing.id.asc()],
         "popular": [ListingCounter.calls_served.desc(), ListingCounter.listing_id.asc()],
         "price": [Listing.live_price.asc(), Listing.id.asc()],
         "latency": [Listing.live_latency_us.asc(), Listing.id.asc()],
         "title": [Listing.title.asc(), Listing.id.asc()],
-    }[sort]
+    }
+    order = orders[sort]
     if sort == "popular":  # every listing with a version has a counter row (migration 0009)
         query = query.join(ListingCounter, ListingCounter.listing_id == Listing.id)
     window = query.order_by(*order).offset((page - 1) * page_size).limit(page_size)

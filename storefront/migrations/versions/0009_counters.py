@@ -104,9 +104,9 @@ def downgrade() -> None:
     else:
         for name in ("insert", "update", "delete"):
             op.execute(f"DROP TRIGGER listing_live_{name}")
-    with op.batch_alter_table("listings") as batch:
-        batch.drop_column("live_latency_us")
-        batch.drop_column("live_price")
-        batch.drop_column("live_version_id")
+    # ALTER TABLE DROP COLUMN (SQLite >= 3.35): a batch copy of listings would break its
+    # foreign keys.
+    for column in ("live_latency_us", "live_price", "live_version_id"):
+        op.drop_column("listings", column)
     op.create_index("ix_usage_listing", "usage_events", ["listing_id"])
     op.drop_table("listing_counters")
