@@ -7,11 +7,13 @@ from .ledger import (
     Base,
     CreditEntry,
     Event,
+    ListingCounter,
     UsageEvent,
     add_credit,
     balance,
     snapshot,
     utcnow,
+    write_encoded,
     write_events,
 )
 from .meter import PAID, REFUSALS, TRIAL, CallSpec, Meter, Reservation, Snapshot
@@ -20,7 +22,7 @@ from .reconcile import Drift, reconcile
 
 __all__ = [
     "DEMO", "PAID", "REFUSALS", "TRIAL", "Base", "CallSpec", "CreditEntry", "DemoMeter", "Drift",
-    "Event", "Flusher", "Meter", "Reservation", "Snapshot", "UsageEvent",
+    "Event", "Flusher", "ListingCounter", "Meter", "Reservation", "Snapshot", "UsageEvent",
     "add_credit", "balance", "format_usd", "metrics", "reconcile", "snapshot", "split",
-    "to_micro", "utcnow", "write_events",
+    "to_micro", "utcnow", "write_encoded", "write_events",
 ]

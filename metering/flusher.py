@@ -19,8 +19,9 @@ import redis
 from sqlalchemy import Engine
 
 from . import metrics, scripts
+from .bulk import payloads
 from .keys import Keys
-from .ledger import Event, write_events
+from .ledger import write_encoded
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 class Flusher:
     def __init__(
         self, client: redis.Redis, engine: Engine, *, namespace: str = "am:",
-        group: str = "ledger", consumer: str | None = None, batch: int = 2000,
+        group: str = "ledger", consumer: str | None = None, batch: int = 10_000,
         claim_idle_ms: int = 30_000, hold_timeout_s: float = 120.0,
     ) -> None:
         self.redis = client
@@ -100,8 +101,7 @@ class Flusher:
     def _process(self, messages: list[tuple[Any, dict[Any, Any]]]) -> int:
         if not messages:
             return 0
-        events = [e for _, fields in messages for e in Event.from_entry(fields)]
-        new = write_events(self.engine, events)
+        new = write_encoded(self.engine, payloads(messages))
         ids = [mid for mid, _ in messages]
         pipe = self.redis.pipeline(transaction=False)
         pipe.xack(self.stream, self.group, *ids)

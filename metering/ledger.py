@@ -5,7 +5,6 @@ Redis counters are a cache of these tables; every balance is a sum over ``credit
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +23,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .bulk import write_encoded, write_events
+
+__all__ = ["Base", "CreditEntry", "Event", "ListingCounter", "UsageEvent", "add_credit",
+           "balance", "snapshot", "utcnow", "write_encoded", "write_events"]
 
 
 class Base(DeclarativeBase):
@@ -61,8 +65,16 @@ class UsageEvent(Base):
               sqlite_where=text("billed_in IS NULL AND kind = 'paid'")),
         Index("ix_usage_billed_in", "billed_in"),
         Index("ix_usage_seller_time", "seller_id", "created_at"),
-        Index("ix_usage_listing", "listing_id"),
     )
+
+
+class ListingCounter(Base):
+    """Calls served per listing (trial, paid and demo events in the ledger), kept by the
+    flusher in the transaction that writes the events: the catalog reads it, never a COUNT."""
+
+    __tablename__ = "listing_counters"
+    listing_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    calls_served: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class CreditEntry(Base):
@@ -132,59 +144,6 @@ class Event:
 def _insert(engine: Engine, table: Any) -> Any:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
-
-
-_COLS = ("id", "account_id", "api_key_id", "listing_id", "listing_version_id", "seller_id",
-         "kind", "price", "seller_share", "platform_fee", "latency_us", "created_at",
-         "flushed_at")
-_SQLITE_TS = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's storage format for DateTime on SQLite
-
-
-def write_events(engine: Engine, events: Iterable[Event]) -> int:
-    """Write usage events and their credit debits in one transaction; duplicates are ignored
-    (the event id is the primary key, a debit's reference is unique). Returns how many events
-    were new. Safe to call again with the same events.
-
-    Bulk paths: COPY into a staging table on PostgreSQL, executemany on SQLite.
-    """
-    now = utcnow()
-    rows = [
-        (e.id, e.account_id, e.api_key_id, e.listing_id, e.listing_version_id, e.seller_id,
-         e.kind, e.price, e.seller_share, e.platform_fee, e.latency_us,
-         datetime.fromtimestamp(e.ts_ms / 1000, UTC), now)
-        for e in events
-    ]
-    if not rows:
-        return 0
-    cols = ", ".join(_COLS)
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            cur.execute("CREATE TEMP TABLE IF NOT EXISTS usage_stage "
-                        "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-            with cur.copy(f"COPY usage_stage ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-            cur.execute(f"INSERT INTO usage_events ({cols}) SELECT {cols} FROM usage_stage "
-                        "ON CONFLICT (id) DO NOTHING")
-            new = cur.rowcount
-            cur.execute(
-                "INSERT INTO credit_entries (account_id, amount, reason, reference, note, "
-                "created_at) SELECT account_id, -price, 'usage', 'usage:' || id, '', created_at "
-                "FROM usage_stage WHERE price > 0 ON CONFLICT (reference) DO NOTHING")
-            cur.execute("TRUNCATE usage_stage")
-            return int(new)
-        stamped = [(*r[:11], r[11].strftime(_SQLITE_TS), r[12].strftime(_SQLITE_TS))
-                   for r in rows]
-        marks = ", ".join("?" * len(_COLS))
-        result = conn.exec_driver_sql(
-            f"INSERT OR IGNORE INTO usage_events ({cols}) VALUES ({marks})", stamped)
-        debits = [(r[1], -r[7], f"usage:{r[0]}", r[11]) for r in stamped if r[7] > 0]
-        if debits:
-            conn.exec_driver_sql(
-                "INSERT OR IGNORE INTO credit_entries (account_id, amount, reason, reference, "
-                "note, created_at) VALUES (?, ?, 'usage', ?, '', ?)", debits)
-        return int(result.rowcount)
 
 
 def add_credit(

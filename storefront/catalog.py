@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from metering import UsageEvent, format_usd
+from metering import ListingCounter, format_usd
 from serving import Manifest, NotFound
 
 from .models import Account, Listing, ListingVersion
@@ -16,56 +17,76 @@ from .models import Account, Listing, ListingVersion
 SORTS = ("newest", "popular", "price", "latency", "title")
 
 
-def _newest_live() -> Any:
-    return (
-        select(ListingVersion.listing_id, func.max(ListingVersion.version).label("v"))
-        .where(ListingVersion.status == "live").group_by(ListingVersion.listing_id).subquery()
-    )
-
-
 def catalog(
     db: Session, *, q: str | None, category: str | None, task: str | None, sort: str,
     page: int, page_size: int, max_price: int | None = None,
 ) -> dict[str, Any]:
-    newest = _newest_live()
-    calls = (
-        select(UsageEvent.listing_id, func.count().label("n"))
-        .group_by(UsageEvent.listing_id).subquery()
-    )
-    n_calls = func.coalesce(calls.c.n, 0)
-    query = (
-        select(Listing, ListingVersion, Account.name, n_calls)
-        .join(newest, newest.c.listing_id == Listing.id)
-        .join(ListingVersion, and_(ListingVersion.listing_id == Listing.id,
-                                   ListingVersion.version == newest.c.v))
-        .join(Account, Account.id == Listing.seller_id)
-        .outerjoin(calls, calls.c.listing_id == Listing.id)
-        .where(Listing.status == "listed")
-    )
+    """One page of the listed models. The page's ids are chosen on ``listings`` alone (its
+    newest live version, price and latency are on its row, kept by triggers; each sort has an
+    index), then only those rows are loaded; calls served come from the counter the flusher
+    keeps, never a COUNT over usage events."""
+    query = select(Listing.id).where(
+        Listing.status == "listed", Listing.live_version_id.is_not(None))
     if q:
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        query = query.where(or_(Listing.title.ilike(like, escape="\\"),
-                                Listing.description.ilike(like, escape="\\"),
-                                Listing.slug.ilike(like, escape="\\")))
+        # SQLite's LIKE already ignores ASCII case, and its lower() folds nothing more: plain
+        # LIKE matches the same rows without lower-casing every description per request.
+        sqlite = db.get_bind().dialect.name == "sqlite"
+        query = query.where(or_(*(
+            (col.like(like, escape="\\") if sqlite else col.ilike(like, escape="\\"))
+            for col in (Listing.title, Listing.description, Listing.slug))))
     if category:
         query = query.where(Listing.category == category)
     if task:
         query = query.where(Listing.task == task)
     if max_price is not None:
-        query = query.where(ListingVersion.price <= max_price)
-    total = db.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-    order = {
-        "newest": [Listing.created_at.desc()], "popular": [n_calls.desc()],
-        "price": [ListingVersion.price.asc()], "latency": [ListingVersion.latency_us.asc()],
-        "title": [Listing.title.asc()],
-    }[sort]
-    rows = db.execute(
-        query.order_by(*order, Listing.id.asc()).offset((page - 1) * page_size).limit(page_size)
-    ).all()
+        query = query.where(Listing.live_price <= max_price)
+    counted = select(func.count()).select_from(query.subquery())
+    orders: dict[str, list[Any]] = {
+        "newest": [Listing.created_at.desc(), Listing.id.asc()],
+        "popular": [ListingCounter.calls_served.desc(), ListingCounter.listing_id.asc()],
+        "price": [Listing.live_price.asc(), Listing.id.asc()],
+        "latency": [Listing.live_latency_us.asc(), Listing.id.asc()],
+        "title": [Listing.title.asc(), Listing.id.asc()],
+    }
+    order = orders[sort]
+    if sort == "popular":  # every listing with a version has a counter row (migration 0009)
+        query = query.join(ListingCounter, ListingCounter.listing_id == Listing.id)
+    window = query.order_by(*order).offset((page - 1) * page_size).limit(page_size)
+    if q:  # a text search reads every row anyway: count them in the same pass
+        rows = db.execute(window.add_columns(func.count().over())).all()
+        chosen = [lid for lid, _n in rows]
+        total = int(rows[0][1]) if rows else db.execute(counted).scalar_one()
+    else:  # the count is an index-only scan; the page stops at page_size rows of an index
+        total = db.execute(counted).scalar_one()
+        chosen = list(db.execute(window).scalars())
     return {
-        "items": [card(listing, lv, seller, n) for listing, lv, seller, n in rows],
+        "items": [card(*row) for row in _cards(db, chosen)],
         "page": page, "page_size": page_size, "total": total,
     }
+
+
+def _cards(db: Session, chosen: Sequence[int]) -> list[tuple[Listing, ListingVersion, str, int]]:
+    """The chosen listings with their newest live version, seller and calls, in their order."""
+    if not chosen:
+        return []
+    rows = db.execute(
+        select(Listing, ListingVersion, Account.name,
+               func.coalesce(ListingCounter.calls_served, 0))
+        .join(ListingVersion, ListingVersion.id == Listing.live_version_id)
+        .join(Account, Account.id == Listing.seller_id)
+        .outerjoin(ListingCounter, ListingCounter.listing_id == Listing.id)
+        .where(Listing.id.in_(chosen))
+    ).all()
+    by_id = {listing.id: (listing, lv, seller, int(n)) for listing, lv, seller, n in rows}
+    return [by_id[lid] for lid in chosen if lid in by_id]
+
+
+def calls_served(db: Session, listing_id: int) -> int:
+    """Calls (trial, paid, demo) the ledger holds for the listing, from its counter."""
+    n = db.execute(select(ListingCounter.calls_served)
+                   .where(ListingCounter.listing_id == listing_id)).scalar()
+    return int(n or 0)
 
 
 def card(listing: Listing, lv: ListingVersion, seller: str, calls: int) -> dict[str, Any]:
@@ -91,9 +112,7 @@ def detail(db: Session, slug: str) -> dict[str, Any]:
                                      ListingVersion.status == "live")
         .order_by(ListingVersion.version.desc())
     ).scalars().all()
-    calls = db.execute(
-        select(func.count()).where(UsageEvent.listing_id == listing.id)
-    ).scalar_one()
+    calls = calls_served(db, listing.id)
     lv = versions[0]
     manifest = Manifest.model_validate_json(lv.manifest_json)
     return {

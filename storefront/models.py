@@ -67,6 +67,11 @@ class Listing(Base):
     task: Mapped[str] = mapped_column(String(40), index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|listed|delisted
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The newest live version, its price and latency: kept by database triggers on
+    # listing_versions (migration 0009), read by the catalog; never written by the app.
+    live_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    live_price: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    live_latency_us: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ListingVersion(Base):

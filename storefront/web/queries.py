@@ -10,15 +10,14 @@ from sqlalchemy.orm import Session
 
 from metering import UsageEvent, format_usd
 
-from ..models import Listing, ListingVersion
+from ..models import Listing
 
 
 def categories(db: Session) -> list[tuple[str, int]]:
     """(category, listed models) of listings with a live version, by name."""
-    live = select(ListingVersion.listing_id).where(ListingVersion.status == "live")
     rows = db.execute(
         select(Listing.category, func.count())
-        .where(Listing.status == "listed", Listing.id.in_(live))
+        .where(Listing.status == "listed", Listing.live_version_id.is_not(None))
         .group_by(Listing.category).order_by(Listing.category)
     ).all()
     return [(c, int(n)) for c, n in rows]
@@ -26,7 +25,8 @@ def categories(db: Session) -> list[tuple[str, int]]:
 
 def tasks(db: Session) -> list[str]:
     return list(db.execute(
-        select(Listing.task).where(Listing.status == "listed").distinct().order_by(Listing.task)
+        select(Listing.task).where(Listing.status == "listed", Listing.live_version_id.is_not(None))
+        .distinct().order_by(Listing.task)
     ).scalars())
 
 
