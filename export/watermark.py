@@ -159,7 +159,9 @@ def differences(original: onnx.ModelProto, suspect: onnx.ModelProto
     if total < MIN_WEIGHTS:
         return None
     matched = align(originals, tensors(suspect))
-    diffs, where, offset = [], [], 0
+    diffs: list[np.ndarray] = []
+    where: list[np.ndarray] = []
+    offset = 0
     for w, s in zip(originals, matched, strict=True):
         if s is not None:
             diffs.append((s - w.astype(np.float64)).reshape(-1))
