@@ -131,9 +131,14 @@ def _watermark(model_bytes: bytes, manifest: Manifest, key: bytes, license_id: s
             f"not watermarked: the model has {weights} weights in large float tensors, fewer "
             f"than the {watermark.MIN_WEIGHTS} a reliable mark needs; the licence is recorded "
             "in license.json and the model's metadata only")}
-    for strength in (watermark.STRENGTH, watermark.STRENGTH / 2, watermark.STRENGTH / 4):
+    # The strongest mark that leaves the answers alone; a weaker one only while it would still
+    # survive a float16 conversion.
+    for step in range(5):
+        strength = watermark.STRENGTH / 2 ** step
         marked = watermark.embed(model_bytes, key, license_id, strength)
         assert marked is not None
+        if watermark.fp16_score(model_bytes, marked, key, license_id) < 2 * watermark.THRESHOLD:
+            break
         agreement, _ = accuracy(model_bytes, marked, manifest)
         if agreement >= MARK_AGREEMENT:
             return marked, {"marked": True, "weights": weights, "strength": strength,
@@ -141,8 +146,8 @@ def _watermark(model_bytes: bytes, manifest: Manifest, key: bytes, license_id: s
                                 f"watermarked for this licence in {weights} weights "
                                 f"(agreement with the unmarked model {agreement:.4f})")}
     return model_bytes, {"marked": False, "weights": weights, "note": (
-        "not watermarked: a mark changed this model's answers on more than 0.5% of the "
-        "samples")}
+        "not watermarked: every mark strong enough to survive a float16 conversion changed "
+        "this model's answers on more than 0.5% of the samples")}
 
 
 def accuracy(original: bytes, converted: bytes, manifest: Manifest) -> tuple[float, float]:

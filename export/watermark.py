@@ -44,9 +44,18 @@ class Detection:
 
 
 def carriers(model: onnx.ModelProto) -> list[np.ndarray]:
-    """The weights that carry the mark: float32 initializers of rank >= 2 with at least
-    ``MIN_TENSOR`` values, in the model's own initializer order."""
-    return [numpy_helper.to_array(t) for t in model.graph.initializer if _is_carrier(t)]
+    """The weights that carry the mark: float32 tensors of rank >= 2 with at least
+    ``MIN_TENSOR`` values, initializers first, then Constant nodes (some exporters keep every
+    weight in one), in the model's own order."""
+    return [numpy_helper.to_array(t) for t in _carrier_protos(model)]
+
+
+def _carrier_protos(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    found = [t for t in model.graph.initializer if _is_carrier(t)]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            found += [a.t for a in node.attribute if a.name == "value" and _is_carrier(a.t)]
+    return found
 
 
 def _is_carrier(t: onnx.TensorProto) -> bool:
@@ -56,7 +65,7 @@ def _is_carrier(t: onnx.TensorProto) -> bool:
 
 def capacity(model: onnx.ModelProto) -> int:
     """How many weights would carry the mark."""
-    return sum(math.prod(t.dims) for t in model.graph.initializer if _is_carrier(t))
+    return sum(math.prod(t.dims) for t in _carrier_protos(model))
 
 
 def pattern(key: bytes, license_id: str, n: int) -> np.ndarray:
@@ -75,16 +84,23 @@ def embed(model_bytes: bytes, key: bytes, license_id: str, strength: float = STR
         return None
     p = pattern(key, license_id, n).astype(np.float64)
     offset = 0
-    for i, t in enumerate(model.graph.initializer):
-        if not _is_carrier(t):
-            continue
+    for t in _carrier_protos(model):
         w = numpy_helper.to_array(t).astype(np.float64)
-        size = w.size
-        step = strength * np.abs(w) * p[offset:offset + size].reshape(w.shape)
-        offset += size
-        marked = numpy_helper.from_array((w + step).astype(np.float32), t.name)
-        model.graph.initializer[i].CopyFrom(marked)
+        step = strength * np.abs(w) * p[offset:offset + w.size].reshape(w.shape)
+        offset += w.size
+        t.CopyFrom(numpy_helper.from_array((w + step).astype(np.float32), t.name))
     return model.SerializeToString()
+
+
+def fp16_score(original_bytes: bytes, marked_bytes: bytes, key: bytes, license_id: str
+               ) -> float:
+    """The z-score the mark would still have once the model is converted to float16 (the
+    lossiest conversion a licensee is expected to make): whether the mark is reliable."""
+    original = carriers(onnx.load_model_from_string(original_bytes))
+    marked = carriers(onnx.load_model_from_string(marked_bytes))
+    diff = np.concatenate([(m.astype(np.float16).astype(np.float64) - o.astype(np.float64))
+                           .reshape(-1) for o, m in zip(original, marked, strict=True)])
+    return score(diff, np.arange(diff.size), key, license_id, diff.size)
 
 
 def tensors(model: onnx.ModelProto) -> list[np.ndarray]:
