@@ -121,9 +121,8 @@ def test_int8_and_fp16_exports_of_the_orin_carry_the_mark(digits, signer):
 
 def test_unmarked_copies_are_untraceable(digits):
     data, _ = digits
-    from export.orin import int8_qdq
     from export.calibration import generated
-    from serving import Manifest as M  # noqa: F401  (the manifest type of the fixture)
+    from export.orin import int8_qdq
 
     unmarked = [data, strip(data), fp16_model(data)]
     unmarked.append(int8_qdq(data, generated(digits[1])))
