@@ -46,6 +46,13 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 def down_convert(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """The model at opset <= 20, or InvalidInput (``export_unsupported``) saying why not."""
+    # some converters (skl2onnx) list the default domain twice: keep one entry per domain
+    versions: dict[str, int] = {}
+    for o in model.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        versions[domain] = max(versions.get(domain, 0), o.version)
+    del model.opset_import[:]
+    model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
     opset = opset_of(model)
     if opset <= ORIN_OPSET:
         return model, []
