@@ -17,6 +17,8 @@ import uuid
 import warnings
 from pathlib import Path
 
+import onnx
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export import PRECISIONS, TARGETS, Signer, build, watermark  # noqa: E402
@@ -56,6 +58,17 @@ def main() -> None:
     marks()
 
 
+def _z(original: bytes, model: bytes, key: bytes, lic: str = "lic") -> str:
+    """The licence's z-score in ``model`` (a star when it is traced)."""
+    found = watermark.detect(original, model, key, [lic])
+    d = watermark.differences(onnx.load_model_from_string(original),
+                              onnx.load_model_from_string(model))
+    if d is None:
+        return "no copy"
+    total = watermark.capacity(onnx.load_model_from_string(original))
+    return f"{watermark.score(*d, key, lic, total):.1f}{'*' if found else ''}"
+
+
 def marks() -> None:
     """The watermark on each model with enough weights: agreement with the unmarked model, and
     the z-score of the right licence (threshold {watermark.THRESHOLD}) after each step."""
@@ -69,7 +82,7 @@ def marks() -> None:
     print(f"\n{'model':22} {'weights':>9} {'strength':>9} {'agreement':>10} {'z marked':>9} "
           f"{'z stripped':>11} {'z fp16':>8} {'z unmarked fp16':>16}")
     for name, data, raw in models:
-        weights = watermark.capacity(__import__("onnx").load_model_from_string(data))
+        weights = watermark.capacity(onnx.load_model_from_string(data))
         marked = watermark.embed(data, key, "lic")
         if marked is None:
             print(f"{name:22} {weights:>9} {'unmarked: too few weights':>30}")
@@ -80,18 +93,10 @@ def marks() -> None:
         except Exception:  # a sample the manifest cannot generate (dynamic image sizes)
             agreement = "n/a"
 
-        def z(model: bytes, lic: str = "lic", original: bytes = data) -> str:
-            found = watermark.detect(original, model, key, [lic])
-            d = watermark.differences(*(__import__("onnx").load_model_from_string(m)
-                                        for m in (original, model)))
-            if d is None:
-                return "no copy"
-            value = watermark.score(*d, key, lic, weights)
-            return f"{value:.1f}{'*' if found else ''}"
-
         print(f"{name:22} {weights:>9} {watermark.STRENGTH:>9.2g} {agreement:>10} "
-              f"{z(marked):>9} {z(strip(marked)):>11} {z(fp16_model(strip(marked))):>8} "
-              f"{z(fp16_model(data)):>16}")
+              f"{_z(data, marked, key):>9} {_z(data, strip(marked), key):>11} "
+              f"{_z(data, fp16_model(strip(marked)), key):>8} "
+              f"{_z(data, fp16_model(data), key):>16}")
     print("(* = traced; the bundle lowers the strength when the agreement is below 0.995)")
 
 

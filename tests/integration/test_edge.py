@@ -36,7 +36,8 @@ def shop(client: Any) -> dict[str, Any]:
     assert client.post(f"/v1/admin/models/{slug}/approve", headers=bearer(admin)).status_code == 200
     buyer, buyer_token = signup(client, "buyer")
     grant(client, buyer, "20.00")
-    assert client.post(f"/v1/models/{slug}/purchase", headers=bearer(buyer_token)).status_code == 201
+    r = client.post(f"/v1/models/{slug}/purchase", headers=bearer(buyer_token))
+    assert r.status_code == 201, r.text
     return {"slug": slug, "model": data, "seller": seller_token, "other_seller": other_seller,
             "buyer": buyer, "buyer_token": buyer_token, "admin": admin}
 
