@@ -3,7 +3,6 @@ model back to its licence, and the export compatibility table (cached per model 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,16 @@ import onnx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from export import calibration, compat, watermark
+from export import Signer, calibration, compat, watermark
 from serving import InvalidInput, Manifest
 
 from .models import Account, Export, Listing, ListingVersion
 from .registry import model_path
 
 
-def watermark_key(signing_key: str) -> bytes:
-    """The key of every licence's watermark pattern (derived from the platform secret)."""
-    return hashlib.sha256(b"aimarket watermark\0" + signing_key.encode()).digest()
+def watermark_key(signer: Signer) -> bytes:
+    """The key of every licence's watermark pattern (derived from the export signing key)."""
+    return signer.derived_key("aimarket watermark")
 
 
 def calibration_path(data_dir: Path, listing_id: int) -> Path:

@@ -85,7 +85,7 @@ async def trace(request: Request, account: CurrentAccount, svc: ServicesDep,
     if account.role not in ("admin", "seller"):
         raise Forbidden("tracing a model is for sellers and admins", code="wrong_role")
     data = await _body(request, svc.settings.max_upload_mb, "model")
-    key = edge.watermark_key(svc.signing_key)
+    key = edge.watermark_key(svc.signer)
     return await run_in_threadpool(edge.trace, db, svc.settings.data_dir, key, data, account)
 
 

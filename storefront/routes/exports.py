@@ -134,7 +134,7 @@ def create_export(body: ExportRequest, buyer: Buyer, db: SessionDep,
     bundle = build(model_path(svc.settings.data_dir, lv.model_sha256).read_bytes(),
                    manifest, body.target, info, svc.signer, precision=body.precision,
                    calibration=edge.calibration_for(svc.settings.data_dir, listing.id, manifest),
-                   watermark_key=edge.watermark_key(svc.signing_key))
+                   watermark_key=edge.watermark_key(svc.signer))
     path = _bundle_path(svc, eid)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bundle.data)
