@@ -45,6 +45,10 @@ def table(model_bytes: bytes, manifest: Manifest,
             except AimarketError as exc:
                 reasons.append(f"{precision}: {exc.message}")
                 continue
+            except Exception as exc:  # a converter's own failure on an unusual graph
+                reasons.append(f"{precision}: the export could not be built "
+                               f"({type(exc).__name__})")
+                continue
             if agreement < MIN_AGREEMENT:
                 reasons.append(f"{precision}: agrees with the hosted model on only "
                                f"{agreement:.1%} of samples")

@@ -4,6 +4,7 @@ model back to its licence, and the export compatibility table (cached per model 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from export import Signer, calibration, compat, watermark
 from serving import InvalidInput, Manifest
 
 from .models import Account, Export, Listing, ListingVersion
-from .registry import model_path
+from .registry import live_row, model_path
+
+log = logging.getLogger(__name__)
 
 
 def watermark_key(signer: Signer) -> bytes:
@@ -111,6 +114,20 @@ def compatibility(data_dir: Path, lv: ListingVersion, listing_id: int) -> list[d
     tmp.write_text(json.dumps(rows))
     tmp.replace(cache)
     return rows
+
+
+def page_table(svc: Any, slug: str) -> list[dict[str, Any]] | None:
+    """The compatibility table for the model page; None when it cannot be measured (the page
+    then says so instead of failing)."""
+    try:
+        with svc.sessions() as db:
+            row = live_row(db, slug)
+            if row is None:
+                return None
+            return compatibility(svc.settings.data_dir, row[1], row[0].id)
+    except Exception:  # a model the converters choke on must not take its page down
+        log.exception("export compatibility of %s could not be measured", slug)
+        return None
 
 
 def forget_compatibility(data_dir: Path, lv: ListingVersion) -> None:

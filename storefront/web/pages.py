@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from metering import to_micro
 from serving import AimarketError, InvalidInput, TooManyRequests
 
-from .. import accounts, throttle
+from .. import accounts, edge, throttle
 from .. import catalog as listed
 from ..accounts import NewAccount
 from ..models import SIGNUP_ROLES, Account
@@ -68,7 +68,8 @@ def model_page(request: Request, slug: str) -> Response:
         manifest = listed.manifest_of(db, slug, info["version"])
     base = str(request.base_url).rstrip("/")
     return page(request, "model.html", account, m=info, manifest=manifest,
-                snippets=snippets.snippets(base, slug, manifest))
+                snippets=snippets.snippets(base, slug, manifest),
+                export_compat=edge.page_table(svc, slug))
 
 
 @router.get("/login")

@@ -150,3 +150,11 @@ def test_the_export_compatibility_table(client, shop):
     assert any(n.startswith("int8:") for n in iris["jetson-orin"]["notes"])
     assert not iris["onnx-int8"]["exportable"]
     assert "ai.onnx.ml:LinearClassifier" in iris["jetson-orin"]["engine_fallback_ops"]
+
+
+def test_the_model_page_shows_the_compatibility_table(client, shop):
+    r = client.get(f"/models/{shop['slug']}")
+    assert r.status_code == 200
+    section = r.text.split('id="export-compatibility"', 1)[1].split("</section>", 1)[0]
+    assert "<td>jetson-orin</td>" in section and "fp16, int8" in section
+    assert "could not be measured" not in section
