@@ -19,11 +19,13 @@ import onnxruntime as ort
 from serving import InvalidInput, Manifest, sample_inputs
 from serving import errors as serving_errors
 
-from . import taskcode, templates
+from . import orin, taskcode, templates, watermark
+from .calibration import Calibration, choose
 from .signing import Signer
-from .targets import convert
+from .targets import convert, precision_for
 
 MIN_AGREEMENT = 0.95
+MARK_AGREEMENT = 0.995  # the watermarked model against the unmarked one
 SAMPLES = 256
 
 
@@ -34,14 +36,30 @@ class Bundle:
     agreement: float
     max_diff: float
     notes: list[str]
+    precision: str = "fp32"
+    watermarked: bool = False
 
 
 def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dict[str, Any],
-          signer: Signer, *, min_agreement: float = MIN_AGREEMENT) -> Bundle:
-    """Convert, check accuracy, watermark, sign and zip. Raises InvalidInput
-    (``export_accuracy``) when the converted model disagrees with the original too often."""
+          signer: Signer, *, min_agreement: float = MIN_AGREEMENT, precision: str | None = None,
+          calibration: Calibration | None = None, watermark_key: bytes | None = None
+          ) -> Bundle:
+    """Watermark (with ``watermark_key``), convert, check accuracy, sign and zip. Raises
+    InvalidInput (``export_accuracy``) when the converted model disagrees with the original
+    too often."""
     task_files = taskcode.bundle_files(manifest, target)  # refuses a task the target cannot run
-    converted, notes = convert(model_bytes, target)
+    precision = precision_for(target, precision)
+    source, mark = model_bytes, {"marked": False}
+    if watermark_key is not None:
+        source, mark = _watermark(model_bytes, manifest, watermark_key,
+                                  license_info["license_id"])
+    cal = None
+    if precision == "int8" and target == "jetson-orin":
+        cal = calibration or choose(manifest, [])
+    converted, notes = convert(source, target, precision, cal.items if cal else None)
+    if cal is not None:
+        notes.append(cal.source)
+    notes.append(str(mark["note"]) if "note" in mark else "not watermarked")
     agreement, max_diff = accuracy(model_bytes, converted, manifest)
     if agreement < min_agreement:
         raise InvalidInput(
@@ -62,7 +80,10 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
         "license.json": json.dumps({"license": license_body,
                                     "signature": signer.sign(license_body)}, indent=2).encode(),
         "accuracy.json": json.dumps({"samples": SAMPLES, "agreement": agreement,
-                                     "max_abs_diff": max_diff}, indent=2).encode(),
+                                     "max_abs_diff": max_diff, "precision": precision,
+                                     "watermark": mark,
+                                     **({"calibration": cal.source} if cal else {})},
+                                    indent=2).encode(),
         "README.md": templates.README.format(
             title=manifest.title, version=license_info["version"], target=target,
             licensee=license_info["licensee"], license_id=license_info["license_id"],
@@ -78,6 +99,16 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
             "run.py": templates.RUNNER.encode(),
             "errors.py": Path(serving_errors.__file__).read_bytes(),
         })
+    if target == "jetson-orin":
+        fmt = {"title": manifest.title, "license_id": license_info["license_id"]}
+        files.update({
+            "requirements.txt": orin.REQUIREMENTS.encode(),
+            "build_engine.sh": orin.build_engine_script(precision).encode(),
+            "Dockerfile": orin.DOCKERFILE.encode(),
+            "aimarket-model.service": templates.SERVICE.format(**fmt).encode(),
+            "run.py": templates.RUNNER.encode(),
+            "errors.py": Path(serving_errors.__file__).read_bytes(),
+        })
     files["SHA256SUMS"] = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
     ).encode()
@@ -86,7 +117,37 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
         for name, data in files.items():
             zf.writestr(name, data)
     data = buf.getvalue()
-    return Bundle(data, hashlib.sha256(data).hexdigest(), agreement, max_diff, notes)
+    return Bundle(data, hashlib.sha256(data).hexdigest(), agreement, max_diff, notes,
+                  precision, bool(mark["marked"]))
+
+
+def _watermark(model_bytes: bytes, manifest: Manifest, key: bytes, license_id: str
+               ) -> tuple[bytes, dict[str, Any]]:
+    """(the model with the licence's mark, what the bundle says about it); the model as it is
+    when it has too few weights, or when even a weaker mark would change its answers."""
+    weights = watermark.capacity(onnx.load_model_from_string(model_bytes))
+    if weights < watermark.MIN_WEIGHTS:
+        return model_bytes, {"marked": False, "weights": weights, "note": (
+            f"not watermarked: the model has {weights} weights in large float tensors, fewer "
+            f"than the {watermark.MIN_WEIGHTS} a reliable mark needs; the licence is recorded "
+            "in license.json and the model's metadata only")}
+    # The strongest mark that leaves the answers alone; a weaker one only while it would still
+    # survive a float16 conversion.
+    for step in range(5):
+        strength = watermark.STRENGTH / 2 ** step
+        marked = watermark.embed(model_bytes, key, license_id, strength)
+        assert marked is not None
+        if watermark.fp16_score(model_bytes, marked, key, license_id) < 2 * watermark.THRESHOLD:
+            break
+        agreement, _ = accuracy(model_bytes, marked, manifest)
+        if agreement >= MARK_AGREEMENT:
+            return marked, {"marked": True, "weights": weights, "strength": strength,
+                            "agreement_with_unmarked": agreement, "note": (
+                                f"watermarked for this licence in {weights} weights "
+                                f"(agreement with the unmarked model {agreement:.4f})")}
+    return model_bytes, {"marked": False, "weights": weights, "note": (
+        "not watermarked: every mark strong enough to survive a float16 conversion changed "
+        "this model's answers on more than 0.5% of the samples")}
 
 
 def accuracy(original: bytes, converted: bytes, manifest: Manifest) -> tuple[float, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,14 @@ class Signer:
 
     def sign(self, obj: Any) -> str:
         return base64.b64encode(self._key.sign(canonical(obj))).decode()
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A secret for ``purpose`` derived from the signing key (kept with it, rotated
+        with it): the watermark's key is one."""
+        raw = self._key.private_bytes(serialization.Encoding.Raw,
+                                      serialization.PrivateFormat.Raw,
+                                      serialization.NoEncryption())
+        return hmac.new(raw, purpose.encode(), hashlib.sha256).digest()
 
     def public_pem(self) -> str:
         return self._key.public_key().public_bytes(

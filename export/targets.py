@@ -1,15 +1,22 @@
-"""Export targets: the model as listed, int8, fp16, and the Nano Kit (Jetson Nano) profile."""
+"""Export targets: the model as listed, int8, fp16, the Nano Kit (Jetson Nano) profile and the
+Jetson Orin Nano (``jetson-orin``, in ``orin.py``)."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from serving import InvalidInput
 
-TARGETS = ("onnx", "onnx-int8", "onnx-fp16", "nano-kit")
+TARGETS = ("onnx", "onnx-int8", "onnx-fp16", "nano-kit", "jetson-orin")
+# The precisions each target offers, its default first.
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "onnx": ("fp32",), "onnx-int8": ("int8",), "onnx-fp16": ("fp16",), "nano-kit": ("fp16",),
+    "jetson-orin": ("fp16", "int8"),
+}
 NANO_OPSET = 13  # JetPack 4.6 / TensorRT 8.2 parses ONNX up to opset 13 reliably
 # Operators TensorRT 8.2's ONNX parser accepts that small classifiers use; anything else runs
 # in onnxruntime on the kit (the runner falls back), and the bundle says so.
@@ -22,8 +29,31 @@ TRT_OPS = {
 }
 
 
-def convert(model_bytes: bytes, target: str) -> tuple[bytes, list[str]]:
-    """(converted model, notes for the bundle's README)."""
+def precision_for(target: str, precision: str | None) -> str:
+    """The precision an export is built at: the target's default, or one it offers; else
+    InvalidInput (``precision_unsupported``)."""
+    offered = PRECISIONS.get(target)
+    if offered is None:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if precision is None:
+        return offered[0]
+    if precision not in offered:
+        raise InvalidInput(f"target {target} offers precision {' or '.join(offered)}, not "
+                           f"{precision}", code="precision_unsupported",
+                           details={"target": target, "precisions": list(offered)})
+    return precision
+
+
+def convert(model_bytes: bytes, target: str, precision: str | None = None,
+            calibration: list[dict[str, np.ndarray]] | None = None
+            ) -> tuple[bytes, list[str]]:
+    """(converted model, notes for the bundle's README). ``calibration`` (model inputs)
+    is what static int8 quantization is calibrated on."""
+    if target == "jetson-orin":
+        from . import orin
+
+        return orin.convert(model_bytes, precision_for(target, precision), calibration)
+    precision_for(target, precision)
     if target == "onnx":
         return model_bytes, []
     if target == "onnx-int8":
@@ -48,6 +78,11 @@ def _int8(model_bytes: bytes) -> bytes:
         src.write_bytes(model_bytes)
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
         return dst.read_bytes()
+
+
+def fp16_model(model_bytes: bytes) -> bytes:
+    """The model in float16 (inputs and outputs stay float32)."""
+    return _fp16(model_bytes)
 
 
 def _fp16(model_bytes: bytes) -> bytes:

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from . import cli_edge
+
 app = typer.Typer(help="aimarket: AI-model marketplace with pay-per-call inference.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -147,7 +149,11 @@ def example(
 @app.command("export")
 def export_model(
     slug: Annotated[str, typer.Argument(help="The listing to export")],
-    target: Annotated[str, typer.Option(help="onnx | onnx-int8 | onnx-fp16 | nano-kit")] = "onnx",
+    target: Annotated[str, typer.Option(
+        help="onnx | onnx-int8 | onnx-fp16 | nano-kit | jetson-orin")] = "onnx",
+    precision: Annotated[str | None, typer.Option(
+        help="fp32 | fp16 | int8, for targets that offer several (jetson-orin: fp16 or int8)")]
+    = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Bundle file")] = None,
     version: Annotated[int | None, typer.Option(help="A live version (default newest)")] = None,
     url: Annotated[str, typer.Option(envvar="AIMARKET_URL")] = DEFAULT_URL,
@@ -161,7 +167,8 @@ def export_model(
     with httpx.Client(base_url=url, timeout=600) as client:
         auth = {"Authorization": f"Bearer {_token(client, token, email, password)}"}
         r = client.post("/v1/exports", headers=auth,
-                        json={"slug": slug, "target": target, "version": version})
+                        json={"slug": slug, "target": target, "version": version,
+                              **({"precision": precision} if precision else {})})
         _check(r)
         exp = r.json()
         dest = output or Path(f"{slug}-v{exp['version']}-{target}.zip")
@@ -383,6 +390,9 @@ def triton_export_repo(
 
 def main() -> None:
     app()
+
+
+cli_edge.register(app, _token, _check, DEFAULT_URL)
 
 
 if __name__ == "__main__":

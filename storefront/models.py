@@ -7,6 +7,7 @@ from typing import Literal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -138,6 +140,9 @@ class Export(Base):
     agreement: Mapped[float] = mapped_column(Float)
     max_diff: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    precision: Mapped[str] = mapped_column(String(8), default="fp32", server_default="fp32")
+    # the model carries this licence's watermark in its weights (export/watermark.py)
+    watermarked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class KitOrder(Base):

@@ -19,6 +19,7 @@ from export import build
 from metering import CallSpec, Reservation, format_usd, to_micro
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
+from .. import edge
 from ..deps import Admin, Buyer, Id, ServicesDep, SessionDep
 from ..models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
 from ..registry import live_row, model_path
@@ -101,14 +102,18 @@ def _undo(svc: Any, model: type[Purchase] | type[KitOrder], pk: str | int) -> No
 class ExportRequest(BaseModel):
     slug: str = Field(max_length=80)
     version: Id | None = None
-    target: Literal["onnx", "onnx-int8", "onnx-fp16", "nano-kit"]
+    target: Literal["onnx", "onnx-int8", "onnx-fp16", "nano-kit", "jetson-orin"]
+    precision: Literal["fp32", "fp16", "int8"] | None = Field(
+        None, description="for targets that offer several (jetson-orin: fp16, the default, "
+                          "or int8)")
 
 
 def _export_json(e: Export, slug: str, version: int) -> dict[str, Any]:
     return {"id": e.id, "slug": slug, "version": version, "target": e.target,
             "license_id": e.license_id, "sha256": e.sha256, "size_bytes": e.size_bytes,
-            "agreement": e.agreement, "max_diff": e.max_diff,
-            "created_at": e.created_at.isoformat(), "download": f"/v1/exports/{e.id}/download"}
+            "agreement": e.agreement, "max_diff": e.max_diff, "precision": e.precision,
+            "watermarked": e.watermarked, "created_at": e.created_at.isoformat(),
+            "download": f"/v1/exports/{e.id}/download"}
 
 
 @router.post("/v1/exports", status_code=201)
@@ -125,16 +130,19 @@ def create_export(body: ExportRequest, buyer: Buyer, db: SessionDep,
     info = {"license_id": license_id, "licensee": buyer.email, "listing": listing.slug,
             "version": lv.version, "seller": listing.seller_id, "terms": lv.license or "see seller",
             "issued_at": datetime.now(UTC).isoformat(), "purchase_id": license_.id}
+    manifest = Manifest.model_validate_json(lv.manifest_json)
     bundle = build(model_path(svc.settings.data_dir, lv.model_sha256).read_bytes(),
-                   Manifest.model_validate_json(lv.manifest_json), body.target, info,
-                   svc.signer)
+                   manifest, body.target, info, svc.signer, precision=body.precision,
+                   calibration=edge.calibration_for(svc.settings.data_dir, listing.id, manifest),
+                   watermark_key=edge.watermark_key(svc.signer))
     path = _bundle_path(svc, eid)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bundle.data)
     record = Export(id=eid, buyer_id=buyer.id, listing_version_id=lv.id, purchase_id=license_.id,
                     target=body.target, license_id=license_id, sha256=bundle.sha256,
                     size_bytes=len(bundle.data), agreement=bundle.agreement,
-                    max_diff=bundle.max_diff)
+                    max_diff=bundle.max_diff, precision=bundle.precision,
+                    watermarked=bundle.watermarked)
     db.add(record)
     db.commit()
     return {**_export_json(record, listing.slug, lv.version), "notes": bundle.notes}

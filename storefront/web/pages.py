@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from metering import to_micro
 from serving import AimarketError, InvalidInput, TooManyRequests, model_key
 
-from .. import accounts, preload, throttle
+from .. import accounts, edge, preload, throttle
 from .. import catalog as listed
 from ..accounts import NewAccount
 from ..models import SIGNUP_ROLES, Account
@@ -69,7 +69,8 @@ def model_page(request: Request, slug: str) -> Response:
     base = str(request.base_url).rstrip("/")
     cold = preload.cold_start_ms(svc.backend, model_key(slug, info["version"]))
     return page(request, "model.html", account, m=info, manifest=manifest,
-                snippets=snippets.snippets(base, slug, manifest), cold_start_ms=cold)
+                snippets=snippets.snippets(base, slug, manifest), cold_start_ms=cold,
+                export_compat=edge.page_table(svc, slug))
 
 
 @router.get("/login")

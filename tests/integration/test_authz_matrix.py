@@ -175,6 +175,13 @@ MATRIX: list[Row] = [
         (401, 403, 403, 200, 403, 200), json={"max_batch_size": 4}),
     row("POST", "/v1/models/{slug}/delist", {"slug": "delist"},
         (401, 403, 403, 200, 403, 200)),
+    # int8 calibration inputs: the listing's seller and admins; the compatibility table: public
+    row("POST", "/v1/models/{slug}/calibration", {"slug": "live"},
+        (401, 403, 403, 201, 403, 201), json={"bodies": [{"image": DIGIT_PNG}]}),
+    row("GET", "/v1/models/{slug}/export-compatibility", {"slug": "live"},
+        (200, 200, 200, 200, 200, 200)),
+    row("GET", "/v1/models/{slug}/export-compatibility", {"slug": "pending"},
+        (404, 404, 404, 404, 404, 404)),
     # the inference protocol: an API key of any account on a live listing
     row("GET", "/v2/models/{slug}", {"slug": "live"}, (401, 200, 200, 200, 200, 200),
         auth="key"),

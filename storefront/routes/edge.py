@@ -1,0 +1,100 @@
+"""Edge delivery: calibration inputs for int8 exports, tracing a leaked model to its licence,
+and the export compatibility table of a listing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from export import calibration
+from serving import BadRequest, Forbidden, InvalidInput, Manifest, PayloadTooLarge
+
+from .. import edge
+from ..deps import CurrentAccount, Seller, ServicesDep, SessionDep
+from .exports import _listing
+
+router = APIRouter(tags=["exports"])
+MAX_CALIBRATION_MB = 64
+
+
+async def _body(request: Request, limit_mb: int, part: str) -> bytes:
+    """The request's file: a raw body, or the multipart part ``part``."""
+    limit = limit_mb * 1024 * 1024
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise BadRequest("send the file with a Content-Length header", code="length_required")
+    if int(length) > limit + 1_000_000:
+        raise PayloadTooLarge(f"files are limited to {limit_mb} MB")
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4, max_part_size=64 * 1024)
+        try:
+            upload = form.get(part)
+            if upload is None or isinstance(upload, str):
+                raise InvalidInput(f"part '{part}' (a file) is missing", code="missing_file")
+            data = await upload.read(limit + 1)
+        finally:
+            await form.close()
+    else:
+        data = await request.body()
+    if len(data) > limit:
+        raise PayloadTooLarge(f"files are limited to {limit_mb} MB")
+    if not data:
+        raise InvalidInput("the request carries no file", code="missing_file")
+    return data
+
+
+@router.post("/v1/models/{slug}/calibration", status_code=201)
+async def upload_calibration(slug: str, request: Request, seller: Seller,
+                             svc: ServicesDep) -> dict[str, Any]:
+    """Calibration inputs for int8 exports of your listing: an ``.npz`` of the model's inputs
+    (raw body or multipart part ``file``), or JSON ``{"bodies": [...]}`` holding request bodies
+    of the task. They replace earlier uploads."""
+    with svc.sessions() as db:
+        listing, lv = await run_in_threadpool(_listing, db, slug)
+        if seller.role != "admin" and listing.seller_id != seller.id:
+            raise Forbidden(f"only the seller of '{slug}' uploads its calibration inputs",
+                            code="not_your_listing")
+        manifest = Manifest.model_validate_json(lv.manifest_json)
+        is_json = request.headers.get("content-type", "").startswith("application/json")
+        data = await _body(request, MAX_CALIBRATION_MB, "file")
+        if is_json:
+            try:
+                doc = json.loads(data)
+            except ValueError as exc:
+                raise InvalidInput("the body is not JSON", code="invalid_json") from exc
+            bodies = doc.get("bodies") if isinstance(doc, dict) else None
+            items = await run_in_threadpool(calibration.from_bodies, manifest, bodies)
+        else:
+            items = await run_in_threadpool(calibration.from_npz, manifest, data)
+        kept = await run_in_threadpool(edge.save_calibration, svc.settings.data_dir,
+                                       listing.id, items)
+        edge.forget_compatibility(svc.settings.data_dir, lv)
+    return {"slug": slug, "inputs": kept,
+            "used_for": "int8 exports (jetson-orin, precision int8), with the listing's "
+                        "example inputs"}
+
+
+@router.post("/v1/trace")
+async def trace(request: Request, account: CurrentAccount, svc: ServicesDep,
+                db: SessionDep) -> dict[str, Any]:
+    """Recover the licence from a model file's watermark (raw body or multipart part
+    ``model``): for an admin, or the seller of the matched listing."""
+    if account.role not in ("admin", "seller"):
+        raise Forbidden("tracing a model is for sellers and admins", code="wrong_role")
+    data = await _body(request, svc.settings.max_upload_mb, "model")
+    key = edge.watermark_key(svc.signer)
+    return await run_in_threadpool(edge.trace, db, svc.settings.data_dir, key, data, account)
+
+
+@router.get("/v1/models/{slug}/export-compatibility")
+async def export_compatibility(slug: str, svc: ServicesDep) -> dict[str, Any]:
+    """For each export target: exportable or not (operators, opset), the precisions, and the
+    agreement with the hosted model measured on sample inputs."""
+    with svc.sessions() as db:
+        listing, lv = await run_in_threadpool(_listing, db, slug)
+        rows = await run_in_threadpool(edge.compatibility, svc.settings.data_dir, lv,
+                                       listing.id)
+        return {"slug": slug, "version": lv.version, "targets": rows}
