@@ -110,12 +110,17 @@ class Flusher:
         pipe.execute()
         return len(messages)
 
-    def run(self, stop: threading.Event, *, block_ms: int = 250) -> None:
-        """Flush until ``stop`` is set; errors are logged and retried with backoff."""
+    def run(self, stop: threading.Event, *, block_ms: int = 250, gather_ms: int = 0) -> None:
+        """Flush until ``stop`` is set; errors are logged and retried with backoff. A batch
+        smaller than ``batch`` is followed by a pause that makes the cycle ``gather_ms``
+        long: under steady traffic events gather into one ledger transaction per cycle
+        instead of one per few events (a transaction's fixed cost dominates small ones)."""
         backoff = 0.1
         while not stop.is_set():
             try:
-                self.flush_once(block_ms=block_ms)
+                started = time.monotonic()
+                if self.flush_once(block_ms=block_ms) < self.batch and gather_ms > 0:
+                    stop.wait(max(0.0, gather_ms / 1000 - (time.monotonic() - started)))
                 if time.monotonic() - self._last_sweep > 1.0:
                     self.sweep()
                     self._last_sweep = time.monotonic()

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         30_000, ge=100, description="Reclaim events a dead flusher left pending after this (ms)"
     )
     flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
+    flush_gather_ms: int = Field(
+        100, ge=0, le=10_000, description="Ledger flusher's cycle under light traffic: events "
+        "gather this long into one ledger transaction (0: flush as soon as any arrive)"
+    )
     stripe_api_key: SecretStr | None = Field(
         None, description="Stripe secret key: turns on Stripe mode (else ledger-only billing)"
     )

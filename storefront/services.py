@@ -174,7 +174,8 @@ class Services:
             return
         self._thread = threading.Thread(
             target=self.flusher.run, args=(self._stop,),
-            kwargs={"block_ms": self.settings.flush_interval_ms}, name="ledger-flusher",
+            kwargs={"block_ms": self.settings.flush_interval_ms,
+                    "gather_ms": self.settings.flush_gather_ms}, name="ledger-flusher",
             daemon=True,
         )
         self._thread.start()

@@ -403,7 +403,8 @@ def test_stripe_mode_runs_one_billing_sender_and_monthly_payouts() -> None:
     from storefront.cli import app
     runner = CliRunner()
     for args in (["ledger", "flush"], ["billing", "sync", "--every", "300"],
-                 ["billing", "payouts"], ["up", "--host", "0.0.0.0", "--port", "8000", "--workers", "3"]):
+                 ["billing", "payouts"],
+                 ["up", "--host", "0.0.0.0", "--port", "8000", "--workers", "3"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
     assert "--every" in runner.invoke(app, ["billing", "sync", "--help"]).output
