@@ -125,7 +125,8 @@ def difference(hosted_out: dict[str, np.ndarray], export_out: dict[str, np.ndarr
                hosted: dict[str, Any], exported: dict[str, Any]) -> dict[str, Any]:
     """How the export's answer differs: per float output the largest and mean absolute
     difference; per prediction whether the label (mask pixels, detections, embedding) is the
-    same; ``same_answer`` when the task-level answers are equal."""
+    same; ``same_answer`` when the task-level answers are equal, ``same_labels`` when every
+    label is (None for answers without labels)."""
     outputs: dict[str, Any] = {}
     for name, a in hosted_out.items():
         b = export_out.get(name)
@@ -139,7 +140,10 @@ def difference(hosted_out: dict[str, np.ndarray], export_out: dict[str, np.ndarr
     for h, e in zip(hosted.get("embeddings") or [], exported.get("embeddings") or [],
                     strict=False):
         items.append({"cosine": _num(_cosine(h, e))})
-    return {"same_answer": hosted == exported, "outputs": outputs, "predictions": items}
+    labels = [i["same_label"] for i in items if "same_label" in i]
+    return {"same_answer": hosted == exported,
+            "same_labels": all(labels) if labels else None, "outputs": outputs,
+            "predictions": items}
 
 
 def _item(h: dict[str, Any], e: dict[str, Any]) -> dict[str, Any]:

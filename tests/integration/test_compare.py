@@ -64,6 +64,7 @@ def test_the_export_runs_beside_the_hosted_model(visitor: Any) -> None:
     diff = got["difference"]
     assert diff["predictions"][0]["same_label"] == (hosted[0]["label"] == exported[0]["label"])
     assert diff["same_answer"] == (got["hosted"] == got["export"])
+    assert diff["same_labels"] == diff["predictions"][0]["same_label"]
     assert set(diff["outputs"]) and all(o["max_abs_diff"] >= 0 for o in diff["outputs"].values())
     trial_left = got["trial_remaining"]
     # fp16, the Orin's default precision, is one more metered call
