@@ -4,6 +4,7 @@ an accuracy report and SHA256SUMS."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -20,7 +21,7 @@ import onnxruntime as ort
 from serving import InvalidInput, Manifest, sample_inputs
 from serving import errors as serving_errors
 
-from . import orin, taskcode, templates, watermark
+from . import orin, receipts, taskcode, templates, watermark
 from .calibration import Calibration, choose
 from .signing import Signer
 from .targets import convert, precision_for
@@ -49,6 +50,12 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
     InvalidInput (``export_accuracy``) when the converted model disagrees with the original
     too often."""
     task_files = taskcode.bundle_files(manifest, target)  # refuses a task the target cannot run
+    edge_priced = manifest.pricing.per_edge_call is not None
+    if edge_priced and target != "jetson-orin":
+        raise InvalidInput(
+            f"this listing is priced per edge call ({manifest.pricing.per_edge_call} USD): "
+            f"export it for jetson-orin, whose runner counts the calls in signed receipts; "
+            f"a {target} export could not", code="export_unsupported")
     precision = precision_for(target, precision)
     cal = None
     if precision == "int8" and target == "jetson-orin":
@@ -109,6 +116,9 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
             "run.py": templates.RUNNER.encode(),
             "errors.py": Path(serving_errors.__file__).read_bytes(),
         })
+    if edge_priced:
+        files.update(_edge_files(manifest, license_info["license_id"], signer))
+        files["requirements.txt"] += b"cryptography>=41\n"
     files["SHA256SUMS"] = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
     ).encode()
@@ -119,6 +129,19 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
     data = buf.getvalue()
     return Bundle(data, hashlib.sha256(data).hexdigest(), agreement, max_diff, notes,
                   precision, bool(mark["marked"]))
+
+
+def _edge_files(manifest: Manifest, license_id: str, signer: Signer) -> dict[str, bytes]:
+    """The kit's call metering: the export's own receipt key, what it meters, and the receipt
+    code (export/receipts.py, the marketplace's own verifier) the runner imports."""
+    key = signer.edge_key(license_id)
+    info = {"license_id": license_id, "per_edge_call": str(manifest.pricing.per_edge_call),
+            "currency": "USD", "genesis": receipts.genesis(license_id),
+            "public_key": base64.b64encode(receipts.public_raw(key)).decode(),
+            "sync": "aimarket kit sync <this folder> (POST /v1/edge-usage)"}
+    return {"edge-key.pem": receipts.private_pem(key),
+            "edge.json": json.dumps(info, indent=2).encode(),
+            "receipts.py": Path(receipts.__file__).read_bytes()}
 
 
 def _mark_and_convert(model_bytes: bytes, manifest: Manifest, target: str, precision: str,

@@ -182,9 +182,15 @@ RUNNER = r'''#!/usr/bin/env python3
     POST /v2/models/{name}/infer  an Open Inference Protocol v2 body (JSON, or with the binary
                                   tensor extension), as /v2/models/{slug}/infer takes it
     GET  /health
+
+A listing priced per edge call ships edge.json and edge-key.pem: each call served is counted,
+and every --receipt-calls calls or --receipt-seconds seconds (and when the runner stops) a
+signed receipt is written to usage/receipts/; `aimarket kit sync <this folder>` posts them.
 """
 import argparse
 import json
+import signal
+import sys
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -202,6 +208,7 @@ import predict as bundle
 HERE = Path(__file__).resolve().parent
 SESSION = bundle.session()
 VERSION = str(json.loads((HERE / "license.json").read_text())["license"].get("version", "1"))
+METER = None  # the edge-call counter (receipts.Meter) of a listing priced per edge call
 
 
 def infer_v2(name, raw, header_length):
@@ -250,6 +257,8 @@ class Handler(BaseHTTPRequestHandler):
                 data = json.dumps(answer(self.path, raw,
                                          self.headers.get("Inference-Header-Content-Length"))
                                   ).encode()
+                if METER is not None:
+                    METER.count()
             except AimarketError:
                 raise
             except Exception as exc:  # bad input: say what, keep serving
@@ -260,8 +269,25 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, headers, data)
 
 
+def _stop(*_):
+    sys.exit(0)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8080)
-    ThreadingHTTPServer(("0.0.0.0", ap.parse_args().port), Handler).serve_forever()
+    ap.add_argument("--receipt-calls", type=int, default=1000)
+    ap.add_argument("--receipt-seconds", type=float, default=3600.0)
+    args = ap.parse_args()
+    if (HERE / "edge.json").exists():
+        from receipts import Meter
+
+        METER = Meter(HERE, args.receipt_calls, args.receipt_seconds)
+    signal.signal(signal.SIGTERM, _stop)
+    server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)
+    try:
+        server.serve_forever()
+    finally:
+        if METER is not None:
+            METER.close()  # the calls since the last receipt
 '''

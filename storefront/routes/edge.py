@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from export import calibration
 from serving import BadRequest, Forbidden, InvalidInput, Manifest, PayloadTooLarge
 
-from .. import compare, edge
+from .. import compare, edge, edge_usage
 from ..deps import CurrentAccount, Seller, ServicesDep, SessionDep
 from ..throttle import request_address
 from ..tryit import Visitor
@@ -127,3 +127,27 @@ async def compare_with_export(slug: str, request: Request, svc: ServicesDep) -> 
                       request_address(request, svc))
     return await compare.compare_call(svc, slug, doc.get("target"), doc.get("precision"),
                                       doc["input"], visitor)
+
+
+@router.post("/v1/edge-usage")
+async def edge_usage_receipts(request: Request, svc: ServicesDep) -> dict[str, Any]:
+    """A kit's usage receipts (``{"license_id", "receipts": [...]}``, what ``aimarket kit
+    sync`` sends): verified against the export's chain and charged to its buyer once (ledger
+    kind ``edge``). No login: each receipt carries the export's own Ed25519 signature. A
+    forged receipt is 422 ``receipt_forged``; a replayed, reordered or gapped one 409
+    (``receipt_replayed``, ``receipt_out_of_order``, ``receipt_gap``); no credit 402."""
+    raw = await request.body()
+    if len(raw) > MAX_COMPARE_MB * 1024 * 1024:
+        raise PayloadTooLarge(f"bodies are limited to {MAX_COMPARE_MB} MB")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput("the body is not JSON", code="invalid_json") from exc
+    return await edge_usage.submit(svc, doc)
+
+
+@router.get("/v1/edge-usage/{license_id}")
+async def edge_usage_chain(license_id: str, account: CurrentAccount,
+                           svc: ServicesDep) -> dict[str, Any]:
+    """How far an export's receipt chain got (its buyer, the listing's seller, an admin)."""
+    return await run_in_threadpool(edge_usage.chain, svc, license_id, account)
