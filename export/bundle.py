@@ -109,7 +109,8 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
     if target == "jetson-orin":
         fmt = {"title": manifest.title, "license_id": license_info["license_id"]}
         files.update({
-            "requirements.txt": orin.REQUIREMENTS.encode(),
+            "requirements.txt": orin.requirements(task_files["requirements.txt"].decode()
+                                                  ).encode(),
             "build_engine.sh": orin.build_engine_script(precision).encode(),
             "Dockerfile": orin.DOCKERFILE.encode(),
             "aimarket-model.service": templates.SERVICE.format(**fmt).encode(),

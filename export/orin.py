@@ -161,3 +161,13 @@ CMD ["python3", "run.py", "--port", "8080"]
 # onnxruntime-gpu wheels for JetPack 6 come from NVIDIA's Jetson index; the CPU wheel of PyPI
 # runs everywhere else.
 REQUIREMENTS = "onnxruntime>=1.18\nnumpy>=1.24,<2\n"
+
+
+def requirements(task_requirements: str) -> str:
+    """The task pipeline's requirements with the Orin's onnxruntime and numpy pins (JetPack
+    6's onnxruntime-gpu wheels are built against numpy 1)."""
+    pinned = {line.split(">")[0].split("=")[0].split("<")[0] for line in
+              REQUIREMENTS.splitlines()}
+    rest = [line for line in task_requirements.splitlines()
+            if line and line.split(">")[0].split("=")[0].split("<")[0] not in pinned]
+    return REQUIREMENTS + "".join(f"{line}\n" for line in rest)

@@ -12,6 +12,7 @@ free trial hold as the Try it box (``tryit.demo_call``), and nothing is charged.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import math
 import threading
@@ -48,14 +49,21 @@ def check_choice(target: Any, precision: Any) -> tuple[str, str]:
     return target, precision_for(target, precision)
 
 
-def artifact_path(data_dir: Path, sha256: str, target: str, precision: str) -> Path:
-    return data_dir / "compare" / f"{sha256}-{target}-{precision}.onnx"
+def artifact_path(data_dir: Path, live: LiveVersion, target: str, precision: str) -> Path:
+    """Where the artifact is kept: per model digest, target and precision, and for a
+    calibrated int8 export per calibration upload (new inputs build a new artifact)."""
+    name = f"{live.ref.sha256}-{target}-{precision}"
+    if precision == "int8" and target == "jetson-orin":
+        cal = edge.calibration_path(data_dir, live.listing_id)
+        name += "-" + (hashlib.sha256(cal.read_bytes()).hexdigest()[:16] if cal.exists()
+                       else "examples")
+    return data_dir / "compare" / f"{name}.onnx"
 
 
 def build_artifact(data_dir: Path, live: LiveVersion, target: str, precision: str) -> Path:
     """The export of the live version for ``target`` at ``precision`` (built on first use;
     InvalidInput ``export_unsupported`` when this model has no such export)."""
-    path = artifact_path(data_dir, live.ref.sha256, target, precision)
+    path = artifact_path(data_dir, live, target, precision)
     if path.exists():
         return path
     items = None

@@ -90,6 +90,10 @@ def test_each_demo_model_builds_for_the_orin(slug: str, precision: str, signer: 
     else:
         assert np.array_equal(ours, theirs)
     _check_engine_files(files, precision)
+    # the runner runs the task pipeline: its requirements, with the Orin's pins
+    reqs = files["requirements.txt"].decode().splitlines()
+    assert "onnxruntime>=1.18" in reqs and "numpy>=1.24,<2" in reqs
+    assert {"pydantic>=2.5", "pillow>=10"} <= set(reqs) and "numpy>=1.24" not in reqs
 
 
 def _check_engine_files(files: dict[str, bytes], precision: str) -> None:
