@@ -124,7 +124,8 @@ def _genuine(public_key, license_id, r):
     if not ints_ok or body["v"] != VERSION or body["seq"] < 1 or not (
             1 <= body["calls"] <= MAX_CALLS) or not all(
             isinstance(body[k], str) for k in ("license_id", "period_start", "period_end",
-                                                "prev")):
+                                                "prev")) or max(
+            len(body["period_start"]), len(body["period_end"])) > 40 or len(body["prev"]) != 64:
         raise Refused("receipt_forged", "the receipt's fields are missing or malformed", seq)
     if body["license_id"] != license_id:
         raise Refused("receipt_forged", f"receipt {seq} is for another licence", seq)

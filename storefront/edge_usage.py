@@ -28,6 +28,7 @@ from .models import EdgeReceipt, Export, Listing, ListingVersion
 from .services import Services
 
 MAX_RECEIPTS = 1000  # per request
+MAX_AMOUNT = 2**53  # micro-units one charge may hold (exact in Redis' Lua numbers)
 
 
 def _refusal(exc: receipts.Refused, head: int) -> InvalidInput | Conflict:
@@ -62,11 +63,14 @@ def _record(svc: Services, license_id: str, batch: list[Any]) -> dict[str, Any]:
                                    head.counter if head else 0)
         except receipts.Refused as exc:
             raise _refusal(exc, seq) from None
+        if to_micro(unit) * calls > MAX_AMOUNT:
+            raise InvalidInput(f"{calls} edge calls in one batch are more than one charge may "
+                               "hold; sync more often", code="invalid_input")
         first, last = batch[0]["seq"], batch[-1]["seq"]
         event_id = f"edge-{export.id}-{first}-{last}"
         db.add_all([EdgeReceipt(
             export_id=export.id, seq=r["seq"], calls=r["calls"], counter=r["counter"],
-            period_start=r["period_start"][:40], period_end=r["period_end"][:40],
+            period_start=r["period_start"], period_end=r["period_end"],
             prev_hash=r["prev"], hash=r["hash"], signature=r["signature"],
             event_id=event_id) for r in batch])
         try:

@@ -64,7 +64,7 @@ def test_bad_receipts_are_refused_with_their_reason(kit) -> None:
         "receipt_forged": [[{**a, "calls": 5, "counter": 5}], [{**a, "license_id": "x"}],
                            [receipts.make(other, LICENCE, 1, a["prev"], 1, 1, "s", "e")],
                            [{**a, "signature": "not base64!"}], ["junk"],
-                           [{**a, "seq": True}]],
+                           [{**a, "seq": True}], [{**a, "period_end": "x" * 41}]],
         "receipt_out_of_order": [
             [receipts.make(signer.edge_key(LICENCE), LICENCE, 1, "0" * 64, 1, 1, "s", "e")],
             [a, receipts.make(signer.edge_key(LICENCE), LICENCE, 2, a["hash"], 7, 1, "s",
