@@ -84,7 +84,7 @@ def trace(db: Session, data_dir: Path, key: bytes, suspect: bytes,
             .join(Account, Account.id == Export.buyer_id)
             .where(Export.listing_version_id == lv.id, Export.watermarked.is_(True))
         ).all()
-        candidates += len(licences)
+        candidates += len(licences) * watermark.VARIANTS
         found = watermark.detect(path.read_bytes(), suspect, key, [lid for lid, _ in licences])
         if found is not None and (best is None or found.z > best[0].z):
             best = (found, dict(licences)[found.license_id], listing)

@@ -53,10 +53,6 @@ def _model_of(client: Any, shop: dict[str, Any], export: dict[str, Any]) -> byte
     return zipfile.ZipFile(io.BytesIO(blob.content)).read("model.onnx")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the keyed watermark plus fp16 can land the digits model just under the 95% agreement "
-    "(94.9% seen once): the mark's strength needs to leave room for fp16"
-))
 def test_orin_exports_take_a_precision(client, shop):
     r = _export(client, shop, target="jetson-orin")
     assert r.status_code == 201, r.text
