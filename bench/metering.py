@@ -71,7 +71,8 @@ async def pairs_per_second(url: str, engine, seconds: float, callers: int,
     elapsed = time.perf_counter() - t0
     latencies.sort()
     await meter.close()
-    await client.delete(f"{ns}usage", f"{ns}holds", f"{ns}holdq")
+    for stream, (holds, holdq) in zip(meter.names.streams, meter.names.hold_sets, strict=True):
+        await client.delete(stream, holds, holdq)
     await client.aclose()
     return done / elapsed, latencies[len(latencies) // 2] * 1000
 
@@ -80,14 +81,14 @@ def flush_rate(url: str, engine, events: int) -> float:
     client = redis.Redis.from_url(url)
     ns = f"benchf{uuid.uuid4().hex[:6]}:"
     flusher = Flusher(client, engine, namespace=ns, consumer="bench")
-    flusher._ensure_group()
+    flusher.lag()  # creates the consumer groups
     now = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for i in range(events):
         e = Event(id=uuid.uuid4().hex, account_id=1 + i % 50, api_key_id=1, listing_id=1,
                   listing_version_id=1, seller_id=2, kind="paid", price=2000,
                   seller_share=1600, platform_fee=400, latency_us=10, ts_ms=now)
-        pipe.xadd(flusher.stream, e.fields())
+        pipe.xadd(flusher.streams[e.account_id % len(flusher.streams)], e.fields())
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
@@ -95,7 +96,7 @@ def flush_rate(url: str, engine, events: int) -> float:
     written = flusher.drain()
     elapsed = time.perf_counter() - t0
     assert written == events, (written, events)
-    client.delete(flusher.stream)
+    client.delete(*flusher.streams)
     return events / elapsed
 
 

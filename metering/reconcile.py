@@ -1,8 +1,9 @@
 """Compare Redis counters with the SQL ledger and repair drift: the ledger wins.
 
-Redis holds, per account, spendable credit (ledger balance minus holds of calls in flight
-minus charges still on the usage stream) and trial calls used per listing. Anything else in
-Redis is derived, so this is the whole comparison.
+Redis holds, per account (in the account's shard, keys.py), spendable credit (ledger balance
+minus holds of calls in flight minus charges still on the usage streams) and trial calls used
+per listing. Anything else in Redis is derived, so this is the whole comparison. Every shard's
+stream and holds are read (on a cluster, from each shard's primary).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import redis
+from redis.cluster import RedisCluster
 from sqlalchemy import Engine, select
 
 from .flusher import Flusher
@@ -40,8 +42,8 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespace: str,
-              repair: bool) -> tuple[int, list[Drift]]:
+def reconcile(client: redis.Redis | RedisCluster, engine: Engine, flusher: Flusher, *,
+              namespace: str, repair: bool) -> tuple[int, list[Drift]]:
     """(accounts checked, drifts found); with ``repair`` each drift is set to the ledger's.
     Holds older than the flusher's hold timeout are refunded first, as the sweeper would."""
     flusher.drain()
@@ -49,20 +51,22 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
     names = Keys(namespace)
     pending_paid: Counter[int] = Counter()
     pending_trial: Counter[tuple[int, int]] = Counter()
-    for _id, fields in client.xrange(flusher.stream) or []:  # committed after the drain
-        for e in Event.from_entry(fields or {}):
-            if e.price > 0:  # a paid call or an export purchase: debited when flushed
-                pending_paid[e.account_id] += e.price
-            elif e.kind == "trial":
-                pending_trial[(e.account_id, e.listing_id)] += 1
+    for stream in flusher.streams:  # every shard's; committed after the drain
+        for _id, fields in client.xrange(stream) or []:
+            for e in Event.from_entry(fields or {}):
+                if e.price > 0:  # a paid call or an export purchase: debited when flushed
+                    pending_paid[e.account_id] += e.price
+                elif e.kind == "trial":
+                    pending_trial[(e.account_id, e.listing_id)] += 1
     held_paid: Counter[int] = Counter()
     held_trial: Counter[str] = Counter()
-    for meta in client.hvals(names.holds):
-        kind, price, trial_key, credit_key, *_ = _text(meta).split("|")
-        if kind == "paid":
-            held_paid[int(credit_key.rsplit(":", 1)[1])] += int(price)
-        elif kind == "trial":
-            held_trial[trial_key] += 1
+    for holds, _holdq in flusher.hold_sets:
+        for meta in client.hvals(holds):
+            kind, price, trial_key, credit_key, *_ = _text(meta).split("|")
+            if kind == "paid":
+                held_paid[int(credit_key.rsplit(":", 1)[1])] += int(price)
+            elif kind == "trial":
+                held_trial[trial_key] += 1
     with engine.connect() as conn:
         accounts = set(conn.execute(select(CreditEntry.account_id).distinct()).scalars())
         accounts |= set(conn.execute(select(UsageEvent.account_id).distinct()).scalars())

@@ -153,9 +153,10 @@ async def test_flusher_writes_each_event_once_even_when_redelivered(meter, engin
         await m.commit(r, latency_us=5)
     sync = redis.Redis.from_url(stack["redis"])
     dead = Flusher(sync, engine, namespace=ns, consumer="dead", claim_idle_ms=0)
-    dead._ensure_group()
+    stream = m.names.stream(m.names.shard(acct))  # the account's shard
+    dead._ensure_group(stream)
     # a flusher reads a batch and dies before acknowledging it
-    sync.xreadgroup(dead.group, "dead", {dead.stream: ">"}, count=8)
+    sync.xreadgroup(dead.group, "dead", {stream: ">"}, count=8)
     live = Flusher(sync, engine, namespace=ns, consumer="live", claim_idle_ms=0)
     assert live.drain() == 20
     # the dead consumer's batch, written again by a replay, changes nothing
@@ -164,7 +165,7 @@ async def test_flusher_writes_each_event_once_even_when_redelivered(meter, engin
     assert write_events(engine, [Event.from_fields({**_fake_fields(acct)})]) == 1
     assert write_events(engine, [Event.from_fields({**_fake_fields(acct)})]) == 0
     assert snapshot(engine, acct).trials == {1: 21}
-    assert sync.xlen(live.stream) == 0
+    assert live.lag() == 0
     await client.aclose()
 
 
