@@ -317,8 +317,8 @@ async def test_reconcile_reports_and_repairs_drift_the_ledger_wins(meter, engine
     flusher = Flusher(sync, engine, namespace=ns, consumer="rec")
     checked, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
     assert checked >= 1 and not [d for d in drifts if d.account_id == acct]
-    sync.set(f"{ns}c:{acct}", 999_999)  # Redis drifts (a bug, an operator's typo...)
-    sync.set(f"{ns}t:{acct}:1", 0)
+    sync.set(meter.names.credit(acct), 999_999)  # Redis drifts (a bug, an operator's typo...)
+    sync.set(meter.names.trial(acct, 1), 0)
     _, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
     mine = {d.counter: d for d in drifts if d.account_id == acct}
     assert mine["credits"].redis_value == 999_999 and mine["credits"].ledger_value == 35_000
