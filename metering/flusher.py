@@ -41,14 +41,14 @@ class Flusher:
         self.engine = engine
         names = Keys(namespace)
         self.streams = names.streams
-        self.hold_sets = names.hold_sets
+        self.cluster = isinstance(client, RedisCluster)
+        self.hold_sets = names.hold_sets + ([] if self.cluster else [names.legacy_holds])
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self.hold_timeout_s = hold_timeout_s
         self.flushed_key = names.flushed
-        self.cluster = isinstance(client, RedisCluster)
         self._sweep = client.register_script(scripts.SWEEP)
         self._last_sweep = 0.0
         self._ready: set[str] = set()  # streams whose consumer group exists

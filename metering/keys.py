@@ -84,9 +84,14 @@ class Keys:
 
     @property
     def hold_sets(self) -> list[tuple[str, str]]:
-        """(holds, holdq) of every shard, and the unsharded pair of older releases."""
-        return [(self.holds(i), self.holdq(i)) for i in range(self.shards)] + [
-            (f"{self.ns}holds", f"{self.ns}holdq")]
+        """(holds, holdq) of every shard."""
+        return [(self.holds(i), self.holdq(i)) for i in range(self.shards)]
+
+    @property
+    def legacy_holds(self) -> tuple[str, str]:
+        """The one (holds, holdq) of releases before the shards (one server only: the two
+        names hash to different slots); the sweeper still refunds what they hold."""
+        return f"{self.ns}holds", f"{self.ns}holdq"
 
     @property
     def flushed(self) -> str:

@@ -8,6 +8,7 @@ trips through an auto-pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -66,6 +67,7 @@ class Meter:
             for name in ("RESERVE", "COMMIT", "RELEASE", "LEASE", "COMMIT_LEASED",
                          "SHRINK_LEASE")
         }
+        self._loading: dict[str, asyncio.Future[Any]] = {}
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
         self._throttle = client.register_script(scripts.THROTTLE)
@@ -92,9 +94,18 @@ class Meter:
     async def _script(self, name: str, keys: list[str], args: list[object]) -> Any:
         try:
             return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
-        except NoScriptError:  # a restarted Redis forgot its scripts
-            await self.redis.script_load(getattr(scripts, name))
+        except NoScriptError:  # a restarted Redis (or a cluster's new primary) forgot them
+            await self._load(name)
             return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
+    async def _load(self, name: str) -> None:
+        """SCRIPT LOAD once for every call that found the script missing at the same time
+        (on a cluster it goes to every primary)."""
+        task = self._loading.get(name)
+        if task is None or task.done():
+            task = self._loading[name] = asyncio.ensure_future(
+                self.redis.script_load(getattr(scripts, name)))
+        await asyncio.shield(task)
 
     # -- the hot path ------------------------------------------------------------------------
     async def reserve(self, call: CallSpec) -> Reservation:
