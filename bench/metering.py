@@ -71,8 +71,10 @@ async def pairs_per_second(url: str, engine, seconds: float, callers: int,
     elapsed = time.perf_counter() - t0
     latencies.sort()
     await meter.close()
-    for stream, (holds, holdq) in zip(meter.names.streams, meter.names.hold_sets, strict=True):
-        await client.delete(stream, holds, holdq)
+    for stream in meter.names.streams:
+        await client.delete(stream)
+    for holds, holdq in meter.names.hold_sets:
+        await client.delete(holds, holdq)
     await client.aclose()
     return done / elapsed, latencies[len(latencies) // 2] * 1000
 

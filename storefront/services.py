@@ -62,6 +62,15 @@ def sync_redis(url: str, *, cluster: bool = False) -> redis.Redis | SyncCluster:
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
 
 
+async def redis_ping(client: aioredis.Redis | AsyncCluster) -> bool:
+    """Readiness of the metering Redis: the server answers; on a cluster, one primary does
+    (one that is away refuses only the calls of the accounts in its shards, so a gateway
+    stays in service for the others)."""
+    if isinstance(client, AsyncCluster):
+        return bool(await client.ping(target_nodes=AsyncCluster.RANDOM))
+    return bool(await client.ping())
+
+
 def build_meter(settings: Settings, client: aioredis.Redis | AsyncCluster, engine: Engine
                 ) -> Meter:
     """The meter on ``client``, rebuilding missing counters from the ledger on ``engine``."""

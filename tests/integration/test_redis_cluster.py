@@ -219,12 +219,13 @@ def _scenario(url: str, env: dict[str, str], cluster: LocalCluster, data: Path,
     assert out.returncode == 0, out.stderr
     assert "Redis agrees with the ledger" in out.stdout, out.stdout
     engine = create_engine(f"sqlite:///{data / 'aimarket.db'}")
+    ids_sql = ",".join(map(str, buyers))  # integers the app gave out
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT id, account_id, price FROM usage_events "
-                                 "WHERE account_id IN (%s)" % ",".join(map(str, buyers)))).all()
+                                 f"WHERE account_id IN ({ids_sql})")).all()
         balances = dict(conn.execute(text(
-            "SELECT account_id, SUM(amount) FROM credit_entries WHERE account_id IN (%s) "
-            "GROUP BY account_id" % ",".join(map(str, buyers)))).all())
+            "SELECT account_id, SUM(amount) FROM credit_entries "
+            f"WHERE account_id IN ({ids_sql}) GROUP BY account_id")).all())
     engine.dispose()
     ids = [rid for rid, _, _ in rows]
     print(f"\n{len(answered)} answered 200, {len(failed)} refused 503, {len(ids)} ledger "
