@@ -45,3 +45,14 @@ def test_shards_spread_over_the_primaries_of_a_cluster() -> None:
     assert sorted(owners.count(p) for p in range(3)) == [5, 5, 6]
     assert len({key_slot(names.stream(i).encode()) for i in range(SHARDS)}) == SHARDS
     assert len(set(names.streams)) == SHARDS + 1  # and the unsharded one of older releases
+
+
+def test_a_cluster_needs_a_node_url() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from storefront.config import Settings
+
+    with pytest.raises(ValidationError, match="AIMARKET_REDIS_URL"):
+        Settings(redis_cluster=True, redis_url=None)
+    assert Settings(redis_cluster=True, redis_url="redis://10.0.0.5:7000").redis_cluster
