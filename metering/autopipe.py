@@ -163,15 +163,22 @@ class ClusterAutoPipeline(AutoPipeline):
                 await conn.disconnect()
                 await node.disconnect_free_connections()  # a restarted node: all are stale
             self._refresh()
+            if not isinstance(exc, Exception):
+                self._fail(moved, exc)  # cancelled: the redirected ones are not sent either
             raise_if_cancelled(exc)
         finally:
             node.release(conn)
         for args, fut in moved:  # the cluster client follows the redirection
             try:
-                fut.set_result(await self._client.execute_command(*args))
+                result = await self._client.execute_command(*args)
             except Exception as exc:
-                if not fut.done():
-                    fut.set_exception(exc)
+                result = exc
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
 
     def _refresh(self) -> None:
         """Re-read the slot map in the background (a primary failed: a replica may take its

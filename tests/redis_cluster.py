@@ -120,3 +120,31 @@ class LocalCluster:
         for proc in self.procs.values():
             proc.wait(10)
         self.procs.clear()
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Move one slot and its keys to the primary on ``to_port`` (what a resharding does,
+        one slot at a time): IMPORTING / MIGRATING, MIGRATE the keys, then SETSLOT NODE."""
+        src_port = next(p for p in self.ports if self._owner(p, slot))
+        src, dst = redis.Redis(port=src_port), redis.Redis(port=to_port)
+        src_id, dst_id = src.cluster("myid"), dst.cluster("myid")
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+        for port in self.ports:
+            redis.Redis(port=port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+    @staticmethod
+    def _owner(port: int, slot: int) -> bool:
+        me = redis.Redis(port=port).cluster("myid")
+        me = me.decode() if isinstance(me, bytes) else me
+        for line in (redis.Redis(port=port).execute_command("CLUSTER", "NODES")
+                     .decode().splitlines()):
+            parts = line.split()
+            if parts[0] != me:
+                continue
+            for rng in parts[8:]:
+                lo, _, hi = rng.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return True
+        return False

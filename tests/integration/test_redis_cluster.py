@@ -5,7 +5,8 @@ with accounts spread over all three primaries; the flusher moves every shard's s
 the ledger and reconcile compares across shards. The fault test runs `aimarket up` on the
 cluster and SIGKILLs one primary under paid calls: the calls of accounts on that primary are
 refused 503 and never charged while the other primaries keep serving theirs, and the ledger
-holds exactly one event per 200 answer.
+holds exactly one event per 200 answer. A slot moved to another primary (a resharding) is
+followed: the old primary's MOVED means nothing ran there, and nothing is lost or charged twice.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.crc import key_slot
 from sqlalchemy import create_engine, text
 
 from metering import CallSpec, Flusher, Meter, add_credit, balance, reconcile, snapshot
@@ -235,3 +237,43 @@ def _scenario(url: str, env: dict[str, str], cluster: LocalCluster, data: Path,
     paid = Counter(a for _, a, price in rows if price > 0)
     for acct in buyers:
         assert balances[acct] == 100_000_000 - paid[acct] * 2000
+
+
+async def test_calls_follow_a_slot_moved_to_another_primary(cluster, engine):  # type: ignore[no-untyped-def]
+    ns = f"r{uuid.uuid4().hex[:6]}:"
+    names = Keys(ns)
+    client = async_redis(cluster.url, cluster=True)
+
+    async def load(account_id: int):  # type: ignore[no-untyped-def]
+        return await asyncio.to_thread(snapshot, engine, account_id)
+
+    meter = Meter(client, fee_bps=2000, load_snapshot=load, namespace=ns, leases=False)
+    acct = random.randint(10**6, 10**8) * names.shards + 2
+    await meter.add_credits(acct, 100_000, lambda: asyncio.to_thread(
+        add_credit, engine, acct, 100_000, reason="grant", reference=f"g:{uuid.uuid4().hex}"))
+    for _ in range(10):
+        assert await meter.commit(await meter.reserve(_call(acct)), latency_us=3)
+    held = [await meter.reserve(_call(acct)) for _ in range(5)]  # in flight across the move
+    assert all(r.ok for r in held)
+    slot = key_slot(names.credit(acct).encode())
+    source = cluster.port_of(names.credit(acct))
+    cluster.move_slot(slot, next(p for p in cluster.ports if p != source))
+    assert cluster.port_of(names.credit(acct)) != source
+    # the client's slot map is stale: the old primary answers MOVED (nothing ran there)
+    assert client.get_node_from_key(names.credit(acct)).port == source
+    for res in held:
+        assert await meter.commit(res, latency_us=3)
+    assert client.get_node_from_key(names.credit(acct)).port != source  # followed it
+    outcomes = [await meter.reserve(_call(acct)) for _ in range(90)]
+    assert sum(r.ok for r in outcomes) == 85  # 100 calls' worth, 15 spent before
+    for res in outcomes:
+        if res.ok:
+            assert await meter.commit(res, latency_us=3)
+    assert await meter.credits(acct) == 0
+    sync = sync_redis(cluster.url, cluster=True)
+    flusher = Flusher(sync, engine, namespace=ns, consumer="moved")
+    assert flusher.drain() == 100
+    assert balance(engine, acct) == 0
+    assert reconcile(sync, engine, flusher, namespace=ns, repair=False)[1] == []
+    sync.close()
+    await client.aclose()
