@@ -117,9 +117,18 @@ class Keys:
     def trial(self, account_id: int, listing_id: int) -> str:
         return f"{self._a(account_id)}t:{account_id}:{listing_id}"
 
-    def trials_of(self, account_id: int) -> str:
-        """SCAN pattern of an account's trial counters."""
-        return f"{self._a(account_id)}t:{account_id}:*"
+    @property
+    def all_trials(self) -> str:
+        """SCAN pattern of every account's trial counters (in every shard)."""
+        return f"{self.ns}{{m*}}t:*"
+
+    def trial_owner(self, key: str) -> int | None:
+        """The account of a trial counter's name, None for any other key."""
+        if not key.startswith(f"{self.ns}{{"):
+            return None
+        _tag, sep, rest = key[len(self.ns):].partition("}t:")
+        acct, _, _ = rest.partition(":")
+        return int(acct) if sep and acct.isdigit() else None
 
     def spend(self, account_id: int, name: str) -> str:
         """A key's spend counter by its short name ``d:<key>:<yyyymmdd>`` / ``m:<key>:<yyyymm>``

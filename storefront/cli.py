@@ -269,9 +269,13 @@ def ledger_reconcile(
 
     settings = Settings()
     with ledger_parts(settings) as (client, engine, flusher):
-        checked, drifts = reconcile(client, engine, flusher,
-                                    namespace=settings.redis_namespace, repair=repair)
+        checked, drifts, busy = reconcile(client, engine, flusher,
+                                          namespace=settings.redis_namespace, repair=repair)
     console = Console()
+    if busy:
+        console.print(f"{len(busy)} accounts kept changing while they were read (calls in "
+                      f"flight) and were not compared: run again when traffic is quieter "
+                      f"(accounts {', '.join(map(str, busy[:20]))}).")
     if not drifts:
         console.print(f"{checked} accounts checked: Redis agrees with the ledger.")
         return

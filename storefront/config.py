@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         120, gt=0, description="Refund reservations older than this (s)"
     )
     meter_leases: bool = Field(
-        False, description="Decide paid calls from per-process leases of credit and rate "
+        True, description="Decide paid calls from per-process leases of credit and rate "
         "(one Redis round trip shared by many calls); off: two scripts per call"
     )
     run_flusher: bool = Field(
