@@ -1,12 +1,13 @@
 """Compare Redis counters with the SQL ledger and repair drift: the ledger wins.
 
-Redis holds, per account, spendable credit (ledger balance minus holds of calls in flight
-minus charges still on the usage stream) and trial calls used per listing. Anything else in
-Redis is derived, so this is the whole comparison.
+Redis holds, per account (in the account's shard, keys.py), spendable credit (ledger balance
+minus holds of calls in flight minus charges still on the usage streams) and trial calls used
+per listing. Anything else in Redis is derived, so this is the whole comparison.
 
 Gateways keep serving while reconcile runs: calls reserve and commit, leases go back, other
 flushers move events into the ledger. So each account is compared on one consistent cut: its
-Redis side read atomically (one MULTI: holds, stream, counters) between two reads of its
+Redis side read atomically (one MULTI in its shard's slot: the shard's holds, stream and the
+account's counters, so it works on a Redis Cluster too) between two reads of its
 ledger rows that agree (no flush landed in between), and an event that a flusher wrote but
 has not deleted from the stream yet counted once. An account whose ledger kept moving on
 every pass is reported as busy, never as drift.
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import redis
+from redis.cluster import RedisCluster
 from sqlalchemy import Engine, func, select
 
 from .flusher import Flusher
@@ -64,20 +66,28 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _view(client: redis.Redis, names: Keys, accounts: list[int],
-          trial_keys: dict[int, list[str]]) -> dict[int, _Account]:
-    """The accounts' Redis side in one transaction (accounts without a marker left out)."""
+def _view(client: redis.Redis | RedisCluster, names: Keys, shard: int, accounts: list[int],
+          trial_keys: dict[int, list[str]], legacy: bool) -> dict[int, _Account]:
+    """The Redis side of accounts of one shard in one transaction (one slot), accounts without
+    a marker left out; with ``legacy`` (one server) the unsharded holds and stream too."""
     counters = [k for a in accounts for k in (names.credit(a), *trial_keys.get(a, []))]
     pipe = client.pipeline(transaction=True)
-    pipe.hgetall(names.holds)
-    pipe.xrange(names.stream)
+    pipe.hgetall(names.holds(shard))
+    pipe.xrange(names.stream(shard))
+    if legacy:
+        pipe.hgetall(names.legacy_holds[0])
+        pipe.xrange(names.streams[-1])
     for a in accounts:
         pipe.exists(names.marker(a))
-    if counters:
-        pipe.mget(counters)
+    for key in counters:  # GETs, not one MGET: a cluster's pipeline refuses MGET
+        pipe.get(key)
     holds, entries, *rest = pipe.execute()
+    if legacy:
+        old_holds, old_entries, *rest = rest
+        holds, entries = {**(old_holds or {}), **(holds or {})}, [*(old_entries or []),
+                                                                   *(entries or [])]
     marked = dict(zip(accounts, rest[:len(accounts)], strict=True))
-    values = dict(zip(counters, rest[len(accounts)] if counters else [], strict=True))
+    values = dict(zip(counters, rest[len(accounts):], strict=True))
     view = {a: _Account() for a in accounts if marked[a]}
     for a, acc in view.items():
         for key in (names.credit(a), *trial_keys.get(a, [])):
@@ -101,11 +111,7 @@ def _view(client: redis.Redis, names: Keys, accounts: list[int],
 
 
 def _trial_owner(names: Keys, key: str) -> int | None:
-    head = f"{names.ns}t:"
-    if not key.startswith(head):
-        return None
-    acct, _, _ = key[len(head):].partition(":")
-    return int(acct) if acct.isdigit() else None
+    return names.trial_owner(key)
 
 
 def _ledger(engine: Engine, accounts: list[int],
@@ -162,8 +168,8 @@ def _expected(names: Keys, acct: int, seen: _Account, ledger: tuple[int, dict[in
     return want
 
 
-def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespace: str,
-              repair: bool, passes: int = PASSES) -> Reconciled:
+def reconcile(client: redis.Redis | RedisCluster, engine: Engine, flusher: Flusher, *,
+              namespace: str, repair: bool, passes: int = PASSES) -> Reconciled:
     """Compare every account; with ``repair`` each drift is set to the ledger's. Holds older
     than the flusher's hold timeout are refunded first, as the sweeper would."""
     flusher.drain()
@@ -180,15 +186,19 @@ def reconcile(client: redis.Redis, engine: Engine, flusher: Flusher, *, namespac
         if not todo:
             break
         trial_keys: dict[int, list[str]] = defaultdict(list)
-        for key in client.scan_iter(f"{names.ns}t:*", count=1000):
+        for key in client.scan_iter(names.all_trials, count=1000):
             acct = _trial_owner(names, _text(key))
             if acct is not None:
                 trial_keys[acct].append(_text(key))
         moved: list[int] = []
-        for i in range(0, len(todo), CHUNK):
-            chunk = todo[i:i + CHUNK]
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for acct in todo:
+            by_shard[names.shard(acct)].append(acct)
+        chunks = [(shard, accts[i:i + CHUNK]) for shard, accts in sorted(by_shard.items())
+                  for i in range(0, len(accts), CHUNK)]
+        for shard, chunk in chunks:
             before, _ = _ledger(engine, chunk, [])
-            view = _view(client, names, chunk, trial_keys)
+            view = _view(client, names, shard, chunk, trial_keys, not flusher.cluster)
             ids = [e.id for acc in view.values() for e in acc.pending]
             after, flushed = _ledger(engine, list(view), ids)
             for acct, seen in view.items():

@@ -28,7 +28,7 @@ from .hardening import SecurityHeaders, check_metrics_access
 from .models import Account
 from .routes import accounts, admin, billing, edge, exports, keys, models, serving, usage, v2
 from .security import hash_password
-from .services import Services
+from .services import Services, redis_ping
 from .workers import metrics_registry
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
         svc: Services = app.state.services
-        await svc.redis.ping()
+        await redis_ping(svc.redis)
         return {"status": "ok", "backend": svc.backend.name}
 
     @app.get("/metrics", tags=["ops"])

@@ -248,7 +248,8 @@ def ledger_flush(
 
         threading.Thread(target=watch, daemon=True).start()
     with ledger_parts(settings) as (_, _, flusher):
-        typer.echo(f"flushing {flusher.stream} into the ledger as {flusher.consumer}")
+        typer.echo(f"flushing {len(flusher.streams)} streams into the ledger as "
+                   f"{flusher.consumer}")
         flusher.run(stop, block_ms=settings.flush_interval_ms,
                     gather_ms=settings.flush_gather_ms)
 

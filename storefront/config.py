@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering import to_micro
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     redis_url: str | None = Field(None, description="Redis URL; default an embedded Valkey server")
     redis_namespace: str = Field("am:", description="Prefix of every Redis key aimarket writes")
+    redis_cluster: bool = Field(
+        False, description="redis_url is a node of a Redis Cluster (the client finds the "
+        "others): metering runs on the cluster, its keys sharded by hash tags"
+    )
     serving_backend: Literal["local", "ray", "triton"] = Field(
         "local", description="Engine that runs models: local onnxruntime, Ray Serve or Triton"
     )
@@ -190,6 +194,14 @@ class Settings(BaseSettings):
                 "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
             )
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("AIMARKET_REDIS_CLUSTER needs AIMARKET_REDIS_URL: a node of the "
+                             "cluster, e.g. redis://10.0.0.5:7000 (the embedded Valkey is one "
+                             "server, not a cluster)")
+        return self
 
     @field_validator("postpaid_credit_line")
     @classmethod
