@@ -3,7 +3,9 @@
 ``slug@3`` is the Triton model ``slug-v3`` (one model per listing version, see
 ``serving.triton_repo``), written into the model repository and loaded through Triton's model
 repository API (explicit model control); undeploying unloads it and removes its folder. Calls
-go over KServe v2 HTTP with binary tensors (tritonclient's asyncio client).
+go over KServe v2 HTTP with binary tensors on kept-alive raw connections
+(``serving.triton_http``); tritonclient's asyncio client does the control plane (load, unload,
+health).
 
 Two ways to have a server:
 
@@ -35,6 +37,7 @@ import numpy as np
 
 from .backend import ModelRef
 from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
+from .triton_http import TritonDown, TritonError, TritonHTTP
 from .triton_repo import (
     Format,
     batched,
@@ -91,6 +94,7 @@ class TritonBackend:
         self._loaded: set[str] = set()  # keys Triton has loaded (as far as we know)
         self._reloading: dict[str, asyncio.Task[None]] = {}
         self._client: Any = None
+        self._wire: TritonHTTP | None = None
         self._up = False
         self._closing = False
         self._watcher: asyncio.Task[None] | None = None
@@ -118,8 +122,12 @@ class TritonBackend:
         from tritonclient.http.aio import InferenceServerClient
 
         old, self._client = self._client, InferenceServerClient(self.url, conn_limit=256)
+        old_wire, self._wire = self._wire, TritonHTTP(self.url, timeout_s=CALL_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
         if old is not None:
-            asyncio.get_running_loop().create_task(old.close())
+            loop.create_task(old.close())
+        if old_wire is not None:
+            loop.create_task(old_wire.close())
 
     async def _live(self) -> bool:
         try:
@@ -141,6 +149,8 @@ class TritonBackend:
                     with contextlib.suppress(Exception):
                         await self._client.unload_model(self._models[key].name)
             await self._client.close()
+        if self._wire is not None:
+            await self._wire.close()
         if self._proc is not None:
             await asyncio.to_thread(self._proc.stop)
 
@@ -263,40 +273,33 @@ class TritonBackend:
             raise _unavailable(f"{model.ref.key} is still loading") from exc
 
     async def _call(self, model: _Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from tritonclient.http import InferInput, InferRequestedOutput
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
-
-        wire = []
-        for name, array in inputs.items():
-            if name in model.flat_in:
-                array = array.reshape(-1, 1)
-            t = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            t.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
-            wire.append(t)
-        wanted = [InferRequestedOutput(n, binary_data=True) for n in model.outputs]
+        assert self._wire is not None
+        if model.flat_in:
+            inputs = {n: a.reshape(-1, 1) if n in model.flat_in else a
+                      for n, a in inputs.items()}
         started = time.monotonic()
         try:
-            result = await self._client.infer(model.name, wire, outputs=wanted,
-                                              timeout=int(CALL_TIMEOUT_S * 1_000_000))
-        except InferenceServerException as exc:
-            raise _classify(exc, model.ref.key) from exc
-        except Exception as exc:  # refused connection, reset, timeout: the server went away
+            result = await self._wire.infer(model.name, inputs, model.outputs)
+        except TritonError as exc:
+            raise _classify(exc.status, exc.message, model.ref.key) from exc
+        except (TritonDown, OSError) as exc:  # refused, reset, timed out: the server went away
             log.warning("Triton call to %s failed after %.3f s: %r", model.ref.key,
                         time.monotonic() - started, exc)
             raise _unavailable("the Triton server is unavailable") from exc
-        out = {}
-        for n in model.outputs:
-            array = result.as_numpy(n)
-            out[n] = array.reshape(-1) if n in model.col_out else array
-        return out
+        except TypeError as exc:  # a dtype Triton has no datatype for
+            raise InvalidInput(f"the model refused the input: {exc}") from exc
+        if model.col_out:
+            for n in model.col_out:
+                if n in result:
+                    result[n] = result[n].reshape(-1)
+        return result
 
 
 class _Lost(Exception):
     """Triton does not have the model loaded (restarted, evicted, or never loaded)."""
 
 
-def _classify(exc: Any, key: str) -> Exception:
-    message = str(exc.message() or "")
+def _classify(status: int, message: str, key: str) -> Exception:
     lowered = message.lower()
     if "aimarket invalid input" in lowered:
         return InvalidInput(f"the model refused the input: {message.split(':', 1)[-1].strip()}")
@@ -305,6 +308,6 @@ def _classify(exc: Any, key: str) -> Exception:
     if ("unknown model" in lowered or "not ready" in lowered or "unavailable" in lowered
             or "not found" in lowered):
         return _Lost(message)
-    if str(exc.status() or "").startswith("4"):
+    if 400 <= status < 500:
         return InvalidInput(f"the model refused the input: {message}")
     return _unavailable(f"Triton failed the call to {key}")
