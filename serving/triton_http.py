@@ -140,7 +140,7 @@ class _Connection(asyncio.Protocol):
         self._buf.clear()
         self._head, self._length = None, -1
         self._waiter = asyncio.get_running_loop().create_future()
-        self.transport.writelines(parts)
+        self.transport.write(b"".join(parts))  # one send: small calls are mostly syscalls
         return self._waiter
 
     def data_received(self, data: bytes) -> None:
