@@ -112,7 +112,7 @@ def test_approval_loads_into_triton_and_trial_402_paid_calls_answer_like_onnxrun
     r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
     first_call_s = time.monotonic() - started
     print(f"\napprove -> first paid call on Triton: {first_call_s:.2f} s")
-    assert first_call_s < 10  # ~2 s here (the stub imports onnxruntime); the issue wants <= 3
+    assert first_call_s < 10  # ~1 s here (one stub per instance, no auto-complete stub)
     assert f"{slug}-v1" in _loaded(server)
     assert r.status_code == 200, r.text
     assert (r.headers["X-Cost"], r.headers["X-Trial-Remaining"]) == ("0.00", "1")
