@@ -28,6 +28,14 @@ own ``dynamic_batching`` for what still arrives apart); otherwise up to ``AUTO_R
 whatever is queued, adaptive (kept only while a batched row costs less than a single one);
 ``batching: off`` sends every call alone.
 
+Memory: with a budget (``memory_budget``, the local backend's AIMARKET_MODEL_MEMORY_MB) the
+versions loaded in Triton are kept under it, least recently called first out
+(``serving.residency``): an evicted version is unloaded through the repository API (its files
+stay) and loaded again by its next call, which waits for it at most ``load_wait_s`` (else 503
+``backend_unavailable`` with Retry-After, uncharged). A version's cost is its instances' onnx
+sessions (the file x 2, as locally) plus, in the python format, each instance's stub process
+(``STUB_BYTES``: its proportional share of memory, measured ~32 MB here).
+
 Failures: the server down, or a model it cannot load, is :class:`ServiceUnavailable`
 (``backend_unavailable``, ``Retry-After``): the gateway releases the hold, nothing is charged.
 Deploying a model Triton refuses raises the same with Triton's reason (approval then fails).
@@ -38,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from functools import partial
 from pathlib import Path
@@ -48,6 +57,7 @@ import numpy as np
 from .backend import ModelRef, ServingOptions
 from .batching import Batcher, BatchStats
 from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
+from .residency import Residency, resident_cost
 from .triton_http import TritonDown, TritonError, TritonHTTP
 from .triton_repo import (
     Format,
@@ -63,7 +73,8 @@ from .triton_server import TritonProcess
 log = logging.getLogger(__name__)
 
 WATCH_S = 0.2  # how often the bundled server's process is checked
-RELOAD_WAIT_S = 20.0  # longest a call waits for a lost version to be loaded again
+RELOAD_WAIT_S = 20.0  # longest a call waits for a lost version by default
+STUB_BYTES = 32 << 20  # a python-backend stub's share of memory (PSS ~32 MB, RSS ~66 MB here)
 CALL_TIMEOUT_S = 60.0
 AUTO_ROWS = 16  # the most rows an automatic (adaptive) coalesced request carries
 
@@ -105,7 +116,8 @@ class TritonBackend:
     name = "triton"
 
     def __init__(self, *, workspace: Path, url: str | None = None,
-                 repository: Path | None = None, fmt: Format = "python") -> None:
+                 repository: Path | None = None, fmt: Format = "python",
+                 memory_budget: int | None = None, load_wait_s: float = RELOAD_WAIT_S) -> None:
         self._url = url.removeprefix("http://") if url else None
         self._proc = None if url else TritonProcess(workspace)
         self._repository = repository or workspace / "models"
@@ -117,6 +129,9 @@ class TritonBackend:
         self._batchers: dict[str, Batcher] = {}
         self._loaded: set[str] = set()  # keys Triton has loaded (as far as we know)
         self._reloading: dict[str, asyncio.Task[None]] = {}
+        self._unloading: dict[str, asyncio.Task[None]] = {}
+        self._residency = Residency(memory_budget)
+        self._load_wait_s = load_wait_s
         self._client: Any = None
         self._wire: TritonHTTP | None = None
         self._up = False
@@ -165,7 +180,7 @@ class TritonBackend:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        for task in self._reloading.values():
+        for task in [*self._reloading.values(), *self._unloading.values()]:
             task.cancel()
         if self._client is not None:
             if self._proc is None:  # leave the shared server as we found it
@@ -210,9 +225,11 @@ class TritonBackend:
         self._up = True
 
     async def _reload_all(self) -> None:
-        results = await asyncio.gather(*(self._load(m) for m in list(self._models.values())),
+        """Load again what was resident (the rest loads on its next call)."""
+        models = [self._models[k] for k in self._residency.held() if k in self._models]
+        results = await asyncio.gather(*(self._load(m) for m in models),
                                        return_exceptions=True)
-        for model, result in zip(list(self._models.values()), results, strict=False):
+        for model, result in zip(models, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("reloading %s into Triton failed: %s", model.ref.key, result)
 
@@ -220,25 +237,68 @@ class TritonBackend:
     async def _load(self, model: _Model) -> None:
         from tritonclient.utils import InferenceServerException
 
+        key = model.ref.key
+        unloading = self._unloading.get(key)
+        if unloading is not None:  # evicted a moment ago: let that finish first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(unloading)
         try:
             await self._client.load_model(model.name)
         except InferenceServerException as exc:
-            raise _unavailable(f"Triton could not load {model.ref.key}: {exc.message()}") \
-                from exc
+            raise _unavailable(f"Triton could not load {key}: {exc.message()}") from exc
         except Exception as exc:
             raise _unavailable(f"Triton is unavailable ({type(exc).__name__})") from exc
-        self._loaded.add(model.ref.key)
+        self._loaded.add(key)
+        for old in self._residency.admit(key, self._cost(model.ref)):
+            self._evict(old)
+
+    def _cost(self, ref: ModelRef) -> int:
+        stub = STUB_BYTES if self._fmt == "python" else 0
+        return (resident_cost(ref.path) + stub) * max(1, ref.serving.min_replicas)
+
+    def _evict(self, key: str) -> None:
+        """Unload ``key`` from Triton to stay in the memory budget (it stays deployed)."""
+        self._loaded.discard(key)
+        model = self._models.get(key)
+        if model is None or key in self._unloading:
+            return
+        log.info("unloading %s from Triton: the model memory budget is full", key)
+
+        async def unload() -> None:
+            try:
+                await self._client.unload_model(model.name)
+            except Exception as exc:  # a dead server has unloaded it already
+                log.warning("unloading %s failed: %r", key, exc)
+            finally:
+                self._unloading.pop(key, None)
+
+        self._unloading[key] = asyncio.get_running_loop().create_task(unload())
+
+    def is_resident(self, key: str) -> bool:
+        """Whether ``key`` is loaded in Triton now (as far as this backend knows)."""
+        return key in self._loaded
+
+    def resident_bytes(self) -> int:
+        """The estimated memory of the versions loaded in Triton."""
+        return self._residency.used
 
     async def deploy(self, ref: ModelRef) -> None:
+        """A version new here is written and loaded now (approval verifies that it loads).
+        A known one gets its changed serving options written, reloaded if it is loaded; one
+        that is not loaded (evicted, or lost by the server) loads on its next call."""
         current = self._models.get(ref.key)
-        if current is not None and current.ref == ref and ref.key in self._loaded:
+        if current is not None and current.ref == ref:
             return
         async with self._lock:
             current = self._models.get(ref.key)
-            if current is not None and current.ref == ref and ref.key in self._loaded:
+            if current is not None and current.ref == ref:
                 return
             model = await asyncio.to_thread(_Model, ref)
             await asyncio.to_thread(write_model, self._repository, ref, self._fmt)
+            if current is not None and ref.key not in self._loaded:
+                self._models[ref.key] = model  # the options apply at its next load
+                self._configure(model)
+                return
             try:
                 await self._load(model)  # a loaded model is reloaded (it serves meanwhile)
             except ServiceUnavailable:
@@ -278,6 +338,7 @@ class TritonBackend:
         model = self._models.pop(key, None)
         self._batchers.pop(key, None)
         self._loaded.discard(key)
+        self._residency.drop(key)
         if model is None:
             return
         with contextlib.suppress(Exception):  # a dead server has unloaded it already
@@ -300,6 +361,8 @@ class TritonBackend:
             raise _unavailable("the Triton server is restarting")
         if key not in self._loaded:
             await self._reload(model)
+        else:
+            self._residency.touch(key)
         try:
             return await self._submit(model, inputs)
         except _Lost:
@@ -338,9 +401,13 @@ class TritonBackend:
             task = asyncio.get_running_loop().create_task(self._load(model))
             self._reloading[model.ref.key] = task
         try:
-            await asyncio.wait_for(asyncio.shield(task), RELOAD_WAIT_S)
-        except TimeoutError as exc:
-            raise _unavailable(f"{model.ref.key} is still loading") from exc
+            await asyncio.wait_for(asyncio.shield(task), self._load_wait_s)
+        except TimeoutError:
+            wait = max(1, math.ceil(self._load_wait_s))
+            raise ServiceUnavailable(
+                f"model {model.ref.key} is loading; retry in {wait} s (this call was not "
+                "charged)", code="backend_unavailable", headers={"Retry-After": str(wait)},
+            ) from None
 
     async def _call(self, model: _Model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._wire is not None
