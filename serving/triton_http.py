@@ -58,8 +58,8 @@ def _tensor_bytes(array: np.ndarray) -> tuple[str, bytes | memoryview]:
     if array.dtype.kind in "OSU":  # strings: Triton's BYTES, each element length-prefixed
         from tritonclient.utils import serialize_byte_tensor
 
-        data = serialize_byte_tensor(array)
-        return "BYTES", b"" if data is None else data.tobytes()
+        data = serialize_byte_tensor(array)  # one object element: the bytes
+        return "BYTES", b"" if data is None or data.size == 0 else bytes(data.item())
     datatype = _TO_TRITON.get(array.dtype.name)
     if datatype is None:
         raise TypeError(f"Triton has no datatype for {array.dtype}")
