@@ -216,12 +216,14 @@ class _Connection(asyncio.Protocol):
 class TritonHTTP:
     """A pool of kept-alive connections to one Triton server's HTTP port."""
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0, max_idle: int = 64) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 60.0, max_idle: int = 64,
+                 max_connections: int = 256) -> None:
         host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
         self.host, self.port = host or "127.0.0.1", int(port)
         self.timeout_s = timeout_s
         self._idle: deque[_Connection] = deque()
         self._max_idle = max_idle
+        self._open_slots = asyncio.Semaphore(max_connections)  # calls beyond it wait
         self._host_header = f"Host: {self.host}:{self.port}\r\n".encode()
 
     async def _open(self) -> _Connection:
@@ -242,7 +244,8 @@ class TritonHTTP:
                 + b"Content-Type: application/octet-stream\r\n"
                 + b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n"
                 % (len(header), length))
-        answer = await self._exchange([head, header, *blobs])
+        async with self._open_slots:
+            answer = await self._exchange([head, header, *blobs])
         if answer.status != 200:
             raise TritonError(answer.status, _error_message(answer.body))
         raw_length = answer.headers.get(b"inference-header-content-length")

@@ -281,3 +281,13 @@ async def test_the_router_runs_a_call_again_where_the_version_moved() -> None:
         else:  # not moved: the NotFound stands
             with pytest.raises(NotFound):
                 await router.infer("m@1", {"x": np.asarray([1.0])})
+
+
+async def test_calls_beyond_the_connection_limit_wait_for_a_free_one(fake: Any) -> None:
+    server = await fake(_echo_sum())
+    client = TritonHTTP(server.url, max_connections=2)
+    xs = [np.full((1, 2), i, np.float32) for i in range(10)]
+    outs = await asyncio.gather(*(client.infer("m", {"X": x}, ["label"]) for x in xs))
+    assert [int(o["label"][0]) for o in outs] == [2 * i for i in range(10)]
+    assert server.connections <= 2
+    await client.close()
