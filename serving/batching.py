@@ -89,10 +89,13 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self.stats = BatchStats()
 
-    def configure(self, *, max_rows: int, wait_s: float, adaptive: bool) -> None:
+    def configure(self, *, max_rows: int, wait_s: float, adaptive: bool,
+                  slots: int | None = None) -> None:
         """New limits from changed serving options; they apply to the next run."""
         self.max_rows, self.wait_s = max(1, max_rows), max(0.0, wait_s)
         self.adaptive = adaptive
+        if slots is not None:
+            self._slots = max(1, slots)
 
     def limit(self) -> int:
         """The most rows the next run may take."""

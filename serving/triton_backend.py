@@ -327,7 +327,7 @@ class TritonBackend:
                 partial(self._run_rows, model.ref.key), None, max_rows=rows, wait_s=wait_s,
                 slots=slots, adaptive=adaptive)
         else:
-            batcher.configure(max_rows=rows, wait_s=wait_s, adaptive=adaptive)
+            batcher.configure(max_rows=rows, wait_s=wait_s, adaptive=adaptive, slots=slots)
 
     def batch_stats(self, key: str) -> BatchStats | None:
         """How calls of ``key`` were coalesced into Triton requests; None: not coalesced."""
