@@ -76,8 +76,9 @@ class Settings(BaseSettings):
         "0 runs every model on the thread pool",
     )
     model_memory_mb: int = Field(
-        0, ge=0, description="Memory the local backend's loaded models may take per process "
-        "(MB, estimated as model file size x 2); beyond it the least recently used are "
+        0, ge=0, description="Memory the local backend's loaded models (and the versions "
+        "loaded in Triton) may take per process (MB, estimated as model file size x 2, plus "
+        "a python-backend stub per Triton instance); beyond it the least recently used are "
         "unloaded and reload on their next call. 0: half of this machine's memory",
     )
     model_load_wait_s: float = Field(
