@@ -135,6 +135,31 @@ def test_a_leaked_export_is_traced_to_its_licence(client, shop):
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_model"
 
 
+def test_a_reuploaded_leak_names_its_licence_to_the_moderator_only(client, shop):
+    exp = _export(client, shop, target="onnx").json()
+    leaked = strip(_model_of(client, shop, exp))  # licence and metadata stripped, renamed
+    _, pirate = signup(client, "seller")
+    from storefront.demo import digits
+
+    manifest = {**digits()[1], "title": f"My digits {uuid.uuid4().hex[:6]}"}
+    r = client.post("/v1/models", headers=bearer(pirate), data={
+        "attest_rights": "true", "license": "MIT"}, files={
+        "model": ("mine.onnx", leaked, "application/octet-stream"),
+        "manifest": ("m.yaml", yaml.safe_dump(manifest).encode(), "application/yaml")})
+    assert r.status_code == 201, r.text
+    codes = {f["code"] for f in r.json()["findings"]}
+    assert "possible_copy" in codes and "leaked_export" not in codes  # the uploader's view
+    assert exp["license_id"] not in r.text and shop["buyer"] not in r.text
+    mine = client.get("/v1/seller/models", headers=bearer(pirate))
+    assert mine.status_code == 200 and exp["license_id"] not in mine.text
+    queue = client.get("/v1/admin/review-queue", headers=bearer(shop["admin"])).json()
+    item = next(i for i in queue["items"] if i["slug"] == r.json()["slug"])
+    leak = next(f for f in item["findings"] if f["code"] == "leaked_export")
+    assert leak["evidence"]["license_id"] == exp["license_id"]
+    assert leak["evidence"]["licensee"] == shop["buyer"]
+    assert leak["evidence"]["listing"] == shop["slug"]
+
+
 def test_the_export_compatibility_table(client, shop):
     r = client.get(f"/v1/models/{shop['slug']}/export-compatibility")
     assert r.status_code == 200, r.text
