@@ -80,7 +80,8 @@ def _buyer_things(client: Any, email: str, token: str, label: str) -> dict[str, 
                     json={"export_id": export["id"],
                           "shipping_address": {"name": ship_to, **ADDRESS}})
     assert r.status_code == 201, r.text
-    return {"keys": keys, "export": export["id"], "order": r.json()["id"], "ship_to": ship_to}
+    return {"keys": keys, "export": export["id"], "license": export["license_id"],
+            "order": r.json()["id"], "ship_to": ship_to}
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +117,7 @@ def world(client: Any) -> World:
     a = tenants["buyer"].extra
     ids = {"key_patch": a["keys"]["patch"]["id"], "key_delete": a["keys"]["delete"]["id"],
            "key_web": a["keys"]["web"]["id"], "export": a["export"], "order": a["order"],
+           "license": a["license"],
            "live": slugs["seller:live"], "delist": slugs["seller:delist"],
            "approve": slugs["seller:approve"], "reject": slugs["seller:reject"],
            "web_review": slugs["seller:web_review"], "pending": slugs["seller:pending"]}
@@ -165,6 +167,10 @@ MATRIX: list[Row] = [
         (401, 200, 404, 404, 404, 200)),
     row("GET", "/v1/exports/{export_id}/download", {"export_id": "export"},
         (401, 200, 404, 404, 404, 200)),
+    # an export's edge receipt chain: its buyer, its listing's seller (here the demo seller,
+    # not seller A) and admins; anyone else: no such licence
+    row("GET", "/v1/edge-usage/{license_id}", {"license_id": "license"},
+        (401, 200, 404, 404, 404, 200)),
     row("GET", "/v1/kit-orders/{order_id}", {"order_id": "order"},
         (401, 200, 404, 404, 404, 200)),
     row("POST", "/v1/admin/kit-orders/{order_id}/advance", {"order_id": "order"},
@@ -178,6 +184,13 @@ MATRIX: list[Row] = [
     # int8 calibration inputs: the listing's seller and admins; the compatibility table: public
     row("POST", "/v1/models/{slug}/calibration", {"slug": "live"},
         (401, 403, 403, 201, 403, 201), json={"bodies": [{"image": DIGIT_PNG}]}),
+    # compare an export with the hosted model: a demo call, open to visitors, live listings
+    row("POST", "/v1/models/{slug}/compare", {"slug": "live"},
+        (200, 200, 200, 200, 200, 200), json={"target": "onnx-int8",
+                                              "input": {"image": DIGIT_PNG}}),
+    row("POST", "/v1/models/{slug}/compare", {"slug": "pending"},
+        (404, 404, 404, 404, 404, 404), json={"target": "onnx-int8",
+                                              "input": {"image": DIGIT_PNG}}),
     row("GET", "/v1/models/{slug}/export-compatibility", {"slug": "live"},
         (200, 200, 200, 200, 200, 200)),
     row("GET", "/v1/models/{slug}/export-compatibility", {"slug": "pending"},
