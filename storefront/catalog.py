@@ -13,8 +13,9 @@ from metering import ListingCounter, format_usd
 from serving import Manifest, NotFound
 
 from .models import Account, Listing, ListingVersion
+from .ratings import rating_json
 
-SORTS = ("newest", "popular", "price", "latency", "title")
+SORTS = ("newest", "popular", "price", "latency", "title", "rating")
 
 
 def catalog(
@@ -48,6 +49,8 @@ def catalog(
         "price": [Listing.live_price.asc(), Listing.id.asc()],
         "latency": [Listing.live_latency_us.asc(), Listing.id.asc()],
         "title": [Listing.title.asc(), Listing.id.asc()],
+        # best average first, then the better supported one (rating_milli is 0 unrated)
+        "rating": [Listing.rating_milli.desc(), Listing.rating_count.desc(), Listing.id.asc()],
     }
     order = orders[sort]
     if sort == "popular":  # every listing with a version has a counter row (migration 0009)
@@ -95,7 +98,7 @@ def card(listing: Listing, lv: ListingVersion, seller: str, calls: int) -> dict[
         "category": listing.category, "task": listing.task, "seller": seller,
         "version": lv.version, "price_per_call": format_usd(lv.price),
         "trial_calls": lv.trial_calls, "latency_ms": round(lv.latency_us / 1000, 3),
-        "calls_served": calls,
+        "calls_served": calls, "rating": rating_json(listing),
     }
 
 

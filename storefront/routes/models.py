@@ -31,7 +31,7 @@ def list_models(
     q: Annotated[str | None, Query(max_length=100)] = None,
     category: Annotated[str | None, Query(max_length=60)] = None,
     task: Annotated[str | None, Query(max_length=40)] = None,
-    sort: Literal["newest", "popular", "price", "latency", "title"] = "newest",
+    sort: Literal["newest", "popular", "price", "latency", "title", "rating"] = "newest",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     page_size: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:

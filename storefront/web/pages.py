@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from metering import to_micro
 from serving import AimarketError, InvalidInput, TooManyRequests, model_key
 
-from .. import accounts, edge, preload, throttle
+from .. import accounts, edge, preload, ratings, throttle
 from .. import catalog as listed
 from ..accounts import NewAccount
 from ..models import SIGNUP_ROLES, Account
@@ -23,7 +23,8 @@ from .session import check_csrf, current, end_session, safe_next, services, star
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 12
-SORTS = {"popular": "Most used", "newest": "Newest", "price": "Price", "latency": "Fastest"}
+SORTS = {"popular": "Most used", "newest": "Newest", "price": "Price", "latency": "Fastest",
+         "rating": "Best rated"}
 
 
 @router.get("/")
@@ -56,7 +57,7 @@ def catalog(request: Request, q: str = "", category: str = "", task: str = "",
 
 
 @router.get("/models/{slug}")
-def model_page(request: Request, slug: str) -> Response:
+def model_page(request: Request, slug: str, error: str = "", done: str = "") -> Response:
     svc = services(request)
     with svc.sessions() as db:
         account = current(request, db)
@@ -66,11 +67,13 @@ def model_page(request: Request, slug: str) -> Response:
             return page(request, "message.html", account, status=404, title="Not found",
                         message=f"There is no listed model called '{slug}'.")
         manifest = listed.manifest_of(db, slug, info["version"])
+        reviews = ratings.page_reviews(db, slug, account)
     base = str(request.base_url).rstrip("/")
     cold = preload.cold_start_ms(svc.backend, model_key(slug, info["version"]))
     return page(request, "model.html", account, m=info, manifest=manifest,
                 snippets=snippets.snippets(base, slug, manifest), cold_start_ms=cold,
-                export_compat=edge.page_table(svc, slug))
+                export_compat=edge.page_table(svc, slug), reviews=reviews,
+                error=error[:300], done=done[:100])
 
 
 @router.get("/login")
