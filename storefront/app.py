@@ -35,6 +35,7 @@ from .routes import (
     keys,
     models,
     reviews,
+    sellers,
     serving,
     usage,
     v2,
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # added last: outermost, so on every response
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
                    exports.router, edge.router, billing.router, serving.router, v2.router,
-                   reviews.router):
+                   reviews.router, sellers.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:

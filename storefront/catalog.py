@@ -64,24 +64,28 @@ def catalog(
         total = db.execute(counted).scalar_one()
         chosen = list(db.execute(window).scalars())
     return {
-        "items": [card(*row) for row in _cards(db, chosen)],
+        "items": [card(*row) for row in cards(db, chosen)],
         "page": page, "page_size": page_size, "total": total,
     }
 
 
-def _cards(db: Session, chosen: Sequence[int]) -> list[tuple[Listing, ListingVersion, str, int]]:
+Card = tuple[Listing, ListingVersion, str, int, str | None]
+
+
+def cards(db: Session, chosen: Sequence[int]) -> list[Card]:
     """The chosen listings with their newest live version, seller and calls, in their order."""
     if not chosen:
         return []
     rows = db.execute(
         select(Listing, ListingVersion, Account.name,
-               func.coalesce(ListingCounter.calls_served, 0))
+               func.coalesce(ListingCounter.calls_served, 0), Account.handle)
         .join(ListingVersion, ListingVersion.id == Listing.live_version_id)
         .join(Account, Account.id == Listing.seller_id)
         .outerjoin(ListingCounter, ListingCounter.listing_id == Listing.id)
         .where(Listing.id.in_(chosen))
     ).all()
-    by_id = {listing.id: (listing, lv, seller, int(n)) for listing, lv, seller, n in rows}
+    by_id = {listing.id: (listing, lv, seller, int(n), handle)
+             for listing, lv, seller, n, handle in rows}
     return [by_id[lid] for lid in chosen if lid in by_id]
 
 
@@ -92,10 +96,12 @@ def calls_served(db: Session, listing_id: int) -> int:
     return int(n or 0)
 
 
-def card(listing: Listing, lv: ListingVersion, seller: str, calls: int) -> dict[str, Any]:
+def card(listing: Listing, lv: ListingVersion, seller: str, calls: int,
+         handle: str | None = None) -> dict[str, Any]:
     return {
         "slug": listing.slug, "title": listing.title, "description": listing.description,
         "category": listing.category, "task": listing.task, "seller": seller,
+        "seller_handle": handle, "seller_url": f"/sellers/{handle}" if handle else None,
         "version": lv.version, "price_per_call": format_usd(lv.price),
         "trial_calls": lv.trial_calls, "latency_ms": round(lv.latency_us / 1000, 3),
         "calls_served": calls, "rating": rating_json(listing),
@@ -104,12 +110,13 @@ def card(listing: Listing, lv: ListingVersion, seller: str, calls: int) -> dict[
 
 def detail(db: Session, slug: str) -> dict[str, Any]:
     row = db.execute(
-        select(Listing, Account.name).join(Account, Account.id == Listing.seller_id)
+        select(Listing, Account.name, Account.handle)
+        .join(Account, Account.id == Listing.seller_id)
         .where(Listing.slug == slug, Listing.status == "listed")
     ).first()
     if row is None:
         raise NotFound(f"no listed model '{slug}'", code="model_not_found")
-    listing, seller = row
+    listing, seller, handle = row
     versions = db.execute(
         select(ListingVersion).where(ListingVersion.listing_id == listing.id,
                                      ListingVersion.status == "live")
@@ -119,7 +126,7 @@ def detail(db: Session, slug: str) -> dict[str, Any]:
     lv = versions[0]
     manifest = Manifest.model_validate_json(lv.manifest_json)
     return {
-        **card(listing, lv, seller, calls),
+        **card(listing, lv, seller, calls, handle),
         "inputs": [t.model_dump() for t in manifest.inputs],
         "outputs": [t.model_dump() for t in manifest.outputs],
         "labels": manifest.labels, "feature_names": manifest.feature_names,

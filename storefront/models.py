@@ -15,11 +15,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from metering import Base, utcnow
+
+from . import handles
 
 ROLES = ("buyer", "seller", "admin")  # each role can do what the ones before it can
 SIGNUP_ROLES = ("buyer", "seller")  # what anyone may sign up as; admins are made, not signed up
@@ -43,6 +46,9 @@ class Account(Base):
     session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The public name on listings and /sellers/{handle} (storefront/handles.py); unique.
     handle: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
+
+
+event.listen(Account, "before_insert", handles.assign)
 
 
 class ApiKey(Base):

@@ -1,5 +1,5 @@
-"""The market's forms on the site: a buyer's review, the seller's reply, an admin hiding a
-review. Each calls the same service function as the API route (storefront/ratings.py)."""
+"""The market on the site: a seller's public page; a buyer's review, the seller's reply, an
+admin hiding a review. Each calls the same service function as the API route."""
 
 from __future__ import annotations
 
@@ -10,12 +10,25 @@ from starlette.responses import Response
 
 from serving import AimarketError
 
-from .. import ratings
+from .. import ratings, sellers
 from ..deps import Id
 from .dashboards import _account, _back, _form_error
-from .session import check_csrf, services
+from .render import page
+from .session import check_csrf, current, services
 
 router = APIRouter(include_in_schema=False)
+
+
+@router.get("/sellers/{name}")
+def seller_page(request: Request, name: str) -> Response:
+    with services(request).sessions() as db:
+        account = current(request, db)
+        try:
+            profile = sellers.profile(db, name)
+        except AimarketError:
+            return page(request, "message.html", account, status=404, title="Not found",
+                        message=f"There is no seller called '{name}'.")
+    return page(request, "seller_profile.html", account, s=profile)
 
 
 @router.post("/models/{slug}/reviews")

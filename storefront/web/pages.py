@@ -132,7 +132,8 @@ async def signup(request: Request) -> Response:
                                next=target, email=email, error=exc.message), exc)
     try:
         body = NewAccount(email=email, password=str(form.get("password", "")), role=role,
-                          name=str(form.get("name", ""))[:120])
+                          name=str(form.get("name", ""))[:120],
+                          handle=str(form.get("handle", "")).strip()[:40] or None)
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return page(request, "signup.html", None, status=422, role=role, next=target,

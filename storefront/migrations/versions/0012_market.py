@@ -26,13 +26,17 @@ branch_labels = None
 depends_on = None
 
 
+_RESERVED = frozenset({"admin", "api", "account", "login", "logout", "signup", "seller",
+                       "sellers", "static", "try", "models", "support", "aimarket", "root"})
+
+
 def _handle_base(name: str, email: str) -> str:
     """storefront.handles.handle_base, frozen at this revision."""
     for raw in (name, email.split("@")[0]):
         base = re.sub(r"[^a-z0-9]+", "-", (raw or "").lower()).strip("-")[:30].strip("-")
-        if len(base) >= 3:
+        if len(base) >= 3 and base not in _RESERVED:
             return base
-    return "seller"
+    return "member"
 
 
 def upgrade() -> None:
