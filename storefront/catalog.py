@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from metering import ListingCounter, format_usd
 from serving import Manifest, NotFound
 
+from .lifecycle import version_state
 from .models import Account, Listing, ListingVersion
 from .ratings import rating_json
 
@@ -137,18 +138,22 @@ def detail(db: Session, slug: str) -> dict[str, Any]:
             "export_price": format_usd(lv.export_price) if lv.export_price is not None else None,
             "currency": "USD",
         },
-        "versions": [
-            {"version": v.version, "latency_ms": round(v.latency_us / 1000, 3),
-             "sha256": v.model_sha256, "size_bytes": v.size_bytes, "opset": v.opset,
-             "price_per_call": format_usd(v.price),
-             "released_at": (v.reviewed_at or v.created_at).isoformat()}
-            for v in versions
-        ],
+        "versions": [_version_json(listing.slug, v) for v in versions],
         "endpoints": {
             "infer": f"/v2/models/{listing.slug}/infer",
             "predict": f"/v1/models/{listing.slug}/predict",
         },
     }
+
+
+def _version_json(slug: str, v: ListingVersion) -> dict[str, Any]:
+    state = version_state(slug, v)
+    return {"version": v.version, "latency_ms": round(v.latency_us / 1000, 3),
+            "sha256": v.model_sha256, "size_bytes": v.size_bytes, "opset": v.opset,
+            "price_per_call": format_usd(v.price),
+            "released_at": (v.reviewed_at or v.created_at).isoformat(),
+            "deprecated": state["deprecated"], "sunset": state["sunset"],
+            "sunset_passed": state["sunset_passed"]}
 
 
 def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:

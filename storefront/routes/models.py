@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from .. import catalog, publishing
-from ..deps import Seller, ServicesDep, SessionDep
+from .. import catalog, lifecycle, publishing
+from ..deps import Id, Seller, ServicesDep, SessionDep
 
 router = APIRouter(tags=["models"])
 
@@ -47,3 +47,15 @@ def get_model(slug: str, db: SessionDep) -> dict[str, Any]:
 @router.get("/v1/seller/models")
 def my_models(seller: Seller, db: SessionDep) -> dict[str, Any]:
     return {"items": catalog.seller_listings(db, seller)}
+
+
+@router.post("/v1/models/{slug}/versions/{version}/deprecate")
+def deprecate(slug: str, version: Id, body: lifecycle.Deprecation, seller: Seller,
+              svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
+    """Deprecate a live version with a ``sunset`` (ISO date or datetime): pinned calls get
+    ``Deprecation`` and ``Sunset`` headers until then and 410 ``version_sunset`` after,
+    never charged; unpinned calls go to a newer live version. Sending again moves the
+    sunset."""
+    state = lifecycle.deprecate(db, seller, slug, version, body)
+    svc.registry.invalidate(slug)  # other processes: within the registry's TTL
+    return state
