@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from .. import catalog, lifecycle, publishing
+from .. import catalog, lifecycle, listing_openapi, publishing
 from ..deps import Id, Seller, ServicesDep, SessionDep
 
 router = APIRouter(tags=["models"])
@@ -42,6 +42,16 @@ def list_models(
 @router.get("/v1/models/{slug}")
 def get_model(slug: str, db: SessionDep) -> dict[str, Any]:
     return catalog.detail(db, slug)
+
+
+@router.get("/v1/models/{slug}/openapi.json")
+def model_openapi(slug: str, db: SessionDep, request: Request) -> dict[str, Any]:
+    """This model's own OpenAPI 3.1 document, generated from its manifest: the task-level
+    /predict request and response, the v2 routes, auth, errors and metering headers."""
+    info = catalog.detail(db, slug)
+    manifest = catalog.manifest_of(db, slug, info["version"])
+    base = str(request.base_url).rstrip("/")
+    return listing_openapi.document(base, slug, info["version"], manifest)
 
 
 @router.get("/v1/seller/models")
