@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from .. import catalog, lifecycle, listing_openapi, publishing
+from .. import catalog, lifecycle, listing_edits, listing_openapi, publishing
 from ..deps import Id, Seller, ServicesDep, SessionDep
 
 router = APIRouter(tags=["models"])
@@ -69,3 +69,23 @@ def deprecate(slug: str, version: Id, body: lifecycle.Deprecation, seller: Selle
     state = lifecycle.deprecate(db, seller, slug, version, body)
     svc.registry.invalidate(slug)  # other processes: within the registry's TTL
     return state
+
+
+@router.patch("/v1/seller/models/{slug}")
+def edit_listing(slug: str, body: listing_edits.ListingChange, seller: Seller,
+                 svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
+    """Change the description, the price per call, trial calls, export or kit price (null:
+    not offered) of your listing; prices apply to its live versions, on every gateway
+    process within seconds (the ledger keeps each call's price)."""
+    return listing_edits.edit(svc, db, seller, slug, body)
+
+
+@router.post("/v1/seller/models/{slug}/delist")
+def delist(slug: str, seller: Seller, svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
+    """Take your listing off the catalog: its calls answer 404 until it is relisted."""
+    return listing_edits.set_listed(svc, db, seller, slug, False)
+
+
+@router.post("/v1/seller/models/{slug}/relist")
+def relist(slug: str, seller: Seller, svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
+    return listing_edits.set_listed(svc, db, seller, slug, True)
