@@ -7,6 +7,7 @@ account is made (sign-up, the admin bootstrap, the demo seed, the CLI) gets one.
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any
 
 from sqlalchemy import text
@@ -19,12 +20,14 @@ RESERVED = frozenset({"admin", "api", "account", "login", "logout", "signup", "s
 
 
 def handle_base(name: str, email: str) -> str:
-    """A handle from a display name, else the e-mail's local part (a-z, 0-9, '-')."""
-    for raw in (name, email.split("@")[0]):
-        base = re.sub(r"[^a-z0-9]+", "-", (raw or "").lower()).strip("-")[:30].strip("-")
-        if len(base) >= 3 and base not in RESERVED:
-            return base
-    return "member"
+    """A handle from the display name (a-z, 0-9, '-'); never from the e-mail (a handle is
+    public, the address is not): a name that is only the e-mail's local part, or none, gives
+    ``member-`` and six random hex digits."""
+    local = email.split("@")[0].lower()
+    base = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-")[:30].strip("-")
+    if len(base) >= 3 and base not in RESERVED and (name or "").lower() != local:
+        return base
+    return f"member-{secrets.token_hex(3)}"
 
 
 def is_valid(handle: str) -> bool:

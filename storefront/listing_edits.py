@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from metering import format_usd, to_micro
-from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound
+from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, model_key
 from serving.manifest import Pricing
 
 from .deployments import live_versions
@@ -96,15 +96,27 @@ def edit(svc: Services, db: Session, account: Account, slug: str, change: Listin
     return listing_settings(db, listing)
 
 
-def set_listed(svc: Services, db: Session, account: Account, slug: str, listed: bool
-               ) -> dict[str, Any]:
-    """Delist (off the catalog; calls answer 404) or list again (needs a live version)."""
+async def delist(svc: Services, account: Account, slug: str) -> dict[str, Any]:
+    """Take a listing off the catalog (its calls answer 404) and undeploy every version."""
+    with svc.sessions() as db:
+        listing = own_listing(db, account, slug)
+        listing.status = "delisted"
+        keys = [model_key(slug, lv.version) for lv in live_versions(db, listing)]
+        db.commit()
+    svc.registry.invalidate(slug)
+    for key in keys:
+        await svc.backend.undeploy(key)
+    return {"slug": slug, "status": "delisted", "undeployed": keys}
+
+
+def relist(svc: Services, db: Session, account: Account, slug: str) -> dict[str, Any]:
+    """List a delisted listing again (it needs a live version); its versions deploy on their
+    first call."""
     listing = own_listing(db, account, slug)
-    if listed and not live_versions(db, listing):
+    if not live_versions(db, listing):
         raise Conflict(f"'{slug}' has no live version: it is listed when a moderator "
                        "approves one", code="nothing_live")
-    if listing.status in ("listed", "delisted"):
-        listing.status = "listed" if listed else "delisted"
-        db.commit()
+    listing.status = "listed"
+    db.commit()
     svc.registry.invalidate(slug)
     return listing_settings(db, listing)

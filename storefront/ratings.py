@@ -44,7 +44,7 @@ def rating_json(listing: Listing) -> dict[str, Any]:
 
 def _listed(db: Session, slug: str, *, lock: bool = False) -> Listing:
     q = select(Listing).where(Listing.slug == slug, Listing.status == "listed")
-    if lock:  # review writes of one listing take turns: each recount sees the one before
+    if lock:  # review writes of one listing take turns (see refresh_rating)
         q = q.with_for_update()
     listing = db.execute(q).scalar_one_or_none()
     if listing is None:
@@ -71,13 +71,15 @@ def review_json(r: ListingReview, author: str | None) -> dict[str, Any]:
 
 
 def refresh_rating(db: Session, listing_id: int) -> None:
-    """Recount the listing's visible reviews onto its row (in the caller's transaction).
-    Integer arithmetic, rounded half up, the same on SQLite and PostgreSQL."""
-    visible = (ListingReview.listing_id == listing_id, ListingReview.hidden == false())
-    n = select(func.count()).where(*visible).scalar_subquery()
-    milli = select(func.coalesce(
-        (func.coalesce(func.sum(ListingReview.stars), 0) * 1000 + func.count() // 2)
-        // func.nullif(func.count(), 0), 0)).where(*visible).scalar_subquery()
+    """Recount the listing's visible reviews onto its row, in the caller's transaction. The
+    row is locked first (PostgreSQL), so of two review changes at once the later recount
+    sees the earlier one; the average is integer arithmetic, rounded half up."""
+    db.execute(select(Listing.id).where(Listing.id == listing_id).with_for_update())
+    n, total = db.execute(
+        select(func.count(), func.coalesce(func.sum(ListingReview.stars), 0))
+        .where(ListingReview.listing_id == listing_id, ListingReview.hidden == false())).one()
+    n, total = int(n), int(total)
+    milli = (total * 1000 + n // 2) // n if n else 0
     db.execute(update(Listing).where(Listing.id == listing_id)
                .values(rating_count=n, rating_milli=milli))
 

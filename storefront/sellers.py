@@ -34,7 +34,7 @@ def profile(db: Session, handle: str) -> dict[str, Any]:
         .join(Listing, Listing.id == ListingReview.listing_id)
         .where(*listed, ListingReview.hidden == false())).one()
     return {
-        "handle": seller.handle, "name": seller.name,
+        "handle": seller.handle,
         "member_since": seller.created_at.isoformat(),
         "calls_served": int(calls),
         "rating": {"average": round(int(total) / int(n), 2) if n else None, "count": int(n)},

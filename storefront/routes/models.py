@@ -71,21 +71,10 @@ def deprecate(slug: str, version: Id, body: lifecycle.Deprecation, seller: Selle
     return state
 
 
-@router.patch("/v1/seller/models/{slug}")
+@router.patch("/v1/models/{slug}")
 def edit_listing(slug: str, body: listing_edits.ListingChange, seller: Seller,
                  svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
     """Change the description, the price per call, trial calls, export or kit price (null:
     not offered) of your listing; prices apply to its live versions, on every gateway
     process within seconds (the ledger keeps each call's price)."""
     return listing_edits.edit(svc, db, seller, slug, body)
-
-
-@router.post("/v1/seller/models/{slug}/delist")
-def delist(slug: str, seller: Seller, svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
-    """Take your listing off the catalog: its calls answer 404 until it is relisted."""
-    return listing_edits.set_listed(svc, db, seller, slug, False)
-
-
-@router.post("/v1/seller/models/{slug}/relist")
-def relist(slug: str, seller: Seller, svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
-    return listing_edits.set_listed(svc, db, seller, slug, True)

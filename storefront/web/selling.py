@@ -71,8 +71,11 @@ async def status(request: Request, slug: str) -> Response:
     svc = services(request)
     listed = form.get("action") == "relist"
     try:
-        with svc.sessions() as db:
-            listing_edits.set_listed(svc, db, account, slug, listed)
+        if listed:
+            with svc.sessions() as db:
+                listing_edits.relist(svc, db, account, slug)
+        else:
+            await listing_edits.delist(svc, account, slug)
     except AimarketError as exc:
         return _back(f"/seller/models/{slug}", error=exc.message)
     return _back(f"/seller/models/{slug}", done="Listed again." if listed else

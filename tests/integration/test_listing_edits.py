@@ -30,7 +30,7 @@ def test_a_price_change_applies_to_the_next_calls_and_the_ledger_keeps_each(clie
     buyer, key = _buyer_key(client)
     infer = f"/v2/models/{slug}/infer"
     assert client.post(infer, json=v2_body(), headers=key).headers["X-Cost"] == "0.01"
-    r = client.patch(f"/v1/seller/models/{slug}", headers=seller,
+    r = client.patch(f"/v1/models/{slug}", headers=seller,
                      json={"per_call": "0.02", "kit_price": "49.00", "export_price": None,
                            "description": "Now **faster**."})
     assert r.status_code == 200, r.text
@@ -45,7 +45,7 @@ def test_a_price_change_applies_to_the_next_calls_and_the_ledger_keeps_each(clie
     r = client.post(f"/v1/models/{slug}/purchase", headers=bearer(buyer))
     assert r.status_code == 409 and r.json()["error"]["code"] == "not_exportable"
 
-    r = client.patch(f"/v1/seller/models/{slug}", headers=seller, json={"trial_calls": 2})
+    r = client.patch(f"/v1/models/{slug}", headers=seller, json={"trial_calls": 2})
     assert r.json()["trial_calls"] == 2
     _, fresh = _buyer_key(client)
     r = client.post(infer, json=v2_body(), headers=fresh)
@@ -53,19 +53,19 @@ def test_a_price_change_applies_to_the_next_calls_and_the_ledger_keeps_each(clie
 
     for bad in ({"per_call": "abc"}, {"per_call": "-1"}, {"per_call": "0.0000001"},
                 {"trial_calls": -1}, {"per_call": None}):
-        r = client.patch(f"/v1/seller/models/{slug}", headers=seller, json=bad)
+        r = client.patch(f"/v1/models/{slug}", headers=seller, json=bad)
         assert r.status_code in (409, 422) and "error" in r.json(), bad
     assert client.get(f"/v1/models/{slug}").json()["pricing"]["per_call"] == "0.02"
     _, other = signup(client, "seller")
-    r = client.patch(f"/v1/seller/models/{slug}", headers=bearer(other), json={"per_call": "0"})
+    r = client.patch(f"/v1/models/{slug}", headers=bearer(other), json={"per_call": "0"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "not_owner"
-    assert client.patch("/v1/seller/models/nope", headers=seller, json={}).status_code == 404
+    assert client.patch("/v1/models/nope", headers=seller, json={}).status_code == 404
 
 
 def test_delist_and_relist(client, owned):
     slug, seller = owned["slug"], bearer(owned["seller"])
     _, key = _buyer_key(client)
-    r = client.post(f"/v1/seller/models/{slug}/delist", headers=seller)
+    r = client.post(f"/v1/models/{slug}/delist", headers=seller)
     assert r.status_code == 200 and r.json()["status"] == "delisted"
     assert client.get(f"/v1/models/{slug}").status_code == 404
     assert client.post(f"/v2/models/{slug}/infer", json=v2_body(),
@@ -73,9 +73,9 @@ def test_delist_and_relist(client, owned):
     assert slug not in [i["slug"] for i in client.get(
         "/v1/models", params={"page_size": 100}).json()["items"]]
     _, other = signup(client, "seller")
-    assert client.post(f"/v1/seller/models/{slug}/relist",
+    assert client.post(f"/v1/models/{slug}/relist",
                        headers=bearer(other)).status_code == 403
-    assert client.post(f"/v1/seller/models/{slug}/relist", headers=seller).json()[
+    assert client.post(f"/v1/models/{slug}/relist", headers=seller).json()[
         "status"] == "listed"
     assert client.post(f"/v2/models/{slug}/infer", json=v2_body(),
                        headers=key).status_code == 200

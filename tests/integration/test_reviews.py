@@ -172,3 +172,31 @@ def test_the_model_page_shows_reviews_escaped_and_takes_the_form(client, listing
     assert r.status_code == 303 and "error=" in r.headers["location"]
     assert client.post(f"/models/{slug}/reviews", data={"stars": "5"}).status_code == 403
     client.cookies.clear()
+
+
+def test_hiding_the_only_review_leaves_no_rating(client, listing):
+    from storefront.demo import digits
+
+    data, manifest = digits()
+    manifest = {**manifest, "title": "Lonely digits",
+                "pricing": {"per_call": "0.01", "trial_calls": 0}}
+    _, seller = signup(client, "seller")
+    r = client.post("/v1/models", headers=bearer(seller),
+                    files={"model": ("m.onnx", data, "application/octet-stream"),
+                           "manifest": ("m.yaml", yaml.safe_dump(manifest).encode())},
+                    data={"attest_rights": "true", "license": "MIT"})
+    slug = r.json()["slug"]
+    admin = bearer(admin_token(client))
+    assert client.post(f"/v1/admin/models/{slug}/approve", headers=admin).status_code == 200
+    addr, buyer = signup(client, "buyer")
+    grant(client, addr, "1.00")
+    key = new_key(client, buyer)
+    assert client.post(f"/v2/models/{slug}/infer", json=v2_body(),
+                       headers=bearer(key)).status_code == 200
+    client.app.state.services.flusher.drain()
+    review = client.post(f"/v1/models/{slug}/reviews", headers=bearer(buyer),
+                         json={"stars": 3}).json()
+    assert client.get(f"/v1/models/{slug}").json()["rating"] == {"average": 3.0, "count": 1}
+    assert client.post(f"/v1/admin/reviews/{review['id']}/hide",
+                       headers=admin).status_code == 200
+    assert client.get(f"/v1/models/{slug}").json()["rating"] == {"average": None, "count": 0}

@@ -8,7 +8,7 @@ the moderators' audit log since 0001). ``listings.rating_count`` / ``rating_mill
 average in thousandths of a star over visible reviews) are written by the app in the
 transaction that changes a review, so a catalog page sorted by rating stays one index scan of
 ``listings``. ``accounts.handle`` is the seller's unique public name (backfilled here from the
-name or the e-mail, de-duplicated). ``listing_versions.deprecated_at`` / ``sunset_at``: a
+name, de-duplicated; never from the e-mail). ``listing_versions.deprecated_at`` / ``sunset_at``: a
 deprecated version keeps answering pinned calls until its sunset, then answers 410.
 
 Columns are added with plain ALTER TABLE (no batch copy): recreating ``listing_versions`` on
@@ -16,6 +16,7 @@ SQLite would drop the triggers of 0009, and ``listings`` / ``accounts`` carry fo
 """
 
 import re
+import secrets
 
 import sqlalchemy as sa
 from alembic import op
@@ -31,12 +32,12 @@ _RESERVED = frozenset({"admin", "api", "account", "login", "logout", "signup", "
 
 
 def _handle_base(name: str, email: str) -> str:
-    """storefront.handles.handle_base, frozen at this revision."""
-    for raw in (name, email.split("@")[0]):
-        base = re.sub(r"[^a-z0-9]+", "-", (raw or "").lower()).strip("-")[:30].strip("-")
-        if len(base) >= 3 and base not in _RESERVED:
-            return base
-    return "member"
+    """storefront.handles.handle_base, frozen at this revision: never from the e-mail."""
+    base = re.sub(r"[^a-z0-9]+", "-", (name or "").lower()).strip("-")[:30].strip("-")
+    if len(base) >= 3 and base not in _RESERVED and (name or "").lower() != \
+            email.split("@")[0].lower():
+        return base
+    return f"member-{secrets.token_hex(3)}"
 
 
 def upgrade() -> None:
