@@ -200,3 +200,20 @@ def test_hiding_the_only_review_leaves_no_rating(client, listing):
     assert client.post(f"/v1/admin/reviews/{review['id']}/hide",
                        headers=admin).status_code == 200
     assert client.get(f"/v1/models/{slug}").json()["rating"] == {"average": None, "count": 0}
+
+
+def test_concurrent_first_reviews_of_one_buyer_make_one_review(client, listing):
+    from concurrent.futures import ThreadPoolExecutor
+
+    slug = listing["slug"]
+    buyer = paying_buyer(client, slug)
+    before = client.get(f"/v1/models/{slug}").json()["rating"]["count"]
+
+    def post(stars: int) -> int:
+        return int(client.post(f"/v1/models/{slug}/reviews", headers=bearer(buyer),
+                               json={"stars": stars, "text": f"try {stars}"}).status_code)
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(post, [1, 2, 3, 4, 5, 1]))
+    assert sorted(statuses) == [200] * 5 + [201]
+    assert client.get(f"/v1/models/{slug}").json()["rating"]["count"] == before + 1
