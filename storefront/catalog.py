@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from metering import ListingCounter, format_usd
 from serving import Manifest, NotFound
 
+from . import lifecycle
 from .lifecycle import version_state
 from .models import Account, Listing, ListingVersion
 from .ratings import rating_json
@@ -124,7 +125,11 @@ def detail(db: Session, slug: str) -> dict[str, Any]:
         .order_by(ListingVersion.version.desc())
     ).scalars().all()
     calls = calls_served(db, listing.id)
-    lv = versions[0]
+    states = {v.id: version_state(listing.slug, v) for v in versions}
+    # the version unpinned calls go to (registry.live_row): the newest not deprecated, else
+    # the newest before its sunset
+    lv = next((v for v in versions if not states[v.id]["deprecated"]), None) or next(
+        (v for v in versions if not states[v.id]["sunset_passed"]), versions[0])
     manifest = Manifest.model_validate_json(lv.manifest_json)
     return {
         **card(listing, lv, seller, calls, handle),
@@ -173,6 +178,8 @@ def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:
             "findings": json.loads(lv.findings or "[]"), "license": lv.license,
             "latency_ms": round(lv.latency_us / 1000, 3), "price_per_call": format_usd(lv.price),
             "created_at": lv.created_at.isoformat(),
+            "deprecated": lv.deprecated_at is not None,
+            "sunset": lifecycle.as_utc(lv.sunset_at).isoformat() if lv.sunset_at else None,
         })
     return list(out.values())
 

@@ -65,6 +65,7 @@ def test_deprecated_versions_warn_then_answer_410_uncharged(client):
     versions = {v["version"]: v for v in client.get(f"/v1/models/{slug}").json()["versions"]}
     assert versions[1]["deprecated"] and not versions[2]["deprecated"]
     assert "Deprecated: version 1" in client.get(f"/models/{slug}").text
+    assert client.get(f"/v1/models/{slug}").json()["version"] == 2
 
     # the newest deprecated too: unpinned calls go to the newest one before its sunset
     client.post(f"/v1/models/{slug}/versions/2/deprecate", headers=bearer(seller),
@@ -80,6 +81,11 @@ def test_deprecated_versions_warn_then_answer_410_uncharged(client):
     r = client.post(v1, json=v2_body(), headers=key)
     assert r.status_code == 410 and r.json()["error"]["code"] == "version_sunset"
     assert "X-Cost" not in r.headers and _credits(client, buyer) == before
+    assert client.get(f"/v1/models/{slug}").json()["version"] == 2
+    mine = client.get("/v1/seller/models", headers=bearer(seller)).json()["items"]
+    v1_state = next(v for m in mine if m["slug"] == slug for v in m["versions"]
+                    if v["version"] == 1)
+    assert v1_state["deprecated"] and v1_state["sunset"]
     r = client.post(latest, json=v2_body(), headers=key)  # version 2 still before sunset
     assert r.status_code == 200 and r.headers["X-Model-Version"] == "2"
 
