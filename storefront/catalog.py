@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from metering import ListingCounter, format_usd
 from serving import Manifest, NotFound
 
-from . import lifecycle
 from .lifecycle import version_state
 from .models import Account, Listing, ListingVersion
 from .ratings import rating_json
@@ -179,7 +178,7 @@ def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:
             "latency_ms": round(lv.latency_us / 1000, 3), "price_per_call": format_usd(lv.price),
             "created_at": lv.created_at.isoformat(),
             "deprecated": lv.deprecated_at is not None,
-            "sunset": lifecycle.as_utc(lv.sunset_at).isoformat() if lv.sunset_at else None,
+            "sunset": version_state(listing.slug, lv)["sunset"],
         })
     return list(out.values())
 
