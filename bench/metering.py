@@ -1,8 +1,9 @@
 """Benchmark metering: reserve+commit pairs per second with concurrent callers, and ledger
-flush events per second; on the embedded Valkey (appendfsync always) and, when reachable, the
-system Redis and PostgreSQL. Prints figures measured in this one run.
+flush events per second; on the embedded Valkey (appendfsync always), when reachable the
+system Redis and PostgreSQL, and with ``--cluster`` a 3-node Redis Cluster started here
+(tests/redis_cluster.py, appendfsync always). Prints figures measured in this one run.
 
-    .venv/bin/python bench/metering.py [--seconds 5] [--callers 64] [--events 50000]
+    .venv/bin/python bench/metering.py [--seconds 5] [--callers 64] [--events 50000] [--cluster]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metering import CallSpec, Event, Flusher, Meter, Snapshot, add_credit  # noqa: E402
 from storefront.db import make_engine, migrate  # noqa: E402
 from storefront.embedded import EmbeddedRedis  # noqa: E402
+from storefront.services import async_redis, sync_redis  # noqa: E402
 
 
 def reachable(port: int) -> bool:
@@ -37,12 +39,22 @@ def reachable(port: int) -> bool:
         return False
 
 
+def is_cluster(url: str) -> bool:
+    return url.startswith("cluster+")
+
+
 async def pairs_per_second(url: str, engine, seconds: float, callers: int,
                            leases: bool) -> tuple[float, float]:
-    client = aioredis.Redis.from_url(url, max_connections=256, retry=Retry(NoBackoff(), 0))
+    if is_cluster(url):
+        client = async_redis(url.removeprefix("cluster+"), cluster=True)
+    else:
+        client = aioredis.Redis.from_url(url, max_connections=256, retry=Retry(NoBackoff(), 0))
     ns = f"bench{uuid.uuid4().hex[:6]}:"
-    acct = random.randint(10**6, 10**9)
-    add_credit(engine, acct, 10**15, reason="grant", reference=f"bench:{uuid.uuid4().hex}")
+    # on a cluster, one account per shard (one shard is one slot: one primary's work)
+    accounts = [random.randint(10**6, 10**8) * 16 + i
+                for i in range(16 if is_cluster(url) else 1)]
+    for acct in accounts:
+        add_credit(engine, acct, 10**15, reason="grant", reference=f"bench:{uuid.uuid4().hex}")
 
     async def load(a: int) -> Snapshot:
         from metering import snapshot
@@ -59,7 +71,8 @@ async def pairs_per_second(url: str, engine, seconds: float, callers: int,
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
             res = await meter.reserve(CallSpec(
-                request_id=uuid.uuid4().hex, account_id=acct, api_key_id=i, listing_id=1,
+                request_id=uuid.uuid4().hex, account_id=accounts[i % len(accounts)],
+                api_key_id=i, listing_id=1,
                 listing_version_id=1, seller_id=2, price=2000, trial_calls=0,
                 key_rps=1e6, key_burst=10**6))
             await meter.commit(res, latency_us=10)
@@ -71,31 +84,36 @@ async def pairs_per_second(url: str, engine, seconds: float, callers: int,
     elapsed = time.perf_counter() - t0
     latencies.sort()
     await meter.close()
-    await client.delete(f"{ns}usage", f"{ns}holds", f"{ns}holdq")
+    for stream in meter.names.streams:
+        await client.delete(stream)
+    for holds, holdq in meter.names.hold_sets:
+        await client.delete(holds, holdq)
     await client.aclose()
     return done / elapsed, latencies[len(latencies) // 2] * 1000
 
 
 def flush_rate(url: str, engine, events: int) -> float:
-    client = redis.Redis.from_url(url)
+    client = sync_redis(url.removeprefix("cluster+"), cluster=True) if is_cluster(url) \
+        else redis.Redis.from_url(url)
     ns = f"benchf{uuid.uuid4().hex[:6]}:"
     flusher = Flusher(client, engine, namespace=ns, consumer="bench")
-    flusher._ensure_group()
+    flusher.lag()  # creates the consumer groups
     now = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for i in range(events):
         e = Event(id=uuid.uuid4().hex, account_id=1 + i % 50, api_key_id=1, listing_id=1,
                   listing_version_id=1, seller_id=2, kind="paid", price=2000,
                   seller_share=1600, platform_fee=400, latency_us=10, ts_ms=now)
-        pipe.xadd(flusher.stream, e.fields())
+        pipe.xadd(flusher.streams[e.account_id % len(flusher.streams)], e.fields())
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
+    flusher._down_until.clear()
     t0 = time.perf_counter()
     written = flusher.drain()
     elapsed = time.perf_counter() - t0
     assert written == events, (written, events)
-    client.delete(flusher.stream)
+    client.delete(*flusher.streams)
     return events / elapsed
 
 
@@ -104,12 +122,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--callers", type=int, default=64)
     ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--cluster", action="store_true", help="also a 3-node Redis Cluster")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="aimarket-bench-metering-"))
     embedded = EmbeddedRedis(tmp)
     redis_targets = {"embedded valkey (appendfsync always)": embedded.start()}
     if reachable(6379):
         redis_targets["system redis (no persistence)"] = "redis://127.0.0.1:6379/5"
+    cluster = None
+    if args.cluster:
+        from tests.redis_cluster import MISSING, LocalCluster
+
+        if MISSING:
+            print(f"no cluster: {MISSING}")
+        else:
+            cluster = LocalCluster(tmp / "cluster")
+            cluster.start()
+            redis_targets["redis cluster, 3 primaries (always)"] = f"cluster+{cluster.url}"
     sqlite = make_engine(f"sqlite:///{tmp / 'bench.db'}")
     migrate(sqlite)
     sql_targets = {"sqlite": sqlite}
@@ -142,6 +171,8 @@ def main() -> None:
                 print(f"  {rname[:22]:22} -> {sname:12} {rate:>9.0f} events/s")
     finally:
         embedded.stop()
+        if cluster is not None:
+            cluster.stop()
         for engine in sql_targets.values():
             engine.dispose()
         if "postgresql" in sql_targets:

@@ -21,9 +21,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 # bench/ holds serving.py and metering.py: the repository's packages must come first.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,6 +60,32 @@ def wrk(url: str, headers: dict[str, str], seconds: int, connections: int, tmp: 
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {"rps": rps, "requests": total, "p50": _ms(out, "50%"), "p99": _ms(out, "99%"),
             "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def cpu_seconds(proc: psutil.Process) -> dict[str, float]:
+    """CPU seconds so far of the server process and of its children (the embedded Valkey,
+    the flusher): a per-call cost that other load on the machine moves far less than req/s."""
+    out = {"server": 0.0, "children": 0.0}
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            name = p.name() if p.pid != proc.pid else "server"
+        except psutil.Error:
+            continue
+        out["server" if p.pid == proc.pid else "children"] += t.user + t.system
+        if os.environ.get("BENCH_CPU_BY_PROCESS"):
+            out[f"{name}:{p.pid}"] = t.user + t.system
+    return out
+
+
+def measured(server: psutil.Process, run: Any) -> dict:
+    """``run()``'s wrk figures plus the server's CPU microseconds per answered call."""
+    before = cpu_seconds(server)
+    r = run()
+    after = cpu_seconds(server)
+    n = max(1, r["requests"])
+    r["cpu_us"] = {k: (after[k] - before[k]) * 1e6 / n for k in after}
+    return r
 
 
 def _ms(out: str, pct: str) -> float:
@@ -127,12 +155,13 @@ def main() -> None:
         model = tmp / "data" / "models" / detail["versions"][0]["sha256"][:2] / (
             detail["versions"][0]["sha256"] + ".onnx")
 
+        server = psutil.Process(proc.pid)
         results = {
-            "paid (auth + Redis reserve/commit)": wrk(
-                f"{base}/v2/models/{slug}/infer", auth, args.seconds, args.connections, tmp),
-            "unmetered (same server, no auth/billing)": wrk(
+            "paid (auth + Redis reserve/commit)": measured(server, lambda: wrk(
+                f"{base}/v2/models/{slug}/infer", auth, args.seconds, args.connections, tmp)),
+            "unmetered (same server, no auth/billing)": measured(server, lambda: wrk(
                 f"{base}/internal/unmetered/v2/models/{slug}/infer", {}, args.seconds,
-                args.connections, tmp),
+                args.connections, tmp)),
             "raw onnxruntime in-process, batch 1": raw_ort(model, min(args.seconds, 5)),
         }
         paid_200 = results["paid (auth + Redis reserve/commit)"]["requests"] + 5
@@ -148,11 +177,22 @@ def main() -> None:
         log.close()
     print(f"\nwrk -t1 -c{args.connections} -d{args.seconds}s, model {slug}, "
           f"{os.cpu_count()} cores (server and load generator share them)")
-    print(f"{'path':45} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    print(f"{'path':45} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+          f"{'CPU us/call: server':>20} {'+ children':>11}")
     for name, r in results.items():
-        print(f"{name:45} {r['rps']:>10.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>8}")
+        cpu = r.get("cpu_us")
+        tail = f" {cpu['server']:>20.0f} {cpu['children']:>11.0f}" if cpu else ""
+        print(f"{name:45} {r['rps']:>10.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>8}"
+              + tail)
+    if os.environ.get("BENCH_CPU_BY_PROCESS"):
+        for name, r in results.items():
+            if r.get("cpu_us"):
+                print(name, {k: round(v) for k, v in r["cpu_us"].items()})
     paid, free, ort = results.values()
     print(f"\npaid / unmetered throughput: {paid['rps'] / free['rps']:.2f}")
+    pc, fc = paid["cpu_us"], free["cpu_us"]
+    print(f"unmetered / paid CPU per call (server + children): "
+          f"{(fc['server'] + fc['children']) / (pc['server'] + pc['children']):.2f}")
     print(f"paid / raw onnxruntime throughput: {paid['rps'] / ort['rps']:.4f}")
     print(f"paid p50 - unmetered p50: {paid['p50'] - free['p50']:.3f} ms")
     print(f"ledger: {before['total']['paid_calls']} paid calls; wrk counted {paid_200} answers "

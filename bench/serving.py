@@ -48,6 +48,37 @@ BIN, BODY, free_port, raw_ort, wrk = _paid.BIN, _paid.BODY, _paid.free_port, _pa
 ROWS = ("ray", "bare-default", "bare-best", "local", "ort", "noop", "triton", "bare-triton")
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and every live descendant of it."""
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            parents[int(entry)] = int(fields[1])
+            used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        grew, tree = bool(more), tree | more
+    return sum(used.get(p, 0.0) for p in tree)
+
+
+def wrk_cpu(url: str, headers: dict[str, str], seconds: int, conns: int, tmp: Path,
+            pid: int) -> dict:
+    """wrk, plus the server side's CPU microseconds per answered call (the server process and
+    its children: tritonserver and its stubs, the embedded Valkey), a figure that other load
+    on the machine moves far less than req/s."""
+    before = tree_cpu_s(pid)
+    result = wrk(url, headers, seconds, conns, tmp)
+    result["cpu_us"] = (tree_cpu_s(pid) - before) / max(result["requests"], 1) * 1e6
+    return result
+
+
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
@@ -79,8 +110,10 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def aimarket(tmp: Path, backend: str) -> Iterator[tuple[str, dict[str, str], httpx.Client]]:
-    """`aimarket up` with the demo catalog; yields (base URL, buyer key header, admin client)."""
+def aimarket(tmp: Path, backend: str
+             ) -> Iterator[tuple[str, dict[str, str], httpx.Client, int]]:
+    """`aimarket up` with the demo catalog; yields (base URL, buyer key header, admin client,
+    the server's pid)."""
     port = free_port()
     data = tmp / f"d-{backend}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIMARKET_")}
@@ -105,7 +138,7 @@ def aimarket(tmp: Path, backend: str) -> Iterator[tuple[str, dict[str, str], htt
         for _ in range(10):  # use up the trial (and deploy): every measured call is paid
             r = c.post("/v2/models/handwritten-digits/infer", json=BODY, headers=auth)
         assert r.status_code == 200 and r.headers["X-Cost"] != "0.00", r.text
-        yield base, auth, c
+        yield base, auth, c, proc.pid
     finally:
         stop(proc)
         log.close()
@@ -146,7 +179,7 @@ def bare(tmp: Path, model: Path, mode: str, seconds: int, conns: int) -> dict:
                             stderr=subprocess.STDOUT)
     try:
         wait_ok(f"http://127.0.0.1:{port}/", proc, method="POST", body=BODY)
-        return wrk(f"http://127.0.0.1:{port}/", {}, seconds, conns, tmp)
+        return wrk_cpu(f"http://127.0.0.1:{port}/", {}, seconds, conns, tmp, proc.pid)
     finally:
         stop(proc)
         log.close()
@@ -171,7 +204,8 @@ def bare_triton(tmp: Path, model: Path, seconds: int, conns: int) -> dict:
         httpx.post(f"http://{server.url}/v2/repository/models/{triton_name(ref.key)}/load",
                    timeout=120).raise_for_status()
         httpx.post(f"{url}/infer", json=BODY, timeout=30).raise_for_status()
-        return wrk(f"{url}/infer", {}, seconds, conns, tmp)
+        assert server.pid is not None
+        return wrk_cpu(f"{url}/infer", {}, seconds, conns, tmp, server.pid)
     finally:
         server.stop()
 
@@ -184,19 +218,20 @@ def noop(tmp: Path, seconds: int, conns: int) -> dict:
         cwd=HERE)
     try:
         wait_ok(f"http://127.0.0.1:{port}/", proc, method="POST", body=BODY)
-        return wrk(f"http://127.0.0.1:{port}/", {}, seconds, conns, tmp)
+        return wrk_cpu(f"http://127.0.0.1:{port}/", {}, seconds, conns, tmp, proc.pid)
     finally:
         stop(proc)
 
 
 def measure(row: str, tmp: Path, model: Path, seconds: int, conns: int,
-            first_calls: list[float]) -> dict:
+            first_calls: list[tuple[str, float]]) -> dict:
     """One row, measured once, its servers started and stopped around it."""
     if row in ("ray", "local", "triton"):
-        with aimarket(tmp, row) as (base, auth, c):
-            if row == "ray":
-                first_calls.append(approve_to_first_call(c, auth))
-            return wrk(f"{base}/v2/models/handwritten-digits/infer", auth, seconds, conns, tmp)
+        with aimarket(tmp, row) as (base, auth, c, pid):
+            if row in ("ray", "triton"):
+                first_calls.append((row, approve_to_first_call(c, auth)))
+            return wrk_cpu(f"{base}/v2/models/handwritten-digits/infer", auth, seconds, conns,
+                           tmp, pid)
     if row == "bare-triton":
         return bare_triton(tmp, model, seconds, conns)
     if row.startswith("bare-"):
@@ -225,7 +260,7 @@ def main() -> None:
         "bare-triton": "bare Triton (bundled server, same model)",
     }
     runs: dict[str, list[dict]] = {row: [] for row in ROWS if row in only}
-    first_calls: list[float] = []
+    first_calls: list[tuple[str, float]] = []
     from storefront.demo import digits
 
     model = tmp / "digits.onnx"
@@ -240,13 +275,15 @@ def main() -> None:
     print(f"\nwrk -t1 -c{n} -d{s}s, the digits model, {os.cpu_count()} cores shared by servers "
           f"and load generator; raw onnxruntime in calls/s; the median of {args.rounds} "
           "round(s) by req/s, every round's req/s in brackets")
-    print(f"{'path':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  rounds")
+    print(f"{'path':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+          f"{'CPU us/call':>11}  rounds")
     results = {}
     for row, rs in runs.items():
         r = results[row] = sorted(rs, key=lambda x: x["rps"])[len(rs) // 2]
         each = ", ".join(f"{x['rps']:.0f}" for x in rs)
+        cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else "-"
         print(f"{names[row]:42} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} "
-              f"{r['errors']:>8}  [{each}]")
+              f"{r['errors']:>8} {cpu:>11}  [{each}]")
     ours = results.get("ray")
     if ours:
         print()
@@ -262,13 +299,21 @@ def main() -> None:
         print(f"paid on Triton / bare Triton: "
               f"{results['triton']['rps'] / results['bare-triton']['rps']:.3f} "
               f"(per round: {', '.join(f'{x:.2f}' for x in per_round)})")
+        tri, bare_tri = results["triton"], results["bare-triton"]
+        print(f"server-side CPU per call, paid on Triton / bare Triton: "
+              f"{tri['cpu_us'] / bare_tri['cpu_us']:.2f} ({tri['cpu_us']:.0f} / "
+              f"{bare_tri['cpu_us']:.0f} us)")
+    if "triton" in results:
         for row in ("local", "ray"):
             if row in results:
                 print(f"paid on Triton / {names[row]}: "
-                      f"{results['triton']['rps'] / results[row]['rps']:.3f}")
-    if first_calls:
-        print("approve -> first paid call on Ray (Ray running): "
-              + ", ".join(f"{x:.2f} s" for x in first_calls))
+                      f"{results['triton']['rps'] / results[row]['rps']:.3f} req/s, "
+                      f"{results['triton']['cpu_us'] / results[row]['cpu_us']:.2f} CPU per call")
+    for backend in ("ray", "triton"):
+        times = [x for row, x in first_calls if row == backend]
+        if times:
+            print(f"approve -> first paid call on {backend} ({backend} running): "
+                  + ", ".join(f"{x:.2f} s" for x in times))
     shutil.rmtree(tmp, ignore_errors=True)
 
 

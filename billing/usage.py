@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 CreditFn = Callable[[int, int, Callable[[], Awaitable[bool]]], Awaitable[int]]
 LOCK_SECONDS = 300
+# What a postpaid buyer's card is billed for: hosted paid calls and the calls a Nano Kit
+# reported in signed receipts (POST /v1/edge-usage, one event per verified batch)
+BILLED_KINDS = ("paid", "edge")
 
 
 @dataclass
@@ -75,7 +78,7 @@ def collect(engine: Engine) -> int:
 def _unbilled(account_id: int, since: datetime, until: datetime | None
               ) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = [
-        UsageEvent.account_id == account_id, UsageEvent.kind == "paid",
+        UsageEvent.account_id == account_id, UsageEvent.kind.in_(BILLED_KINDS),
         UsageEvent.billed_in.is_(None), UsageEvent.created_at >= since]
     if until is not None:
         where.append(UsageEvent.created_at < until)

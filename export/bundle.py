@@ -4,10 +4,12 @@ an accuracy report and SHA256SUMS."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import onnxruntime as ort
 from serving import InvalidInput, Manifest, sample_inputs
 from serving import errors as serving_errors
 
-from . import orin, taskcode, templates, watermark
+from . import orin, receipts, taskcode, templates, watermark
 from .calibration import Calibration, choose
 from .signing import Signer
 from .targets import convert, precision_for
@@ -48,15 +50,20 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
     InvalidInput (``export_accuracy``) when the converted model disagrees with the original
     too often."""
     task_files = taskcode.bundle_files(manifest, target)  # refuses a task the target cannot run
+    edge_priced = manifest.pricing.per_edge_call is not None
+    if edge_priced and target != "jetson-orin":
+        raise InvalidInput(
+            f"this listing is priced per edge call ({manifest.pricing.per_edge_call} USD): "
+            f"export it for jetson-orin, whose runner counts the calls in signed receipts; "
+            f"a {target} export could not", code="export_unsupported")
     precision = precision_for(target, precision)
-    source, mark = model_bytes, {"marked": False}
-    if watermark_key is not None:
-        source, mark = _watermark(model_bytes, manifest, watermark_key,
-                                  license_info["license_id"])
     cal = None
     if precision == "int8" and target == "jetson-orin":
         cal = calibration or choose(manifest, [])
-    converted, notes = convert(source, target, precision, cal.items if cal else None)
+    items = cal.items if cal else None
+    converted, notes, mark = _mark_and_convert(
+        model_bytes, manifest, target, precision, items, watermark_key,
+        license_info["license_id"], min_agreement)
     if cal is not None:
         notes.append(cal.source)
     notes.append(str(mark["note"]) if "note" in mark else "not watermarked")
@@ -102,13 +109,17 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
     if target == "jetson-orin":
         fmt = {"title": manifest.title, "license_id": license_info["license_id"]}
         files.update({
-            "requirements.txt": orin.REQUIREMENTS.encode(),
+            "requirements.txt": orin.requirements(task_files["requirements.txt"].decode()
+                                                  ).encode(),
             "build_engine.sh": orin.build_engine_script(precision).encode(),
             "Dockerfile": orin.DOCKERFILE.encode(),
             "aimarket-model.service": templates.SERVICE.format(**fmt).encode(),
             "run.py": templates.RUNNER.encode(),
             "errors.py": Path(serving_errors.__file__).read_bytes(),
         })
+    if edge_priced:
+        files.update(_edge_files(manifest, license_info["license_id"], signer))
+        files["requirements.txt"] += b"cryptography>=41\n"
     files["SHA256SUMS"] = "".join(
         f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
     ).encode()
@@ -121,33 +132,85 @@ def build(model_bytes: bytes, manifest: Manifest, target: str, license_info: dic
                   precision, bool(mark["marked"]))
 
 
-def _watermark(model_bytes: bytes, manifest: Manifest, key: bytes, license_id: str
-               ) -> tuple[bytes, dict[str, Any]]:
-    """(the model with the licence's mark, what the bundle says about it); the model as it is
-    when it has too few weights, or when even a weaker mark would change its answers."""
+def _edge_files(manifest: Manifest, license_id: str, signer: Signer) -> dict[str, bytes]:
+    """The kit's call metering: the export's own receipt key, what it meters, and the receipt
+    code (export/receipts.py, the marketplace's own verifier) the runner imports."""
+    key = signer.edge_key(license_id)
+    info = {"license_id": license_id, "per_edge_call": str(manifest.pricing.per_edge_call),
+            "currency": "USD", "genesis": receipts.genesis(license_id),
+            "public_key": base64.b64encode(receipts.public_raw(key)).decode(),
+            "sync": "aimarket kit sync <this folder> (POST /v1/edge-usage)"}
+    return {"edge-key.pem": receipts.private_pem(key),
+            "edge.json": json.dumps(info, indent=2).encode(),
+            "receipts.py": Path(receipts.__file__).read_bytes()}
+
+
+def _mark_and_convert(model_bytes: bytes, manifest: Manifest, target: str, precision: str,
+                      items: list[dict[str, np.ndarray]] | None, key: bytes | None,
+                      license_id: str, min_agreement: float
+                      ) -> tuple[bytes, list[str], dict[str, Any]]:
+    """(the converted export, notes, what the bundle says about its mark).
+
+    The mark has its own agreement budget: the marked model agrees with the unmarked one on at
+    least ``MARK_AGREEMENT`` of the samples, and the marked *export* (after fp16 or int8) must
+    still clear ``min_agreement`` and still carry the mark reliably (z-score at least twice
+    the detection threshold). A lossy conversion can tip a few borderline samples either way,
+    so each candidate mark (strongest first) is converted and checked; the first that fits is
+    kept. When none does, the export is built unmarked and says so, rather than
+    shipping a model whose answers the mark pushed under the export's accuracy bar."""
+    if key is None:
+        converted, notes = convert(model_bytes, target, precision, items)
+        return converted, notes, {"marked": False}
     weights = watermark.capacity(onnx.load_model_from_string(model_bytes))
     if weights < watermark.MIN_WEIGHTS:
-        return model_bytes, {"marked": False, "weights": weights, "note": (
+        converted, notes = convert(model_bytes, target, precision, items)
+        return converted, notes, {"marked": False, "weights": weights, "note": (
             f"not watermarked: the model has {weights} weights in large float tensors, fewer "
             f"than the {watermark.MIN_WEIGHTS} a reliable mark needs; the licence is recorded "
             "in license.json and the model's metadata only")}
-    # The strongest mark that leaves the answers alone; a weaker one only while it would still
-    # survive a float16 conversion.
+    tried = 0
+    for marked, mark in _marks(model_bytes, manifest, key, license_id, weights):
+        tried += 1
+        converted, notes = convert(marked, target, precision, items)
+        if converted != marked:
+            if accuracy(model_bytes, converted, manifest)[0] < min_agreement:
+                continue  # this mark tipped too many borderline samples: try a weaker one
+            z = watermark.export_score(model_bytes, converted, key, license_id,
+                                       int(mark["variant"]))
+            if z < 2 * watermark.THRESHOLD:
+                continue  # the conversion's rounding drowned it: not a reliable mark
+            mark = {**mark, "export_z": round(z, 1)}
+        return converted, notes, mark
+    converted, notes = convert(model_bytes, target, precision, items)
+    reason = ("every mark strong enough to survive a float16 conversion changed this model's "
+              f"answers on more than {1 - MARK_AGREEMENT:.1%} of the samples") if not tried else (
+              f"each of the {tried} marks tried either pushed the {precision} export under "
+              f"{min_agreement:.0%} agreement with the listed model or did not survive its "
+              "conversion reliably")
+    return converted, notes, {"marked": False, "weights": weights,
+                              "note": f"not watermarked: {reason}"}
+
+
+def _marks(model_bytes: bytes, manifest: Manifest, key: bytes, license_id: str, weights: int
+           ) -> Iterator[tuple[bytes, dict[str, Any]]]:
+    """The licence's candidate marks, strongest first (at each strength, each of its
+    ``VARIANTS`` re-keyed patterns): each leaves the model's answers alone
+    (agreement with the unmarked model >= ``MARK_AGREEMENT``) and would survive a float16
+    conversion (z-score at least twice the detection threshold)."""
     for step in range(5):
         strength = watermark.STRENGTH / 2 ** step
-        marked = watermark.embed(model_bytes, key, license_id, strength)
-        assert marked is not None
-        if watermark.fp16_score(model_bytes, marked, key, license_id) < 2 * watermark.THRESHOLD:
-            break
-        agreement, _ = accuracy(model_bytes, marked, manifest)
-        if agreement >= MARK_AGREEMENT:
-            return marked, {"marked": True, "weights": weights, "strength": strength,
-                            "agreement_with_unmarked": agreement, "note": (
-                                f"watermarked for this licence in {weights} weights "
-                                f"(agreement with the unmarked model {agreement:.4f})")}
-    return model_bytes, {"marked": False, "weights": weights, "note": (
-        "not watermarked: every mark strong enough to survive a float16 conversion changed "
-        "this model's answers on more than 0.5% of the samples")}
+        for variant in range(watermark.VARIANTS):
+            marked = watermark.embed(model_bytes, key, license_id, strength, variant)
+            assert marked is not None
+            if watermark.fp16_score(model_bytes, marked, key, license_id, variant
+                                    ) < 2 * watermark.THRESHOLD:
+                return  # weaker marks would not survive a float16 conversion either
+            agreement, _ = accuracy(model_bytes, marked, manifest)
+            if agreement >= MARK_AGREEMENT:
+                yield marked, {"marked": True, "weights": weights, "strength": strength,
+                               "variant": variant, "agreement_with_unmarked": agreement,
+                               "note": (f"watermarked for this licence in {weights} weights "
+                                        f"(agreement with the unmarked model {agreement:.4f})")}
 
 
 def accuracy(original: bytes, converted: bytes, manifest: Manifest) -> tuple[float, float]:

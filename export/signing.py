@@ -47,6 +47,13 @@ class Signer:
                                       serialization.NoEncryption())
         return hmac.new(raw, purpose.encode(), hashlib.sha256).digest()
 
+    def edge_key(self, license_id: str) -> Ed25519PrivateKey:
+        """The per-export key a kit signs its usage receipts with (export/receipts.py): issued
+        in the bundle, derived from the platform key and the licence id, so the marketplace
+        re-derives its public half and stores no secret per export."""
+        return Ed25519PrivateKey.from_private_bytes(
+            self.derived_key("aimarket edge receipts\0" + license_id))
+
     def public_pem(self) -> str:
         return self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

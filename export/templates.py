@@ -175,36 +175,66 @@ WantedBy=multi-user.target
 """
 
 RUNNER = r'''#!/usr/bin/env python3
-"""Serve the model on the kit: POST /predict with the same JSON as predict.py takes."""
+"""Serve the model on the kit, answering as the marketplace does:
+
+    POST /predict                 the task's request body, as /v1/models/{slug}/predict takes it
+                                  (an image, texts, rows, or {"inputs": ...} for tensor models)
+    POST /v2/models/{name}/infer  an Open Inference Protocol v2 body (JSON, or with the binary
+                                  tensor extension), as /v2/models/{slug}/infer takes it
+    GET  /health
+
+A listing priced per edge call ships edge.json and edge-key.pem: each call served is counted,
+and every --receipt-calls calls or --receipt-seconds seconds (and when the runner stops) a
+signed receipt is written to usage/receipts/; `aimarket kit sync <this folder>` posts them.
+"""
 import argparse
 import json
+import signal
+import sys
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 try:  # the marketplace's own error envelope: the shipped pipeline's, else the kit's copy
     from serving.errors import AimarketError, InvalidInput, NotFound, error_reply
 except ImportError:
     from errors import AimarketError, InvalidInput, NotFound, error_reply
-from predict import predict, session
+try:  # the v2 codec ships with the task pipeline (not on the Python 3.6 Nano Kit)
+    from serving.codec import decode_v2_request, encode_v2_response, parse_v2_body
+except ImportError:
+    decode_v2_request = None
+import predict as bundle
 
-SESSION = session()
+HERE = Path(__file__).resolve().parent
+SESSION = bundle.session()
+VERSION = str(json.loads((HERE / "license.json").read_text())["license"].get("version", "1"))
+METER = None  # the edge-call counter (receipts.Meter) of a listing priced per edge call
+
+
+def infer_v2(name, raw, header_length):
+    if decode_v2_request is None:
+        raise NotFound("this kit's runtime serves POST /predict only")
+    feeds, wanted = decode_v2_request(parse_v2_body(raw, header_length), bundle.MANIFEST)
+    names = [o.name for o in SESSION.get_outputs()]
+    outputs = dict(zip(names, SESSION.run(None, feeds)))
+    return encode_v2_response(name, VERSION, uuid.uuid4().hex, outputs, wanted)
+
+
+def answer(path, raw, header_length):
+    parts = path.strip("/").split("/")
+    if path == "/predict":
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidInput("the body is not JSON: %s" % exc) from exc
+        return bundle.predict(body, SESSION)
+    if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "infer":
+        return infer_v2(parts[2], raw, header_length)
+    raise NotFound("no route %s; POST /predict or /v2/models/<name>/infer" % path)
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        status, headers = 200, {"Content-Type": "application/json"}
-        try:
-            if self.path != "/predict":
-                raise NotFound(f"no route {self.path}; POST /predict")
-            try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                data = json.dumps(predict(body, SESSION)).encode()
-            except AimarketError:
-                raise
-            except Exception as exc:  # bad input: say what, keep serving
-                raise InvalidInput(str(exc)) from exc
-        except AimarketError as exc:  # the same JSON error envelope as the marketplace
-            reply = error_reply(exc)
-            status, headers, data = reply.status, reply.headers, reply.body
+    def _send(self, status, headers, data):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -212,9 +242,52 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):
+        if self.path == "/health":
+            self._send(200, {"Content-Type": "application/json"}, b'{"status": "ok"}')
+        else:
+            reply = error_reply(NotFound("no route %s; GET /health" % self.path))
+            self._send(reply.status, reply.headers, reply.body)
+
+    def do_POST(self):
+        status, headers = 200, {"Content-Type": "application/json"}
+        try:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            try:
+                data = json.dumps(answer(self.path, raw,
+                                         self.headers.get("Inference-Header-Content-Length"))
+                                  ).encode()
+                if METER is not None:
+                    METER.count()
+            except AimarketError:
+                raise
+            except Exception as exc:  # bad input: say what, keep serving
+                raise InvalidInput(str(exc)) from exc
+        except AimarketError as exc:  # the same JSON error envelope as the marketplace
+            reply = error_reply(exc)
+            status, headers, data = reply.status, reply.headers, reply.body
+        self._send(status, headers, data)
+
+
+def _stop(*_):
+    sys.exit(0)
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, default=8080)
-    ThreadingHTTPServer(("0.0.0.0", ap.parse_args().port), Handler).serve_forever()
+    ap.add_argument("--receipt-calls", type=int, default=1000)
+    ap.add_argument("--receipt-seconds", type=float, default=3600.0)
+    args = ap.parse_args()
+    if (HERE / "edge.json").exists():
+        from receipts import Meter
+
+        METER = Meter(HERE, args.receipt_calls, args.receipt_seconds)
+    signal.signal(signal.SIGTERM, _stop)
+    server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)
+    try:
+        server.serve_forever()
+    finally:
+        if METER is not None:
+            METER.close()  # the calls since the last receipt
 '''

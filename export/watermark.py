@@ -34,6 +34,9 @@ STRENGTH = 2.0 ** -8  # relative change of each weight
 MIN_TENSOR = 16  # smaller float tensors (biases, scales, constants) are never touched
 MIN_WEIGHTS = 1024  # fewer carrier weights than this cannot carry a reliable mark
 THRESHOLD = 8.0  # z-score a licence must clear to be named
+# Keyed patterns per licence: when the strongest mark of one pattern changes too many answers,
+# the export is re-keyed with the licence's next pattern; detection tries each of them.
+VARIANTS = 4
 MAX_ALIGN_ERROR = 0.1  # a suspect tensor aligns with a carrier within 10% relative error
 
 
@@ -68,21 +71,24 @@ def capacity(model: onnx.ModelProto) -> int:
     return sum(math.prod(t.dims) for t in _carrier_protos(model))
 
 
-def pattern(key: bytes, license_id: str, n: int) -> np.ndarray:
-    """The licence's keyed +-1 pattern over ``n`` weights."""
-    seed = hmac.new(key, b"aimarket watermark\0" + license_id.encode(), hashlib.sha256).digest()
+def pattern(key: bytes, license_id: str, n: int, variant: int = 0) -> np.ndarray:
+    """The licence's keyed +-1 pattern over ``n`` weights (its ``variant``-th re-keying)."""
+    message = b"aimarket watermark\0" + license_id.encode()
+    if variant:
+        message += b"\0" + str(variant).encode()
+    seed = hmac.new(key, message, hashlib.sha256).digest()
     rng = np.random.default_rng(int.from_bytes(seed[:16], "big"))
     return rng.integers(0, 2, size=n, dtype=np.int8) * 2 - 1
 
 
-def embed(model_bytes: bytes, key: bytes, license_id: str, strength: float = STRENGTH
-          ) -> bytes | None:
+def embed(model_bytes: bytes, key: bytes, license_id: str, strength: float = STRENGTH,
+          variant: int = 0) -> bytes | None:
     """The model with the licence's mark in its weights; None when it has too few weights."""
     model = onnx.load_model_from_string(model_bytes)
     n = capacity(model)
     if n < MIN_WEIGHTS:
         return None
-    p = pattern(key, license_id, n).astype(np.float64)
+    p = pattern(key, license_id, n, variant).astype(np.float64)
     offset = 0
     for t in _carrier_protos(model):
         w = numpy_helper.to_array(t).astype(np.float64)
@@ -92,15 +98,26 @@ def embed(model_bytes: bytes, key: bytes, license_id: str, strength: float = STR
     return model.SerializeToString()
 
 
-def fp16_score(original_bytes: bytes, marked_bytes: bytes, key: bytes, license_id: str
-               ) -> float:
+def fp16_score(original_bytes: bytes, marked_bytes: bytes, key: bytes, license_id: str,
+               variant: int = 0) -> float:
     """The z-score the mark would still have once the model is converted to float16 (the
     lossiest conversion a licensee is expected to make): whether the mark is reliable."""
     original = carriers(onnx.load_model_from_string(original_bytes))
     marked = carriers(onnx.load_model_from_string(marked_bytes))
     diff = np.concatenate([(m.astype(np.float16).astype(np.float64) - o.astype(np.float64))
                            .reshape(-1) for o, m in zip(original, marked, strict=True)])
-    return score(diff, np.arange(diff.size), key, license_id, diff.size)
+    return score(diff, np.arange(diff.size), key, license_id, diff.size, variant)
+
+
+def export_score(original_bytes: bytes, exported_bytes: bytes, key: bytes, license_id: str,
+                 variant: int = 0) -> float:
+    """The z-score of the licence's mark in an export as built (after its fp16 or int8
+    conversion); 0 when the export's weights do not align with the original's."""
+    original = onnx.load_model_from_string(original_bytes)
+    found = differences(original, onnx.load_model_from_string(exported_bytes))
+    if found is None:
+        return 0.0
+    return score(*found, key, license_id, capacity(original), variant)
 
 
 def tensors(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -189,18 +206,19 @@ def differences(original: onnx.ModelProto, suspect: onnx.ModelProto
 
 
 def score(diff: np.ndarray, where: np.ndarray, key: bytes, license_id: str,
-          total: int) -> float:
+          total: int, variant: int = 0) -> float:
     """The z-score of one licence's pattern in the differences."""
     energy = float(np.sqrt(np.sum(diff * diff)))
     if energy == 0.0:
         return 0.0
-    p = pattern(key, license_id, total)[where].astype(np.float64)
+    p = pattern(key, license_id, total, variant)[where].astype(np.float64)
     return float(np.sum(diff * p)) / energy
 
 
 def detect(original_bytes: bytes, suspect_bytes: bytes, key: bytes,
            license_ids: list[str]) -> Detection | None:
-    """The licence whose mark the suspect carries (highest z over ``THRESHOLD``), or None."""
+    """The licence whose mark (any of its ``VARIANTS`` patterns) the suspect carries (highest z
+    over ``THRESHOLD``), or None."""
     original = onnx.load_model_from_string(original_bytes)
     suspect = onnx.load_model_from_string(suspect_bytes)
     found = differences(original, suspect)
@@ -210,14 +228,16 @@ def detect(original_bytes: bytes, suspect_bytes: bytes, key: bytes,
     total = capacity(original)
     best: Detection | None = None
     for lid in license_ids:
-        z = score(diff, where, key, lid, total)
-        if z >= THRESHOLD and (best is None or z > best.z):
-            best = Detection(lid, z)
+        for variant in range(VARIANTS):
+            z = score(diff, where, key, lid, total, variant)
+            if z >= THRESHOLD and (best is None or z > best.z):
+                best = Detection(lid, z)
     return best
 
 
 def confidence(z: float, candidates: int) -> float:
     """1 - the chance that an unmarked model scores ``z`` against any of ``candidates``
-    licences (a Gaussian tail, Bonferroni over the candidates)."""
+    licence patterns (a Gaussian tail, Bonferroni over the candidates; each licence has
+    ``VARIANTS`` patterns)."""
     tail = 0.5 * math.erfc(z / math.sqrt(2.0))
     return max(0.0, 1.0 - max(candidates, 1) * tail)

@@ -18,11 +18,12 @@ from .ledger import (
 )
 from .meter import PAID, REFUSALS, TRIAL, CallSpec, Meter, Reservation, Snapshot
 from .money import format_usd, split, to_micro
-from .reconcile import Drift, reconcile
+from .reconcile import Drift, Reconciled, reconcile
 
 __all__ = [
     "DEMO", "PAID", "REFUSALS", "TRIAL", "Base", "CallSpec", "CreditEntry", "DemoMeter", "Drift",
-    "Event", "Flusher", "ListingCounter", "Meter", "Reservation", "Snapshot", "UsageEvent",
+    "Event", "Flusher", "ListingCounter", "Meter", "Reconciled", "Reservation", "Snapshot",
+    "UsageEvent",
     "add_credit", "balance", "format_usd", "metrics", "reconcile", "snapshot", "split",
     "to_micro", "utcnow", "write_encoded", "write_events",
 ]

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 from hiredis import pack_command
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import AskError, MovedError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 _Item = tuple[tuple[Any, ...], asyncio.Future[Any]]
 
 
 class AutoPipeline:
-    def __init__(self, client: aioredis.Redis, *, max_batch: int = 512) -> None:
+    def __init__(self, client: Any, *, max_batch: int = 512) -> None:
         self._client = client
         self._max_batch = max_batch
         self._pending: list[_Item] = []
@@ -50,9 +52,10 @@ class AutoPipeline:
         task.add_done_callback(self._inflight.discard)
 
     async def _send(self, batch: list[_Item]) -> None:
+        client: aioredis.Redis = self._client
         # redis-py's pipeline packs arguments in pure Python (~2 µs each); hiredis packs the
         # whole batch in C, and redis-py's connection still does the I/O and the parsing.
-        pool = self._client.connection_pool
+        pool = client.connection_pool
         try:
             conn = await pool.get_connection()
         except BaseException as exc:
@@ -93,6 +96,104 @@ class AutoPipeline:
         for _, fut in items:
             if not fut.done():
                 fut.set_exception(err)
+
+
+class ClusterAutoPipeline(AutoPipeline):
+    """The auto-pipeline on a Redis Cluster: a tick's commands go to the primary that owns the
+    slot of each one's first key, one pipeline (one round trip) per primary, all primaries at
+    once. Commands are ``EVALSHA sha numkeys key ...`` (every script's keys share one slot).
+
+    Nothing is sent twice on a connection failure (a command that may have run is not
+    retried: the caller gets the error). A MOVED or ASK reply means the command did not run
+    there; the cluster client then sends it where the slot now lives.
+    """
+
+    def __init__(self, client: RedisCluster, *, max_batch: int = 512) -> None:
+        super().__init__(client, max_batch=max_batch)
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refreshed_at = 0.0
+
+    async def _send(self, batch: list[_Item]) -> None:
+        client: RedisCluster = self._client
+        groups: dict[ClusterNode, list[_Item]] = {}
+        try:
+            await client.initialize()  # reads the slot map once (or after a refresh)
+            for item in batch:
+                node = client.get_node_from_key(item[0][3])
+                assert node is not None
+                groups.setdefault(node, []).append(item)
+        except BaseException as exc:
+            self._fail(batch, exc)
+            raise_if_cancelled(exc)
+            return
+        await asyncio.gather(*(self._send_node(node, items) for node, items in groups.items()))
+
+    async def _send_node(self, node: ClusterNode, items: list[_Item]) -> None:
+        try:
+            conn = node.acquire_connection()
+        except BaseException as exc:
+            self._fail(items, exc)
+            raise_if_cancelled(exc)
+            return
+        answered = 0
+        moved: list[_Item] = []
+        try:
+            await conn.send_packed_command(
+                b"".join(pack_command(args) for args, _ in items), check_health=False)
+            for item in items:
+                try:
+                    result: Any = await conn.read_response()
+                except (MovedError, AskError):  # it did not run: the slot lives elsewhere
+                    answered += 1
+                    moved.append(item)
+                    continue
+                except ResponseError as exc:
+                    result = exc
+                answered += 1
+                fut = item[1]
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+        except BaseException as exc:
+            self._fail(items[answered:], exc)
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
+                await node.disconnect_free_connections()  # a restarted node: all are stale
+            self._refresh()
+            if not isinstance(exc, Exception):
+                self._fail(moved, exc)  # cancelled: the redirected ones are not sent either
+            raise_if_cancelled(exc)
+        finally:
+            node.release(conn)
+        for args, fut in moved:  # the cluster client follows the redirection
+            try:
+                result = await self._client.execute_command(*args)
+            except Exception as exc:
+                result = exc
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    def _refresh(self) -> None:
+        """Re-read the slot map in the background (a primary failed: a replica may take its
+        slots), at most once a second."""
+        now = time.monotonic()
+        if (self._refreshing is not None and not self._refreshing.done()) \
+                or now - self._refreshed_at < 1.0:
+            return
+        self._refreshed_at = now
+
+        async def refresh() -> None:
+            with contextlib.suppress(Exception):
+                await self._client.nodes_manager.initialize()
+
+        self._refreshing = asyncio.ensure_future(refresh())
 
 
 def raise_if_cancelled(exc: BaseException) -> None:

@@ -47,6 +47,7 @@ class Reservation:
     rate_reset_ms: int = 0
     retry_after_ms: int = 0
     lease: Any = None  # the lease (lease.py) that decided this call in the process, if one did
+    shard: int = -1  # the shard of its hold (keys.py) when not the account's (a demo visitor's)
 
     @property
     def cost(self) -> int:

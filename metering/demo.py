@@ -46,13 +46,15 @@ class DemoMeter:
 
     async def reserve(self, call: CallSpec, visitor: str, limit_per_day: int) -> Reservation:
         """One call of ``visitor``'s daily demo quota (kind ``demo``, price 0), or a refusal."""
+        names = self.meter.names
+        shard = names.visitor_shard(visitor)  # the quota and its hold share the visitor's slot
         allowed, left = await self._reserve(
-            [self.visitor_key(visitor), self.meter.holds, self.meter.holdq],
+            [self.visitor_key(visitor), names.holds(shard), names.holdq(shard)],
             [limit_per_day, call.request_id],
         )
         ok = bool(allowed)
         return Reservation(replace(call, price=0), ok, DEMO if ok else "", int(left), 0,
-                           refusal="" if ok else DEMO)
+                           refusal="" if ok else DEMO, shard=shard)
 
     def hold(self, call: CallSpec, visitor: str, limit_per_day: int, *, refuse: Refuse,
              started: float | None = None) -> Hold:

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from sqlalchemy import Engine
 
 from . import metrics, scripts
@@ -27,65 +28,113 @@ log = logging.getLogger(__name__)
 
 
 class Flusher:
+    """Flushes every shard's usage stream (keys.py); on a Redis Cluster each shard is read on
+    its own (a command touches one slot), and a shard whose primary is away is skipped while
+    the others go on."""
+
     def __init__(
-        self, client: redis.Redis, engine: Engine, *, namespace: str = "am:",
+        self, client: redis.Redis | RedisCluster, engine: Engine, *, namespace: str = "am:",
         group: str = "ledger", consumer: str | None = None, batch: int = 10_000,
         claim_idle_ms: int = 30_000, hold_timeout_s: float = 120.0,
     ) -> None:
         self.redis = client
         self.engine = engine
         names = Keys(namespace)
-        self.stream = names.stream
+        self.streams = names.streams
+        self.cluster = isinstance(client, RedisCluster)
+        self.hold_sets = names.hold_sets + ([] if self.cluster else [names.legacy_holds])
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         self.claim_idle_ms = claim_idle_ms
         self.hold_timeout_s = hold_timeout_s
-        self.holds, self.holdq, self.flushed_key = names.holds, names.holdq, names.flushed
+        self.flushed_key = names.flushed
         self._sweep = client.register_script(scripts.SWEEP)
         self._last_sweep = 0.0
-        self._group_ready = False
+        self._ready: set[str] = set()  # streams whose consumer group exists
+        self._down_until: dict[str, float] = {}  # cluster: a shard whose primary failed
 
-    def _ensure_group(self) -> None:
-        if self._group_ready:
+    def _ensure_group(self, stream: str) -> None:
+        if stream in self._ready:
             return
         try:
-            self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
-        self._group_ready = True
+        self._ready.add(stream)
 
     def flush_once(self, block_ms: int | None = None) -> int:
-        """Flush one batch: this consumer's pending, then stale claims, then new events."""
-        self._ensure_group()
-        written = 0
-        mine = self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: "0"}, count=self.batch
-        )
-        written += self._process(_messages(mine))
-        reply = self.redis.xautoclaim(
-            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
-        )
-        claimed = reply[1] if len(reply) > 1 else []
-        written += self._process([(mid, f) for mid, f in claimed if f])
-        new = self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
-        )
-        written += self._process(_messages(new))
+        """Flush one batch per stream: this consumer's pending, then stale claims, then new
+        events."""
+        if not self.cluster:
+            return self._flush_together(block_ms)
+        written, failure = 0, None
+        for stream in self.streams:
+            if self._down_until.get(stream, 0.0) > time.monotonic():
+                continue
+            try:
+                written += self._flush_stream(stream)
+            except redis.RedisError as exc:  # that shard's primary is away: the others go on
+                self._down_until[stream] = time.monotonic() + 1.0
+                failure = exc
+        if failure is not None:
+            raise failure
+        if not written and block_ms:  # no one command can block on every shard's stream
+            time.sleep(block_ms / 1000)
         return written
+
+    def _flush_stream(self, stream: str) -> int:
+        self._ensure_group(stream)
+        written = self._process(_messages(self.redis.xreadgroup(
+            self.group, self.consumer, {stream: "0"}, count=self.batch)))
+        written += self._process(self._claim(stream))
+        written += self._process(_messages(self.redis.xreadgroup(
+            self.group, self.consumer, {stream: ">"}, count=self.batch)))
+        return written
+
+    def _flush_together(self, block_ms: int | None) -> int:
+        """One server: each step reads every stream in one command."""
+        for stream in self.streams:
+            self._ensure_group(stream)
+        written = self._process(_messages(self.redis.xreadgroup(
+            self.group, self.consumer, dict.fromkeys(self.streams, "0"), count=self.batch)))
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms, "0-0",
+                            count=self.batch)
+        for stream, reply in zip(self.streams, pipe.execute(), strict=True):
+            claimed = reply[1] if len(reply) > 1 else []
+            written += self._process([(stream, mid, f) for mid, f in claimed if f])
+        new = self.redis.xreadgroup(self.group, self.consumer, dict.fromkeys(self.streams, ">"),
+                                    count=self.batch, block=block_ms)
+        return written + self._process(_messages(new))
+
+    def _claim(self, stream: str) -> list[tuple[Any, Any, dict[Any, Any]]]:
+        reply = self.redis.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms,
+                                      "0-0", count=self.batch)
+        claimed = reply[1] if len(reply) > 1 else []
+        return [(stream, mid, f) for mid, f in claimed if f]
 
     def sweep(self) -> int:
         """Refund holds older than ``hold_timeout_s``: calls whose worker died mid-call."""
         cutoff = int((time.time() - self.hold_timeout_s) * 1000)
-        n = int(self._sweep([self.holds, self.holdq], [cutoff, 500]))
+        n, failure = 0, None
+        for holds, holdq in self.hold_sets:
+            try:
+                n += int(self._sweep([holds, holdq], [cutoff, 500]))
+            except redis.RedisError as exc:  # a shard away: swept when it is back
+                failure = exc
         if n:
             metrics.RELEASED.labels("swept").inc(n)
             log.warning("refunded %d reservations of calls that never finished", n)
+        if failure is not None:
+            raise failure
         return n
 
     def drain(self) -> int:
-        """Flush until the stream holds nothing for this group; returns events written."""
+        """Flush until the streams hold nothing for this group; returns events written."""
+        self._down_until.clear()
         total = 0
         while True:
             n = self.flush_once()
@@ -94,31 +143,40 @@ class Flusher:
                 return total
 
     def lag(self) -> int:
-        """Events in the stream not yet in the ledger."""
-        self._ensure_group()
-        return int(self.redis.xlen(self.stream))
+        """Events in the streams not yet in the ledger."""
+        for stream in self.streams:
+            self._ensure_group(stream)
+        return sum(int(self.redis.xlen(stream)) for stream in self.streams)
 
-    def _process(self, messages: list[tuple[Any, dict[Any, Any]]]) -> int:
+    def _process(self, messages: list[tuple[Any, Any, dict[Any, Any]]]) -> int:
         if not messages:
             return 0
-        new = write_encoded(self.engine, payloads(messages))
-        ids = [mid for mid, _ in messages]
+        new = write_encoded(self.engine, payloads((mid, f) for _, mid, f in messages))
+        by_stream: dict[Any, list[Any]] = {}
+        for stream, mid, _ in messages:
+            by_stream.setdefault(stream, []).append(mid)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.stream, self.group, *ids)
-        pipe.xdel(self.stream, *ids)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+            pipe.xdel(stream, *ids)
         pipe.incrby(self.flushed_key, new)
         pipe.execute()
         return len(messages)
 
-    def run(self, stop: threading.Event, *, block_ms: int = 250) -> None:
-        """Flush until ``stop`` is set; errors are logged and retried with backoff."""
+    def run(self, stop: threading.Event, *, block_ms: int = 250, gather_ms: int = 0) -> None:
+        """Flush until ``stop`` is set; errors are logged and retried with backoff. A batch
+        smaller than ``batch`` is followed by a pause that makes the cycle ``gather_ms``
+        long: under steady traffic events gather into one ledger transaction per cycle
+        instead of one per few events (a transaction's fixed cost dominates small ones)."""
         backoff = 0.1
         while not stop.is_set():
             try:
-                self.flush_once(block_ms=block_ms)
+                started = time.monotonic()
+                if self.flush_once(block_ms=block_ms) < self.batch and gather_ms > 0:
+                    stop.wait(max(0.0, gather_ms / 1000 - (time.monotonic() - started)))
                 if time.monotonic() - self._last_sweep > 1.0:
-                    self.sweep()
                     self._last_sweep = time.monotonic()
+                    self.sweep()
                 backoff = 0.1
             except Exception:  # Redis or the database is down: keep the events, retry
                 log.exception("ledger flush failed; retrying in %.1fs", backoff)
@@ -126,8 +184,11 @@ class Flusher:
                 backoff = min(backoff * 2, 1.0)
 
 
-def _messages(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
-    out: list[tuple[Any, dict[Any, Any]]] = []
-    for _stream, msgs in reply or []:
-        out.extend((mid, fields) for mid, fields in msgs if fields)
+def _messages(reply: Any) -> list[tuple[Any, Any, dict[Any, Any]]]:
+    """(stream, id, fields) of an XREADGROUP reply (RESP2 list or RESP3 map)."""
+    out: list[tuple[Any, Any, dict[Any, Any]]] = []
+    items = reply.items() if isinstance(reply, dict) else (reply or [])
+    for stream, msgs in items:
+        name = stream.decode() if isinstance(stream, bytes) else stream
+        out.extend((name, mid, fields) for mid, fields in msgs if fields)
     return out

@@ -140,12 +140,13 @@ class Leases:
         day, month = self._day_month()
         self._seq += 1
         lease_id = f"lease:{self._prefix}:{self._seq}"
+        acct, shard = call.account_id, n.shard(call.account_id)
         keys = [
-            n.marker(call.account_id), n.trial(call.account_id, call.listing_id),
-            n.credit(call.account_id), n.rate_key(call.api_key_id),
-            n.rate_key_listing(call.api_key_id, call.listing_id),
-            n.spend_day(call.api_key_id, day), n.spend_month(call.api_key_id, month),
-            n.holds, n.holdq, n.leased(call.account_id),
+            n.marker(acct), n.trial(acct, call.listing_id),
+            n.credit(acct), n.rate_key(acct, call.api_key_id),
+            n.rate_key_listing(acct, call.api_key_id, call.listing_id),
+            n.spend_day(acct, call.api_key_id, day), n.spend_month(acct, call.api_key_id, month),
+            n.holds(shard), n.holdq(shard), n.leased(acct),
         ]
         args: list[object] = [
             call.trial_calls, call.price, call.key_rps, call.key_burst, call.listing_rps,
@@ -189,7 +190,7 @@ class Leases:
             if slot is not None:
                 self._retire(slot, lease)
             back += int(await self._script(
-                "SHRINK_LEASE", [self._names.holds, self._names.holdq], [lease.id, amount]))
+                "SHRINK_LEASE", self._hold_keys(lease), [lease.id, amount]))
         return back
 
     # -- committing ----------------------------------------------------------------------------
@@ -216,10 +217,17 @@ class Leases:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._queue = self._queue, []
-        if batch:
-            self._spawn(self._send(batch))
+        by_shard: dict[int, list[_Pending]] = {}  # a group commit runs in one shard's slot
+        for p in batch:
+            by_shard.setdefault(self._names.shard(p.lease.account_id), []).append(p)
+        for shard, part in by_shard.items():
+            self._spawn(self._send(shard, part))
 
-    async def _send(self, batch: list[_Pending]) -> None:
+    def _hold_keys(self, lease: Lease) -> list[str]:
+        shard = self._names.shard(lease.account_id)
+        return [self._names.holds(shard), self._names.holdq(shard)]
+
+    async def _send(self, shard: int, batch: list[_Pending]) -> None:
         by_lease: dict[Lease, list[_Pending]] = {}
         for p in batch:
             by_lease.setdefault(p.lease, []).append(p)
@@ -229,8 +237,9 @@ class Leases:
             group = by_lease[lease]
             args += [lease.id, lease.price * len(group), "\n".join(p.line for p in group)]
         self._seq += 1
-        marker = self._names.lease_batch(f"{self._prefix}:{self._seq}")
-        keys = [self._names.holds, self._names.holdq, self._names.stream, marker]
+        n = self._names
+        marker = n.lease_batch(shard, f"{self._prefix}:{self._seq}")
+        keys = [n.holds(shard), n.holdq(shard), n.stream(shard), marker]
         deadline = time.monotonic() + COMMIT_RETRY_S
         while True:  # the same batch (the same marker) until it is known to have run
             try:
@@ -278,8 +287,8 @@ class Leases:
         self._retired = [lease for lease in self._retired if lease.inflight > 0]
         returned = 0
         for lease in done:
-            if not lease.gone and await self._script(
-                    "RELEASE", [self._names.holds, self._names.holdq], [lease.id]):
+            if not lease.gone and await self._script("RELEASE", self._hold_keys(lease),
+                                                     [lease.id]):
                 returned += 1
             lease.gone = True
         return returned

@@ -8,6 +8,7 @@ trips through an auto-pipeline.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -15,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from . import scripts
-from .autopipe import AutoPipeline
+from .autopipe import AutoPipeline, ClusterAutoPipeline
 from .calls import PAID, REFUSALS, TRIAL, CallSpec, Reservation
 from .hold import Hold, Refuse
 from .keys import Keys
@@ -37,6 +39,7 @@ class Snapshot:
 
 
 SnapshotLoader = Callable[[int], Awaitable[Snapshot]]
+AsyncClient = aioredis.Redis | RedisCluster  # one server (or embedded Valkey), or a cluster
 
 def day_month(ts: float | None = None) -> tuple[str, str]:
     t = time.gmtime(ts)
@@ -48,21 +51,23 @@ class Meter:
     the ledger when missing."""
 
     def __init__(
-        self, client: aioredis.Redis, *, fee_bps: int, load_snapshot: SnapshotLoader,
+        self, client: AsyncClient, *, fee_bps: int, load_snapshot: SnapshotLoader,
         namespace: str = "am:", leases: bool = True,
     ) -> None:
         self.redis = client
         self.fee_bps = fee_bps
         self.ns = namespace
         self.names = Keys(namespace)
-        self.stream, self.holds, self.holdq = self.names.stream, self.names.holds, self.names.holdq
         self._load_snapshot = load_snapshot
-        self._pipe = AutoPipeline(client)
+        self._pipe: AutoPipeline | ClusterAutoPipeline = (
+            ClusterAutoPipeline(client) if isinstance(client, RedisCluster)
+            else AutoPipeline(client))
         self._sha = {
             name: hashlib.sha1(getattr(scripts, name).encode()).hexdigest()
             for name in ("RESERVE", "COMMIT", "RELEASE", "LEASE", "COMMIT_LEASED",
                          "SHRINK_LEASE")
         }
+        self._loading: dict[str, asyncio.Future[Any]] = {}
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
         self._throttle = client.register_script(scripts.THROTTLE)
@@ -76,16 +81,31 @@ class Meter:
     def _trial_key(self, account_id: int, listing_id: int) -> str:
         return self.names.trial(account_id, listing_id)
 
-    def _spend_keys(self, key_id: int | None, ts: float | None = None) -> tuple[str, str]:
+    def _spend_keys(self, account_id: int, key_id: int | None, ts: float | None = None
+                    ) -> tuple[str, str]:
         day, month = day_month(ts)
-        return self.names.spend_day(key_id, day), self.names.spend_month(key_id, month)
+        n = self.names
+        return n.spend_day(account_id, key_id, day), n.spend_month(account_id, key_id, month)
+
+    def _shard(self, res: Reservation) -> int:
+        """The shard that holds ``res``: its account's, or a demo visitor's."""
+        return res.shard if res.shard >= 0 else self.names.shard(res.call.account_id)
 
     async def _script(self, name: str, keys: list[str], args: list[object]) -> Any:
         try:
             return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
-        except NoScriptError:  # a restarted Redis forgot its scripts
-            await self.redis.script_load(getattr(scripts, name))
+        except NoScriptError:  # a restarted Redis (or a cluster's new primary) forgot them
+            await self._load(name)
             return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
+    async def _load(self, name: str) -> None:
+        """SCRIPT LOAD once for every call that found the script missing at the same time
+        (on a cluster it goes to every primary)."""
+        task = self._loading.get(name)
+        if task is None or task.done():
+            task = self._loading[name] = asyncio.ensure_future(
+                self.redis.script_load(getattr(scripts, name)))
+        await asyncio.shield(task)
 
     # -- the hot path ------------------------------------------------------------------------
     async def reserve(self, call: CallSpec) -> Reservation:
@@ -95,13 +115,15 @@ class Meter:
             leased = await self.leases.reserve(call)
             if leased is not None:
                 return leased
-        marker, credit = self._keys(call.account_id)
-        day, month = self._spend_keys(call.api_key_id)
+        acct, n = call.account_id, self.names
+        marker, credit = self._keys(acct)
+        day, month = self._spend_keys(acct, call.api_key_id)
+        shard = n.shard(acct)
         keys = [
-            marker, self._trial_key(call.account_id, call.listing_id), credit,
-            self.names.rate_key(call.api_key_id),
-            self.names.rate_key_listing(call.api_key_id, call.listing_id),
-            day, month, self.holds, self.holdq,
+            marker, self._trial_key(acct, call.listing_id), credit,
+            n.rate_key(acct, call.api_key_id),
+            n.rate_key_listing(acct, call.api_key_id, call.listing_id),
+            day, month, n.holds(shard), n.holdq(shard),
         ]
         args: list[object] = [
             call.trial_calls, call.price, call.key_rps, call.key_burst, call.listing_rps,
@@ -139,7 +161,8 @@ class Meter:
             price=res.cost, seller_share=share,
             platform_fee=fee, latency_us=latency_us, ts_ms=int(time.time() * 1000),
         )
-        done = await self._script("COMMIT", [self.holds, self.holdq, self.stream],
+        n, shard = self.names, self._shard(res)
+        done = await self._script("COMMIT", [n.holds(shard), n.holdq(shard), n.stream(shard)],
                                   [c.request_id, "e", event.encode()])
         return bool(done)
 
@@ -149,7 +172,9 @@ class Meter:
             return False
         if res.lease is not None:
             return self.leases.release(res)  # type: ignore[union-attr]
-        return bool(await self._script("RELEASE", [self.holds, self.holdq],
+        shard = self._shard(res)
+        return bool(await self._script("RELEASE", [self.names.holds(shard),
+                                                   self.names.holdq(shard)],
                                        [res.call.request_id]))
 
     def hold(self, call: CallSpec, *, refuse: Refuse, started: float | None = None,
@@ -180,7 +205,7 @@ class Meter:
             keys.append(self._trial_key(account_id, lid))
             values.append(used)
         for name, spent in snap.spend.items():
-            keys.append(self.names.spend(name))
+            keys.append(self.names.spend(account_id, name))
             values.append(spent)
         return bool(await self._hydrate(keys, values))
 

@@ -55,5 +55,5 @@ REGISTRY.register(EVENTS_FLUSHED)
 async def refresh(client: Any, namespace: str) -> None:
     """Read what the flushers report (lag, events written) before a scrape."""
     names = Keys(namespace)
-    FLUSH_LAG.set(await client.xlen(names.stream))
+    FLUSH_LAG.set(sum([await client.xlen(stream) for stream in names.streams]))
     EVENTS_FLUSHED.value = int(await client.get(names.flushed) or 0)

@@ -54,7 +54,8 @@ def make_backend(
         if fmt is None:
             raise ValueError(f"unknown Triton repository format {triton_format!r}")
         return TritonBackend(workspace=triton_workspace or Path(".aimarket") / "triton",
-                             url=triton_url, repository=triton_repository, fmt=fmt)
+                             url=triton_url, repository=triton_repository, fmt=fmt,
+                             memory_budget=memory_budget, load_wait_s=load_wait_s)
     raise ValueError(f"unknown serving backend {name!r}; available: local, ray, triton")
 
 

@@ -10,6 +10,9 @@ while they are, calls pile up and the next run takes many of them at once.
 for more calls, as Triton's ``max_queue_delay``. A call that finds no run of its model in
 flight never waits: a lone caller pays no batching delay.
 
+``run`` is a blocking function run on ``pool`` (onnxruntime in this process), or, with no
+pool, a coroutine function awaited on the loop (a remote engine: the triton backend).
+
 If a batched run fails, its calls run again one by one, so one caller's bad input (an
 out-of-range index, say) fails that caller alone.
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -35,6 +38,7 @@ import numpy as np
 
 Feeds = dict[str, np.ndarray]
 Run = Callable[[Feeds], Sequence[np.ndarray]]
+AsyncRun = Callable[[Feeds], Awaitable[Sequence[np.ndarray]]]
 Signature = tuple[tuple[str, str, tuple[int, ...]], ...]
 GAIN = 0.9  # adaptive: a batched row must cost < 90% of a single one to keep batching
 PROBE_EVERY = 128  # adaptive: one run in this many tries the way not taken
@@ -71,8 +75,8 @@ class _Call:
 class Batcher:
     """Coalesces the concurrent calls of one model into runs of at most ``max_rows`` rows."""
 
-    def __init__(self, run: Run, pool: Executor, *, max_rows: int, wait_s: float,
-                 slots: int, adaptive: bool = False) -> None:
+    def __init__(self, run: Run | AsyncRun, pool: Executor | None, *, max_rows: int,
+                 wait_s: float, slots: int, adaptive: bool = False) -> None:
         self._run = run
         self._pool = pool
         self.max_rows = max(1, max_rows)
@@ -85,10 +89,13 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         self.stats = BatchStats()
 
-    def configure(self, *, max_rows: int, wait_s: float, adaptive: bool) -> None:
+    def configure(self, *, max_rows: int, wait_s: float, adaptive: bool,
+                  slots: int | None = None) -> None:
         """New limits from changed serving options; they apply to the next run."""
         self.max_rows, self.wait_s = max(1, max_rows), max(0.0, wait_s)
         self.adaptive = adaptive
+        if slots is not None:
+            self._slots = max(1, slots)
 
     def limit(self) -> int:
         """The most rows the next run may take."""
@@ -166,13 +173,18 @@ class Batcher:
             self._busy -= 1
             loop.call_soon(self._dispatch)
 
+    async def _exec(self, feeds: Feeds) -> Sequence[np.ndarray]:
+        if self._pool is None:
+            return await self._run(feeds)  # type: ignore[misc]
+        out = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, feeds)
+        return out  # type: ignore[return-value]
+
     async def _single(self, call: _Call) -> None:
-        loop = asyncio.get_running_loop()
         self.stats.runs += 1
         self.stats.largest_rows = max(self.stats.largest_rows, call.rows)
         began = time.perf_counter()
         try:
-            out = await loop.run_in_executor(self._pool, self._run, call.inputs)
+            out = await self._exec(call.inputs)
         except Exception as exc:
             _settle(call, exc)
         else:
@@ -180,7 +192,6 @@ class Batcher:
             _settle(call, out)
 
     async def _batched(self, batch: list[_Call]) -> None:
-        loop = asyncio.get_running_loop()
         total = sum(c.rows for c in batch)
         feeds = {n: np.concatenate([c.inputs[n] for c in batch]) for n in batch[0].inputs}
         self.stats.runs += 1
@@ -188,7 +199,7 @@ class Batcher:
         self.stats.largest_rows = max(self.stats.largest_rows, total)
         began = time.perf_counter()
         try:
-            outs = await loop.run_in_executor(self._pool, self._run, feeds)
+            outs = await self._exec(feeds)
             self.learn(total, time.perf_counter() - began)
             if any(o.ndim == 0 or o.shape[0] != total for o in outs):
                 raise ValueError("an output has no batch dimension matching the inputs")

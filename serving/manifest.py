@@ -128,6 +128,8 @@ class Pricing(_Strict):
     trial_calls: int = Field(default=0, ge=0, le=1_000_000)
     export_price: Money | None = None
     kit_price: Money | None = None  # a Nano Kit pre-loaded with the export; none: not offered
+    # each call a kit's runner serves (jetson-orin exports count them in signed receipts)
+    per_edge_call: Money | None = None
 
 
 class RateLimit(_Strict):

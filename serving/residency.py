@@ -54,6 +54,10 @@ class Residency:
         """Whether a model of ``cost`` more would stay within the budget without evicting."""
         return self.budget is None or self.used + cost <= self.budget
 
+    def held(self) -> list[str]:
+        """The keys held, least recently used first."""
+        return list(self._cost)
+
     def touch(self, key: str) -> None:
         if key in self._cost:
             self._cost.move_to_end(key)

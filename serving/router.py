@@ -2,7 +2,8 @@
 
 ``BackendRouter`` is itself a Backend. Deploying a version on another backend than the one it
 runs on deploys it there first, switches calls over, then undeploys it from the old one: no
-call finds it missing.
+call finds it missing (a call that had reached the old backend just before it let go, and
+finds the version gone there, runs again on the new one).
 """
 
 from __future__ import annotations
@@ -55,7 +56,13 @@ class BackendRouter:
         where = self._where.get(key)
         if where is None:
             raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
-        return await self.backends[where].infer(key, inputs)
+        try:
+            return await self.backends[where].infer(key, inputs)
+        except NotFound:
+            moved = self._where.get(key)
+            if moved is None or moved == where:
+                raise
+            return await self.backends[moved].infer(key, inputs)  # it moved meanwhile
 
     async def close(self) -> None:
         for backend in self.backends.values():

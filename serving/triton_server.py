@@ -10,7 +10,10 @@ stub, whose output tensors then arrive empty.)
 
 Everything it writes lives under ``workspace``: the server's files (the binary tree, with the
 stub of this Python version in ``backends/python``), the model repository and its log. It runs
-in explicit model-control mode, its HTTP and gRPC ports on loopback, no metrics port.
+in explicit model-control mode, its HTTP and gRPC ports on loopback, no metrics port, and
+without config auto-completion: the repository's ``config.pbtxt`` files are complete, and
+auto-completing a python-backend model starts one more stub process per load (which imports
+numpy and onnxruntime: ~1.5 s of a ~1.9 s load here; ~0.4 s without it).
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class TritonProcess:
             f"--cache-directory={tree / 'caches'}",
             "--exit-timeout-secs=5",
             "--strict-readiness=false",
+            "--disable-auto-complete-config",
             "--log-verbose=0",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix()}",
             f"--backend-config=python,shm-default-byte-size={SHM_BYTES}",

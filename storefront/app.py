@@ -41,7 +41,7 @@ from .routes import (
     v2,
 )
 from .security import hash_password
-from .services import Services
+from .services import Services, redis_ping
 from .workers import metrics_registry
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, Any]:
         svc: Services = app.state.services
-        await svc.redis.ping()
+        await redis_ping(svc.redis)
         return {"status": "ok", "backend": svc.backend.name}
 
     @app.get("/metrics", tags=["ops"])

@@ -14,6 +14,7 @@ from serving import Manifest, NotFound
 
 from .lifecycle import version_state
 from .models import Account, Listing, ListingVersion
+from .publishing import seller_findings
 from .ratings import rating_json
 
 SORTS = ("newest", "popular", "price", "latency", "title", "rating")
@@ -174,7 +175,8 @@ def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:
         })
         entry["versions"].append({
             "version": lv.version, "status": lv.status, "review_reason": lv.review_reason,
-            "findings": json.loads(lv.findings or "[]"), "license": lv.license,
+            "findings": seller_findings(json.loads(lv.findings or "[]")),
+            "license": lv.license,
             "latency_ms": round(lv.latency_us / 1000, 3), "price_per_call": format_usd(lv.price),
             "created_at": lv.created_at.isoformat(),
             "deprecated": lv.deprecated_at is not None,

@@ -248,8 +248,10 @@ def ledger_flush(
 
         threading.Thread(target=watch, daemon=True).start()
     with ledger_parts(settings) as (_, _, flusher):
-        typer.echo(f"flushing {flusher.stream} into the ledger as {flusher.consumer}")
-        flusher.run(stop, block_ms=settings.flush_interval_ms)
+        typer.echo(f"flushing {len(flusher.streams)} streams into the ledger as "
+                   f"{flusher.consumer}")
+        flusher.run(stop, block_ms=settings.flush_interval_ms,
+                    gather_ms=settings.flush_gather_ms)
 
 
 @ledger.command("reconcile")
@@ -268,9 +270,13 @@ def ledger_reconcile(
 
     settings = Settings()
     with ledger_parts(settings) as (client, engine, flusher):
-        checked, drifts = reconcile(client, engine, flusher,
-                                    namespace=settings.redis_namespace, repair=repair)
+        checked, drifts, busy = reconcile(client, engine, flusher,
+                                          namespace=settings.redis_namespace, repair=repair)
     console = Console()
+    if busy:
+        console.print(f"{len(busy)} accounts kept changing while they were read (calls in "
+                      f"flight) and were not compared: run again when traffic is quieter "
+                      f"(accounts {', '.join(map(str, busy[:20]))}).")
     if not drifts:
         console.print(f"{checked} accounts checked: Redis agrees with the ledger.")
         return

@@ -1,7 +1,9 @@
-"""``aimarket trace``: which licence a leaked model file was exported under."""
+"""``aimarket trace``: which licence a leaked model file was exported under; ``aimarket kit
+sync``: post a kit's edge-call receipts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +14,37 @@ import typer
 
 def register(app: typer.Typer, token_of: Callable[..., str],
              check: Callable[[httpx.Response], None], default_url: str) -> None:
-    """Add the ``trace`` verb to the ``aimarket`` command (same connection options as the
-    other HTTP verbs)."""
+    """Add the ``trace`` verb and ``kit sync`` to the ``aimarket`` command (same connection
+    options as the other HTTP verbs)."""
+    kit = typer.Typer(help="Nano Kit / Jetson Orin bundles on the device", no_args_is_help=True)
+    app.add_typer(kit, name="kit")
+
+    @kit.command("sync")
+    def sync(
+        folder: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                               help="The unpacked bundle the runner runs in")],
+        url: Annotated[str, typer.Option(envvar="AIMARKET_URL")] = default_url,
+    ) -> None:
+        """Post the receipts the kit's runner wrote (usage/receipts/) that the marketplace has
+        not accepted yet; they are charged per edge call. No login: each is signed with the
+        export's own key. Exits 1 when the marketplace refuses them (the reason is printed)."""
+        from export import receipts
+
+        info = json.loads((folder / "edge.json").read_text())
+        todo = receipts.pending(folder)
+        if not todo:
+            typer.echo(f"{folder}: no new receipts")
+            return
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for i in range(0, len(todo), 500):
+                part = todo[i:i + 500]
+                r = client.post("/v1/edge-usage",
+                                json={"license_id": info["license_id"], "receipts": part})
+                check(r)
+                receipts.mark_synced(folder, part[-1]["seq"])
+                got = r.json()
+                typer.echo(f"receipts {part[0]['seq']}..{part[-1]['seq']}: {got['calls']} "
+                           f"edge calls, charged {got['charged']} USD")
 
     @app.command()
     def trace(

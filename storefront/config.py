@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from metering import to_micro
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
     redis_url: str | None = Field(None, description="Redis URL; default an embedded Valkey server")
     redis_namespace: str = Field("am:", description="Prefix of every Redis key aimarket writes")
+    redis_cluster: bool = Field(
+        False, description="redis_url is a node of a Redis Cluster (the client finds the "
+        "others): metering runs on the cluster, its keys sharded by hash tags"
+    )
     serving_backend: Literal["local", "ray", "triton"] = Field(
         "local", description="Engine that runs models: local onnxruntime, Ray Serve or Triton"
     )
@@ -72,8 +76,9 @@ class Settings(BaseSettings):
         "0 runs every model on the thread pool",
     )
     model_memory_mb: int = Field(
-        0, ge=0, description="Memory the local backend's loaded models may take per process "
-        "(MB, estimated as model file size x 2); beyond it the least recently used are "
+        0, ge=0, description="Memory the local backend's loaded models (and the versions "
+        "loaded in Triton) may take per process (MB, estimated as model file size x 2, plus "
+        "a python-backend stub per Triton instance); beyond it the least recently used are "
         "unloaded and reload on their next call. 0: half of this machine's memory",
     )
     model_load_wait_s: float = Field(
@@ -91,7 +96,7 @@ class Settings(BaseSettings):
         120, gt=0, description="Refund reservations older than this (s)"
     )
     meter_leases: bool = Field(
-        False, description="Decide paid calls from per-process leases of credit and rate "
+        True, description="Decide paid calls from per-process leases of credit and rate "
         "(one Redis round trip shared by many calls); off: two scripts per call"
     )
     run_flusher: bool = Field(
@@ -104,6 +109,10 @@ class Settings(BaseSettings):
         30_000, ge=100, description="Reclaim events a dead flusher left pending after this (ms)"
     )
     flush_interval_ms: int = Field(250, ge=10, description="Ledger flusher's longest wait")
+    flush_gather_ms: int = Field(
+        100, ge=0, le=10_000, description="Ledger flusher's cycle under light traffic: events "
+        "gather this long into one ledger transaction (0: flush as soon as any arrive)"
+    )
     stripe_api_key: SecretStr | None = Field(
         None, description="Stripe secret key: turns on Stripe mode (else ledger-only billing)"
     )
@@ -186,6 +195,14 @@ class Settings(BaseSettings):
                 "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
             )
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_url(self) -> Settings:
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("AIMARKET_REDIS_CLUSTER needs AIMARKET_REDIS_URL: a node of the "
+                             "cluster, e.g. redis://10.0.0.5:7000 (the embedded Valkey is one "
+                             "server, not a cluster)")
+        return self
 
     @field_validator("postpaid_credit_line")
     @classmethod

@@ -62,20 +62,18 @@ def parse_model(data: bytes) -> onnx.ModelProto:
     return model
 
 
-def trace(db: Session, data_dir: Path, key: bytes, suspect: bytes,
-          account: Account) -> dict[str, Any]:
-    """Which licence a model file carries the mark of. Only an admin or the seller of the
-    matched listing learns the match; anyone else (and any unmarked or foreign model) gets
-    ``traced: false``."""
-    parse_model(suspect)
-    versions = db.execute(
-        select(ListingVersion, Listing)
-        .join(Listing, Listing.id == ListingVersion.listing_id)
-        .where(ListingVersion.id.in_(select(Export.listing_version_id)
-                                     .where(Export.watermarked.is_(True))))
-    ).all()
+def find_mark(db: Session, data_dir: Path, key: bytes, suspect: bytes,
+              listing_ids: set[int] | None = None) -> dict[str, Any] | None:
+    """The licence whose mark ``suspect`` carries, among the watermarked exports (of
+    ``listing_ids`` only, when given): licence id, licensee, listing, z and confidence."""
+    query = (select(ListingVersion, Listing)
+             .join(Listing, Listing.id == ListingVersion.listing_id)
+             .where(ListingVersion.id.in_(select(Export.listing_version_id)
+                                          .where(Export.watermarked.is_(True)))))
+    if listing_ids is not None:
+        query = query.where(Listing.id.in_(listing_ids))
     candidates, best = 0, None
-    for lv, listing in versions:
+    for lv, listing in db.execute(query).all():
         path = model_path(data_dir, lv.model_sha256)
         if not path.exists():
             continue
@@ -84,20 +82,34 @@ def trace(db: Session, data_dir: Path, key: bytes, suspect: bytes,
             .join(Account, Account.id == Export.buyer_id)
             .where(Export.listing_version_id == lv.id, Export.watermarked.is_(True))
         ).all()
-        candidates += len(licences)
+        candidates += len(licences) * watermark.VARIANTS
         found = watermark.detect(path.read_bytes(), suspect, key, [lid for lid, _ in licences])
         if found is not None and (best is None or found.z > best[0].z):
             best = (found, dict(licences)[found.license_id], listing)
+    if best is None:
+        return None
+    found, licensee, listing = best
+    return {"license_id": found.license_id, "licensee": licensee, "listing": listing,
+            "z": found.z, "confidence": watermark.confidence(found.z, candidates)}
+
+
+def trace(db: Session, data_dir: Path, key: bytes, suspect: bytes,
+          account: Account) -> dict[str, Any]:
+    """Which licence a model file carries the mark of. Only an admin or the seller of the
+    matched listing learns the match; anyone else (and any unmarked or foreign model) gets
+    ``traced: false``."""
+    parse_model(suspect)
+    best = find_mark(db, data_dir, key, suspect)
     untraced = {"traced": False, "license_id": None, "licensee": None, "listing": None,
                 "confidence": 0.0, "score": None}
     if best is None:
         return untraced
-    found, licensee, listing = best
+    listing = best["listing"]
     if account.role != "admin" and listing.seller_id != account.id:
         return untraced
-    return {"traced": True, "license_id": found.license_id, "licensee": licensee,
-            "listing": listing.slug, "confidence": watermark.confidence(found.z, candidates),
-            "score": round(found.z, 2)}
+    return {"traced": True, "license_id": best["license_id"], "licensee": best["licensee"],
+            "listing": listing.slug, "confidence": best["confidence"],
+            "score": round(best["z"], 2)}
 
 
 def compatibility(data_dir: Path, lv: ListingVersion, listing_id: int) -> list[dict[str, Any]]:

@@ -100,7 +100,9 @@ async def paid_call(
 ) -> Response:
     svc: Services = request.app.state.services
     started = time.perf_counter()
-    request_id = os.urandom(16).hex()  # as random as uuid4().hex, a tenth of its cost
+    # time-ordered (microseconds, then 72 random bits): the ledger's primary key grows at its
+    # end, as cheap to insert as a sequence; a tenth of uuid4().hex's cost
+    request_id = f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}"
     try:
         # 1 authenticate, find the live version, validate input: nothing is reserved yet
         key = await svc.keys.authenticate(request.headers.get("authorization"))

@@ -181,6 +181,26 @@ class Export(Base):
     watermarked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+class EdgeReceipt(Base):
+    """One accepted usage receipt of a kit (export/receipts.py): the chain of an export, in
+    order; (export, seq) is unique, so a receipt is accepted and charged once."""
+
+    __tablename__ = "edge_receipts"
+    __table_args__ = (UniqueConstraint("export_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    export_id: Mapped[str] = mapped_column(ForeignKey("exports.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    counter: Mapped[int] = mapped_column(BigInteger)
+    period_start: Mapped[str] = mapped_column(String(40))
+    period_end: Mapped[str] = mapped_column(String(40))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(120))
+    event_id: Mapped[str] = mapped_column(String(80))  # the usage event (kind edge) it is in
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class KitOrder(Base):
     __tablename__ = "kit_orders"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -9,6 +9,7 @@ from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 from sqlalchemy import Engine
 
 from billing import Billing
@@ -51,14 +52,14 @@ def redis_server(settings: Settings) -> Iterator[str]:
 
 @contextmanager
 def ledger_parts(settings: Settings, redis_url: str | None = None
-                 ) -> Iterator[tuple[redis.Redis, Engine, Flusher]]:
+                 ) -> Iterator[tuple[redis.Redis | RedisCluster, Engine, Flusher]]:
     """(Redis client, ledger engine, flusher) for ``redis_url`` or the configured or embedded
     servers; the embedded Redis is started for the duration when `aimarket up` is not
     running."""
     engine = make_engine(settings.sqlalchemy_url)
     migrate(engine)
     with nullcontext(redis_url) if redis_url else redis_server(settings) as url:
-        client = sync_redis(url)
+        client = sync_redis(url, cluster=settings.redis_cluster)
         try:
             yield client, engine, build_flusher(settings, client, engine)
         finally:
@@ -71,7 +72,7 @@ async def run_billing(settings: Settings, job: Callable[[Billing], Awaitable[T]]
     ledger's stream is flushed first so the usage it reports is complete."""
     with redis_server(settings) as url, ledger_parts(settings, url) as (_, engine, flusher):
         await asyncio.to_thread(flusher.drain)
-        aclient = async_redis(url)
+        aclient = async_redis(url, cluster=settings.redis_cluster)
         try:
             return await job(build_billing(settings, engine, build_meter(settings, aclient,
                                                                           engine)))

@@ -65,9 +65,13 @@ def cold_start_ms(backend: Backend, key: str) -> float | None:
 
 
 def batching_view(backend: Backend, key: str) -> dict[str, Any] | None:
-    """The local backend's batching counters of ``key`` in this process (None: not batched)."""
-    local = _runs_here(backend, key)
-    stats = None if local is None else local.batch_stats(key)
+    """The batching counters of ``key`` in this process, where the local backend batches it
+    or the triton backend coalesces its calls (None: not batched)."""
+    if isinstance(backend, BackendRouter):
+        where = backend.backend_of(key)
+        backend = backend.backends[where] if where else backend
+    stats_of = getattr(backend, "batch_stats", None)
+    stats = stats_of(key) if callable(stats_of) else None
     return None if stats is None else asdict(stats)
 
 

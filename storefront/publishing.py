@@ -25,6 +25,7 @@ from metering import to_micro
 from serving import BadRequest, Forbidden, InvalidInput, Manifest, PayloadTooLarge
 from serving.review import COPY_SCORE, intake, similarity
 
+from . import edge
 from .models import Account, Listing, ListingVersion
 from .registry import model_path
 
@@ -71,8 +72,11 @@ class Submission:
     slug: str | None = None
 
 
-def publish(db: Session, settings: Any, seller: Account, sub: Submission) -> Published:
-    """Review an upload automatically, store it and add a version pending moderation."""
+def publish(db: Session, settings: Any, seller: Account, sub: Submission,
+            mark_key: bytes | None = None) -> Published:
+    """Review an upload automatically, store it and add a version pending moderation. With
+    ``mark_key`` (the watermark key), an upload that copies a listing is also checked for the
+    mark of one of its exports' licences (a leaked export re-uploaded)."""
     if not sub.attested:
         raise InvalidInput(
             "attest that you hold the rights to publish this model: send attest_rights=true",
@@ -95,7 +99,10 @@ def publish(db: Session, settings: Any, seller: Account, sub: Submission) -> Pub
                            code="license_required")
     digest = store_model(settings.data_dir, accepted.data)
     listing = _target_listing(db, seller, manifest, sub.slug)
-    findings = accepted.findings + copy_findings(db, seller, accepted)
+    copies = copy_findings(db, seller, accepted)
+    findings = accepted.findings + copies
+    if copies and mark_key is not None:
+        findings += leak_findings(db, settings.data_dir, mark_key, accepted.data, copies)
     last = db.execute(
         select(func.max(ListingVersion.version)).where(ListingVersion.listing_id == listing.id)
     ).scalar_one()
@@ -112,7 +119,41 @@ def publish(db: Session, settings: Any, seller: Account, sub: Submission) -> Pub
     )
     db.add(lv)
     db.commit()
-    return Published(listing.slug, lv.version, lv.status, lv.latency_us, digest, findings)
+    return Published(listing.slug, lv.version, lv.status, lv.latency_us, digest,
+                     seller_findings(findings))
+
+
+MODERATOR = "moderator"  # a finding's audience: shown to moderators, never to the uploader
+
+
+def seller_findings(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The review findings the uploader may read (not who leaked a model)."""
+    return [f for f in findings if f.get("audience") != MODERATOR]
+
+
+def leak_findings(db: Session, data_dir: Path, key: bytes, data: bytes,
+                  copies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A copy that carries the watermark of a licence of the copied listing: name the licence
+    and its licensee to the moderator (only the moderator: the uploader may be the leaker,
+    or someone they passed it to)."""
+    slugs = {c["evidence"]["listing"] for c in copies} | (
+        {None} if any(c["evidence"]["unreleased"] for c in copies) else set())
+    query = select(Listing.id).where(Listing.slug.in_([s for s in slugs if s]))
+    ids = set(db.execute(query).scalars())
+    if None in slugs:  # an unreleased listing matched: look at every listing's exports
+        found = edge.find_mark(db, data_dir, key, data)
+    else:
+        found = edge.find_mark(db, data_dir, key, data, ids) if ids else None
+    if found is None:
+        return []
+    return [{
+        "code": "leaked_export", "audience": MODERATOR,
+        "message": f"carries the watermark of export licence {found['license_id']} of "
+                   f"{found['listing'].slug}, sold to {found['licensee']} "
+                   f"(confidence {found['confidence']:.6f})",
+        "evidence": {"license_id": found["license_id"], "licensee": found["licensee"],
+                     "listing": found["listing"].slug, "z": round(found["z"], 2)},
+    }]
 
 
 def copy_findings(db: Session, seller: Account, accepted: Any) -> list[dict[str, Any]]:
@@ -240,4 +281,4 @@ async def read_upload(
 def publish_upload(svc: Any, seller: Account, sub: Submission) -> Published:
     """:func:`publish` in a session of its own (for a worker thread)."""
     with svc.sessions() as db:
-        return publish(db, svc.settings, seller, sub)
+        return publish(db, svc.settings, seller, sub, mark_key=edge.watermark_key(svc.signer))

@@ -16,8 +16,10 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster as SyncCluster
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -36,22 +38,41 @@ from .registry import Registry
 log = logging.getLogger(__name__)
 
 
-def async_redis(url: str) -> aioredis.Redis:
+def async_redis(url: str, *, cluster: bool = False) -> aioredis.Redis | AsyncCluster:
     """The hot path's client: short timeouts, no automatic retries (a command that may have
     run is never sent twice; a failed call answers 503 and its hold is refunded by release
-    or by the flusher's sweep)."""
+    or by the flusher's sweep). With ``cluster`` a Redis Cluster client that follows MOVED
+    and ASK (the redirected command did not run) but retries nothing else."""
+    if cluster:
+        return AsyncCluster.from_url(
+            url, socket_timeout=2, socket_connect_timeout=0.5, max_connections=256,
+            retry=Retry(NoBackoff(), 0), require_full_coverage=False,
+        )
     return aioredis.Redis.from_url(
         url, socket_timeout=2, socket_connect_timeout=0.5, max_connections=256,
         retry=Retry(NoBackoff(), 0),
     )
 
 
-def sync_redis(url: str) -> redis.Redis:
+def sync_redis(url: str, *, cluster: bool = False) -> redis.Redis | SyncCluster:
     """The flusher's and the operator commands' client."""
+    if cluster:
+        return SyncCluster.from_url(url, socket_timeout=10, socket_connect_timeout=1,
+                                    require_full_coverage=False)
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=1)
 
 
-def build_meter(settings: Settings, client: aioredis.Redis, engine: Engine) -> Meter:
+async def redis_ping(client: aioredis.Redis | AsyncCluster) -> bool:
+    """Readiness of the metering Redis: the server answers; on a cluster, one primary does
+    (one that is away refuses only the calls of the accounts in its shards, so a gateway
+    stays in service for the others)."""
+    if isinstance(client, AsyncCluster):
+        return bool(await client.ping(target_nodes=AsyncCluster.RANDOM))
+    return bool(await client.ping())
+
+
+def build_meter(settings: Settings, client: aioredis.Redis | AsyncCluster, engine: Engine
+                ) -> Meter:
     """The meter on ``client``, rebuilding missing counters from the ledger on ``engine``."""
     async def load_snapshot(account_id: int) -> Snapshot:
         return await run_in_threadpool(snapshot, engine, account_id)
@@ -60,7 +81,8 @@ def build_meter(settings: Settings, client: aioredis.Redis, engine: Engine) -> M
                  namespace=settings.redis_namespace, leases=settings.meter_leases)
 
 
-def build_flusher(settings: Settings, client: redis.Redis, engine: Engine) -> Flusher:
+def build_flusher(settings: Settings, client: redis.Redis | SyncCluster, engine: Engine
+                  ) -> Flusher:
     return Flusher(client, engine, namespace=settings.redis_namespace,
                    hold_timeout_s=settings.hold_timeout_s,
                    claim_idle_ms=settings.flush_claim_idle_ms)
@@ -116,8 +138,8 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    redis: aioredis.Redis
-    redis_sync: SyncRedis
+    redis: aioredis.Redis | AsyncCluster
+    redis_sync: SyncRedis | SyncCluster
     redis_url: str
     meter: Meter
     demos: DemoMeter
@@ -147,7 +169,8 @@ class Services:
             refuse_if_in_use(settings)
             embedded = EmbeddedRedis(settings.data_dir)
             url = await run_in_threadpool(embedded.start)
-        client, sync_client = async_redis(url), sync_redis(url)
+        cluster = settings.redis_cluster
+        client, sync_client = async_redis(url, cluster=cluster), sync_redis(url, cluster=cluster)
         meter = build_meter(settings, client, engine)
         backend = build_backend(settings)
         await backend.start()
@@ -174,7 +197,8 @@ class Services:
             return
         self._thread = threading.Thread(
             target=self.flusher.run, args=(self._stop,),
-            kwargs={"block_ms": self.settings.flush_interval_ms}, name="ledger-flusher",
+            kwargs={"block_ms": self.settings.flush_interval_ms,
+                    "gather_ms": self.settings.flush_gather_ms}, name="ledger-flusher",
             daemon=True,
         )
         self._thread.start()

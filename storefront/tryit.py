@@ -10,17 +10,25 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from metering import DEMO, CallSpec, Reservation
 from metering.metrics import CALLS, ERRORS, LATENCY
 from serving import AimarketError, TooManyRequests, postprocess, prepare_call
 
+from .registry import LiveVersion
 from .services import Services
 from .throttle import check_demo
+
+# What a demo call does with the prepared inputs once its demo slot and hold are taken:
+# (live version, model inputs, postprocess context) -> the answer. By default the hosted
+# model's answer; "Compare with the export" runs the export beside it.
+DemoRun = Callable[[LiveVersion, dict[str, np.ndarray], Any], Awaitable[dict[str, Any]]]
 
 ANONYMOUS = 0  # the account id demo events of visitors who are not signed in carry
 
@@ -38,9 +46,10 @@ class Visitor:
         return hashlib.sha256(who.encode()).hexdigest()[:24]
 
 
-async def demo_call(svc: Services, slug: str, payload: Any, visitor: Visitor
-                    ) -> dict[str, Any]:
-    """Run one demo call; the answer carries the predictions and what the visitor has left."""
+async def demo_call(svc: Services, slug: str, payload: Any, visitor: Visitor,
+                    run: DemoRun | None = None) -> dict[str, Any]:
+    """Run one demo call; the answer carries the predictions (or what ``run`` answers) and
+    what the visitor has left."""
     started = time.perf_counter()
     request_id = uuid.uuid4().hex
     settings = svc.settings
@@ -62,8 +71,12 @@ async def demo_call(svc: Services, slug: str, payload: Any, visitor: Visitor
                     "try again in a moment", code="demo_busy", headers={"Retry-After": "1"})
             async with svc.demos.hold(call, visitor.quota_key, limit, started=started,
                                       refuse=lambda _: _quota_used_up(limit)) as res:
-                outputs = await svc.backend.infer(live.ref.key, inputs)
-                answer = await run_in_threadpool(postprocess, live.manifest, outputs, context)
+                if run is None:
+                    outputs = await svc.backend.infer(live.ref.key, inputs)
+                    answer = await run_in_threadpool(postprocess, live.manifest, outputs,
+                                                     context)
+                else:
+                    answer = await run(live, inputs, context)
     except AimarketError as exc:
         ERRORS.labels(exc.code).inc()
         raise

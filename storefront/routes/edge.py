@@ -12,12 +12,16 @@ from starlette.concurrency import run_in_threadpool
 from export import calibration
 from serving import BadRequest, Forbidden, InvalidInput, Manifest, PayloadTooLarge
 
-from .. import edge
+from .. import compare, edge, edge_usage
 from ..deps import CurrentAccount, Seller, ServicesDep, SessionDep
+from ..throttle import request_address
+from ..tryit import Visitor
+from ..web.session import account_id
 from .exports import _listing
 
 router = APIRouter(tags=["exports"])
 MAX_CALIBRATION_MB = 64
+MAX_COMPARE_MB = 32  # as the paid call's bodies
 
 
 async def _body(request: Request, limit_mb: int, part: str) -> bytes:
@@ -98,3 +102,52 @@ async def export_compatibility(slug: str, svc: ServicesDep) -> dict[str, Any]:
         rows = await run_in_threadpool(edge.compatibility, svc.settings.data_dir, lv,
                                        listing.id)
         return {"slug": slug, "version": lv.version, "targets": rows}
+
+
+@router.post("/v1/models/{slug}/compare")
+async def compare_with_export(slug: str, request: Request, svc: ServicesDep) -> dict[str, Any]:
+    """"Compare with the export": JSON ``{"target", "precision"?, "input": <the task's request
+    body>}``. Runs the target's export (fp16 / int8 on onnxruntime) beside the hosted model
+    on the input and answers ``hosted``, ``export`` and their ``difference``; metered as one
+    demo call (signed-in buyers' free trial calls first, then the daily demo quota)."""
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        raise InvalidInput("send JSON: {\"target\", \"precision\", \"input\"}",
+                           code="invalid_json")
+    raw = await request.body()
+    if len(raw) > MAX_COMPARE_MB * 1024 * 1024:
+        raise PayloadTooLarge(f"bodies are limited to {MAX_COMPARE_MB} MB")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput("the body is not JSON", code="invalid_json") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("input"), dict):
+        raise InvalidInput("give 'input': the request body the model's /predict takes, and "
+                           "'target' (and 'precision')", code="invalid_input")
+    visitor = Visitor(await run_in_threadpool(account_id, request, svc),
+                      request_address(request, svc))
+    return await compare.compare_call(svc, slug, doc.get("target"), doc.get("precision"),
+                                      doc["input"], visitor)
+
+
+@router.post("/v1/edge-usage")
+async def edge_usage_receipts(request: Request, svc: ServicesDep) -> dict[str, Any]:
+    """A kit's usage receipts (``{"license_id", "receipts": [...]}``, what ``aimarket kit
+    sync`` sends): verified against the export's chain and charged to its buyer once (ledger
+    kind ``edge``). No login: each receipt carries the export's own Ed25519 signature. A
+    forged receipt is 422 ``receipt_forged``; a replayed, reordered or gapped one 409
+    (``receipt_replayed``, ``receipt_out_of_order``, ``receipt_gap``); no credit 402."""
+    raw = await request.body()
+    if len(raw) > MAX_COMPARE_MB * 1024 * 1024:
+        raise PayloadTooLarge(f"bodies are limited to {MAX_COMPARE_MB} MB")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput("the body is not JSON", code="invalid_json") from exc
+    return await edge_usage.submit(svc, doc)
+
+
+@router.get("/v1/edge-usage/{license_id}")
+async def edge_usage_chain(license_id: str, account: CurrentAccount,
+                           svc: ServicesDep) -> dict[str, Any]:
+    """How far an export's receipt chain got (its buyer, the listing's seller, an admin)."""
+    return await run_in_threadpool(edge_usage.chain, svc, license_id, account)

@@ -17,6 +17,7 @@ from serving import ServiceUnavailable, v2_model_metadata
 from .. import VERSION
 from ..deps import Id, ServicesDep
 from ..registry import LiveVersion
+from ..services import redis_ping
 
 router = APIRouter(tags=["inference"])
 
@@ -29,7 +30,7 @@ async def live() -> dict[str, bool]:
 @router.get("/v2/health/ready")
 async def ready(svc: ServicesDep) -> dict[str, bool]:
     try:
-        await svc.redis.ping()
+        await redis_ping(svc.redis)
     except Exception as exc:
         raise ServiceUnavailable("metering is unavailable", code="metering_unavailable") from exc
     return {"ready": True}

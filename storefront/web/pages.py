@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -70,10 +71,36 @@ def model_page(request: Request, slug: str, error: str = "", done: str = "") -> 
         reviews = ratings.page_reviews(db, slug, account)
     base = str(request.base_url).rstrip("/")
     cold = preload.cold_start_ms(svc.backend, model_key(slug, info["version"]))
+    table = edge.page_table(svc, slug)
     return page(request, "model.html", account, m=info, manifest=manifest,
                 snippets=snippets.snippets(base, slug, manifest), cold_start_ms=cold,
-                export_compat=edge.page_table(svc, slug), reviews=reviews,
+                export_compat=table, compare=compare_form(manifest, table), reviews=reviews,
                 error=error[:300], done=done[:100])
+
+
+def compare_form(manifest: Any, table: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """What the "Compare with the export" box offers: the exports this model has (target,
+    precision, agreement at review), the input control of its task and an example body."""
+    if not table:
+        return None
+    choices = [{"value": f"{row['target']}:{p}", "label": f"{row['target']} {p}"
+                + (f" (agreement at review {r['agreement']:.2%})" if row["measure"]
+                   == "top1_agreement" else f" (max |diff| at review {r['max_abs_diff']:.3g})")}
+               for row in table if row["target"] != "onnx"
+               for p, r in row["results"].items()]
+    if not choices:
+        return None
+    task = manifest.task
+    control = ("image" if task in ("image-classification", "object-detection",
+                                   "image-segmentation")
+               else "audio" if task == "audio-classification"
+               else "text" if task in ("text-classification", "text-embedding") else "json")
+    example = None
+    if control == "json" and manifest.examples:
+        from export.calibration import example_payload
+
+        example = json.dumps(example_payload(manifest, manifest.examples[0]))
+    return {"choices": choices, "control": control, "example": example}
 
 
 @router.get("/login")

@@ -229,6 +229,27 @@ def test_postpaid_buyer_calls_without_credit_and_usage_reaches_stripe_once(bill,
     assert st["month"] == month
 
 
+def test_edge_calls_of_a_postpaid_buyer_reach_stripe_like_hosted_ones(bill, stripe_srv):
+    from storefront.models import Account
+
+    addr, token = signup(bill, "buyer")
+    key = new_key(bill, token)
+    customer = go_postpaid(bill, stripe_srv, token)
+    svc(bill).keys._cache.clear()
+    call = {"headers": bearer(key), "json": v2_body([DIGIT_ZERO])}
+    for _ in range(7):  # 5 trial calls, then 2 paid ones
+        assert bill.post("/v2/models/handwritten-digits/infer", **call).status_code == 200
+    svc(bill).flusher.drain()
+    with svc(bill).sessions() as db:
+        aid = db.execute(select(Account.id).where(Account.email == addr)).scalar_one()
+    edge = 30 * 1500  # a kit's verified receipts: 30 calls at 0.0015 USD, one ledger event
+    share, fee = split(edge, 2000)
+    write_events(svc(bill).engine, [Event(f"edge-{uuid.uuid4().hex}", aid, None, 1, 1, 1,
+                                          "edge", edge, share, fee, 0, int(time.time() * 1000))])
+    assert sync(bill).reports_sent == 1
+    assert stripe_srv.meter_totals(METER_EVENT)[customer] == 2 * 2000 + edge
+
+
 def test_credit_line_bounds_unreported_postpaid_usage(bill, stripe_srv):
     from billing import BillingProfile
     from storefront.models import Account

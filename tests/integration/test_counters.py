@@ -72,9 +72,10 @@ async def test_calls_served_equals_the_ledger_rows_after_flushes_and_redelivery(
     assert await meter.commit(export, latency_us=5)
     sync = redis.Redis.from_url(stack["redis"])
     dead = Flusher(sync, engine, namespace=ns, consumer="dead", claim_idle_ms=0, batch=10)
-    dead._ensure_group()
+    stream = meter.names.stream(meter.names.shard(acct))  # the account's shard
+    dead._ensure_group(stream)
     # a flusher reads a batch and dies before acknowledging it; another claims and writes it
-    stranded = sync.xreadgroup(dead.group, "dead", {dead.stream: ">"}, count=10)
+    stranded = sync.xreadgroup(dead.group, "dead", {stream: ">"}, count=10)
     live = Flusher(sync, engine, namespace=ns, consumer="live", claim_idle_ms=0, batch=7)
     assert live.drain() == 29
     assert _counter(engine, listing) == _ledger_calls(engine, listing) == 28

@@ -166,7 +166,9 @@ def _scenario(url: str, env: dict[str, str], red: KillableRedis, data: Path) -> 
     # (the sweeper refunds those after AIMARKET_HOLD_TIMEOUT_S)
     import redis
 
-    held = sum(int(m.split(b"|")[1]) for m in
-               redis.Redis(port=red.port).hvals("am:holds") if m.startswith(b"paid|"))
+    from metering.keys import Keys
+
+    held = sum(int(m.split(b"|")[1]) for holds, _ in Keys("am:").hold_sets for m in
+               redis.Redis(port=red.port).hvals(holds) if m.startswith(b"paid|"))
     me = c.get("/v1/account", headers=buyer).json()
     assert me["credits"] == format_usd(100_000_000 - paid * 2000 - held)

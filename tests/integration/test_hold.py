@@ -63,7 +63,7 @@ def refuse(res):
 
 
 async def events(meter: Meter) -> list[Event]:
-    return [e for _, fields in await meter.redis.xrange(meter.stream)
+    return [e for stream in meter.names.streams for _, fields in await meter.redis.xrange(stream)
             for e in Event.from_entry(fields)]
 
 

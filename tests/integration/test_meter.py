@@ -153,9 +153,10 @@ async def test_flusher_writes_each_event_once_even_when_redelivered(meter, engin
         await m.commit(r, latency_us=5)
     sync = redis.Redis.from_url(stack["redis"])
     dead = Flusher(sync, engine, namespace=ns, consumer="dead", claim_idle_ms=0)
-    dead._ensure_group()
+    stream = m.names.stream(m.names.shard(acct))  # the account's shard
+    dead._ensure_group(stream)
     # a flusher reads a batch and dies before acknowledging it
-    sync.xreadgroup(dead.group, "dead", {dead.stream: ">"}, count=8)
+    sync.xreadgroup(dead.group, "dead", {stream: ">"}, count=8)
     live = Flusher(sync, engine, namespace=ns, consumer="live", claim_idle_ms=0)
     assert live.drain() == 20
     # the dead consumer's batch, written again by a replay, changes nothing
@@ -164,7 +165,7 @@ async def test_flusher_writes_each_event_once_even_when_redelivered(meter, engin
     assert write_events(engine, [Event.from_fields({**_fake_fields(acct)})]) == 1
     assert write_events(engine, [Event.from_fields({**_fake_fields(acct)})]) == 0
     assert snapshot(engine, acct).trials == {1: 21}
-    assert sync.xlen(live.stream) == 0
+    assert live.lag() == 0
     await client.aclose()
 
 
@@ -314,16 +315,16 @@ async def test_reconcile_reports_and_repairs_drift_the_ledger_wins(meter, engine
     assert held.kind == "paid"
     sync = redis.Redis.from_url(stack["redis"])
     flusher = Flusher(sync, engine, namespace=ns, consumer="rec")
-    checked, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
+    checked, drifts, _ = reconcile(sync, engine, flusher, namespace=ns, repair=False)
     assert checked >= 1 and not [d for d in drifts if d.account_id == acct]
-    sync.set(f"{ns}c:{acct}", 999_999)  # Redis drifts (a bug, an operator's typo...)
-    sync.set(f"{ns}t:{acct}:1", 0)
-    _, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
+    sync.set(meter.names.credit(acct), 999_999)  # Redis drifts (a bug, an operator's typo...)
+    sync.set(meter.names.trial(acct, 1), 0)
+    _, drifts, _ = reconcile(sync, engine, flusher, namespace=ns, repair=False)
     mine = {d.counter: d for d in drifts if d.account_id == acct}
     assert mine["credits"].redis_value == 999_999 and mine["credits"].ledger_value == 35_000
     assert mine["trial:1"].ledger_value == 1 and not mine["credits"].repaired
-    _, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=True)
+    _, drifts, _ = reconcile(sync, engine, flusher, namespace=ns, repair=True)
     assert all(d.repaired for d in drifts if d.account_id == acct)
     assert await meter.credits(acct) == 35_000  # the ledger's balance minus the hold
-    _, drifts = reconcile(sync, engine, flusher, namespace=ns, repair=False)
+    _, drifts, _ = reconcile(sync, engine, flusher, namespace=ns, repair=False)
     assert not [d for d in drifts if d.account_id == acct]

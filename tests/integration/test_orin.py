@@ -90,6 +90,10 @@ def test_each_demo_model_builds_for_the_orin(slug: str, precision: str, signer: 
     else:
         assert np.array_equal(ours, theirs)
     _check_engine_files(files, precision)
+    # the runner runs the task pipeline: its requirements, with the Orin's pins
+    reqs = files["requirements.txt"].decode().splitlines()
+    assert "onnxruntime>=1.18" in reqs and "numpy>=1.24,<2" in reqs
+    assert {"pydantic>=2.5", "pillow>=10"} <= set(reqs) and "numpy>=1.24" not in reqs
 
 
 def _check_engine_files(files: dict[str, bytes], precision: str) -> None:
@@ -202,11 +206,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the merged task predict.py (issue 14) and the orin runner (issue 18) disagree on the "
-    "request shape: to be reconciled"
-))
+def _wait_post(url: str, proc: subprocess.Popen[bytes], **kw: Any) -> Any:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:  # wait for the runner to listen (not a timing assertion)
+        try:
+            return httpx.post(url, timeout=10, **kw)
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError(proc.communicate()[0].decode()) from None
+            time.sleep(0.1)
+
+
 def test_the_bundles_http_runner_answers_like_the_listed_model(signer: Signer, tmp_path) -> None:
+    """The runner takes what the hosted model takes: the task's body on POST /predict (here
+    the listing's example images, as /v1/models/{slug}/predict), and a v2 tensor body on
+    POST /v2/models/{name}/infer (as /v2/models/{slug}/infer)."""
     import httpx
 
     data, manifest = _digits()
@@ -214,28 +231,34 @@ def test_the_bundles_http_runner_answers_like_the_listed_model(signer: Signer, t
     folder = tmp_path / "kit"
     zipfile.ZipFile(io.BytesIO(bundle.data)).extractall(folder)
     port = _free_port()
+    base = f"http://127.0.0.1:{port}"
     # run.py binds every interface on a kit; here it is started from its folder as on the kit
     proc = subprocess.Popen([sys.executable, "-E", "-s", "run.py", "--port", str(port)], cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         feeds = _examples(manifest)
-        body = {"inputs": {"X": feeds["X"].tolist()}}
-        deadline = time.monotonic() + 60
-        while True:  # wait for the runner to listen (not a timing assertion)
-            try:
-                r = httpx.post(f"http://127.0.0.1:{port}/predict", json=body, timeout=10)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    proc.kill()
-                    raise AssertionError(proc.communicate()[0].decode()) from None
-                time.sleep(0.1)
-        assert r.status_code == 200, r.text
-        labels = [p["label"] for p in r.json()["predictions"]]
         expected = [str(int(i)) for i in _answers(data, manifest, feeds)]
-        assert labels == expected
-        bad = httpx.post(f"http://127.0.0.1:{port}/predict", content=b"{", timeout=10)
-        assert bad.status_code == 422 and bad.json()["error"]["code"]
+        r = _wait_post(f"{base}/predict", proc, json={"images": list(manifest.examples or [])})
+        assert r.status_code == 200, r.text
+        assert [p["label"] for p in r.json()["predictions"]] == expected
+        assert all(0.0 <= p["score"] <= 1.0 for p in r.json()["predictions"])
+        x = feeds["X"]
+        v2 = {"inputs": [{"name": "X", "shape": list(x.shape), "datatype": "FP32",
+                          "data": x.reshape(-1).tolist()}]}
+        r = httpx.post(f"{base}/v2/models/digits/infer", json=v2, timeout=10)
+        assert r.status_code == 200, r.text
+        outs = {o["name"]: o for o in r.json()["outputs"]}
+        assert set(outs) == {t.name for t in manifest.outputs}
+        assert [str(int(i)) for i in outs[manifest.outputs[0].name]["data"]] == expected
+        assert r.json()["model_name"] == "digits"
+        # a tensor body on the task route is refused as the hosted /predict refuses it
+        r = httpx.post(f"{base}/predict", json={"inputs": {"X": x.tolist()}}, timeout=10)
+        assert r.status_code == 422 and "image" in r.json()["error"]["message"]
+        for path, body in (("/predict", b"{"), ("/v2/models/digits/infer", b'{"inputs": 3}')):
+            bad = httpx.post(f"{base}{path}", content=body, timeout=10)
+            assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+        assert httpx.post(f"{base}/nope", json={}, timeout=10).status_code == 404
+        assert httpx.get(f"{base}/health", timeout=10).json() == {"status": "ok"}
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -199,10 +199,6 @@ def test_live_listings_deploy_at_start_spread_over_both_nodes_and_both_gateways_
     gateways.update(b=url_b, slug=slug, app=app, key=key, buyer=addr)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "reconcile showed credit drift after the node loss on the merged tree: under "
-    "investigation"
-))
 def test_losing_a_node_mid_traffic_charges_nothing_it_did_not_answer(
         cluster: Cluster, gateways: dict[str, Any]) -> None:
     slug, app, key = gateways["slug"], gateways["app"], gateways["key"]

@@ -78,7 +78,7 @@ def test_the_seller_page_and_api(client):
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"] + (["postgresql"] if HAVE_PG else []))
-def test_migration_0012_backfills_unique_handles_and_goes_down_again(dialect, tmp_path):
+def test_migration_0013_backfills_unique_handles_and_goes_down_again(dialect, tmp_path):
     if dialect == "sqlite":
         url, drop = f"sqlite:///{tmp_path / 'm.db'}", None
     else:
@@ -92,7 +92,7 @@ def test_migration_0012_backfills_unique_handles_and_goes_down_again(dialect, tm
     engine = make_engine(url)
     try:
         cfg = alembic_config(engine)
-        command.upgrade(cfg, "0011_edge")
+        command.upgrade(cfg, "0012_edge_usage")
         with engine.begin() as conn:
             for i, (name, mail) in enumerate((("Ann Lee", "a@example.com"),
                                               ("ann lee", "b@example.com"),
@@ -108,7 +108,7 @@ def test_migration_0012_backfills_unique_handles_and_goes_down_again(dialect, tm
         assert handles[:2] == ["ann-lee", "ann-lee-2"]
         assert all(re.fullmatch(r"member-[0-9a-f]{6}", h) for h in handles[2:])  # no e-mail
         assert len(set(handles)) == 4
-        command.downgrade(cfg, "0011_edge")
+        command.downgrade(cfg, "0012_edge_usage")
         command.upgrade(cfg, "head")
     finally:
         engine.dispose()

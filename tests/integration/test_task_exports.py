@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -12,9 +13,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from export.bundle import MARK_AGREEMENT
 from tests import task_models as tm
 from tests.helpers import bearer, grant, new_key, signup
 from tests.integration.test_real_models import _png, _text_image, _upload
@@ -60,10 +63,26 @@ def _predict(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, cwd=folder.parent)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the per-licence watermark (issue 18) moves a few mask pixels of the segmenter: the "
-    "exact comparison needs a tolerance"
-))
+def _same_answer(local: dict[str, Any], hosted: dict[str, Any], marked: bool) -> None:
+    """The bundle answers as the hosted model does: exactly when its model is the listed one;
+    within the watermark's stated agreement when it carries a mark (issue 18: >= 99.5%). For a
+    mask that is >= 99.5% of its pixels equal, the same classes, fractions within 0.005."""
+    if not marked or local == hosted:
+        assert local == hosted
+        return
+    assert len(local["predictions"]) == len(hosted["predictions"])
+    for ours, theirs in zip(local["predictions"], hosted["predictions"], strict=True):
+        if "mask" not in ours:
+            assert ours == theirs
+            continue
+        a, b = (np.asarray(Image.open(io.BytesIO(base64.b64decode(p["mask"]))))
+                for p in (ours, theirs))
+        assert a.shape == b.shape and float(np.mean(a == b)) >= MARK_AGREEMENT
+        assert [c["label"] for c in ours["classes"]] == [c["label"] for c in theirs["classes"]]
+        for c, d in zip(ours["classes"], theirs["classes"], strict=True):
+            assert abs(c["fraction"] - d["fraction"]) <= 1 - MARK_AGREEMENT
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bundle_predict_gives_the_hosted_answer(client, people, case, tmp_path) -> None:  # type: ignore[no-untyped-def]
     slug, folder = _bundle(client, people, case, tmp_path)
@@ -78,7 +97,13 @@ def test_bundle_predict_gives_the_hosted_answer(client, people, case, tmp_path) 
     r = client.post(f"/v1/models/{slug}/predict", json=payload, headers=people["key"])
     assert r.status_code == 200, r.text
     hosted = {k: v for k, v in r.json().items() if k not in ("model", "version", "id")}
-    assert local == hosted
+    mark = json.loads((folder / "accuracy.json").read_text())["watermark"]
+    _same_answer(local, hosted, bool(mark["marked"]))
+    # the unmarked path is exact: the bundle's pipeline with the listed model swapped in
+    (folder / "model.onnx").write_bytes(CASES[case][0]()[0])
+    out = _predict(folder, str(tmp_path / "in.json"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == hosted
     requirements = (folder / "requirements.txt").read_text()
     assert "pillow" in requirements and "onnxruntime" in requirements
     assert ("tokenizers" in requirements) == (case == "embedding")

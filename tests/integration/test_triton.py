@@ -112,7 +112,7 @@ def test_approval_loads_into_triton_and_trial_402_paid_calls_answer_like_onnxrun
     r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
     first_call_s = time.monotonic() - started
     print(f"\napprove -> first paid call on Triton: {first_call_s:.2f} s")
-    assert first_call_s < 10  # ~2 s here (the stub imports onnxruntime); the issue wants <= 3
+    assert first_call_s < 10  # ~1 s here (one stub per instance, no auto-complete stub)
     assert f"{slug}-v1" in _loaded(server)
     assert r.status_code == 200, r.text
     assert (r.headers["X-Cost"], r.headers["X-Trial-Remaining"]) == ("0.00", "1")
@@ -302,10 +302,6 @@ def _ledger(engine: Any, account_id: int) -> set[str]:
             text("SELECT id FROM usage_events WHERE account_id = :a"), {"a": account_id})}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "moving a listing between backends answered wrong outputs on the merged tree: under "
-    "investigation"
-))
 def test_the_seller_moves_a_listing_between_backends_without_a_failed_call(
         http: httpx.Client, server: tuple[str, Any], digits: dict[str, Any]) -> None:
     slug, router = digits["slug"], server[1].state.services.backend
@@ -317,7 +313,9 @@ def test_the_seller_moves_a_listing_between_backends_without_a_failed_call(
     r = http.patch(f"/v1/models/{slug}/serving", headers=stranger, json={"backend": "local"})
     assert r.status_code == 403
 
-    key, _ = buyer(http, credits="5.00")
+    # Credits for every call the two clients make meanwhile (~1,000 a second on the local
+    # backend here): a buyer who ran dry would read 402, which is not what this test is about.
+    key, _ = buyer(http, credits="1000.00")
     stop, statuses = threading.Event(), []
 
     def traffic() -> None:
@@ -332,20 +330,22 @@ def test_the_seller_moves_a_listing_between_backends_without_a_failed_call(
         t.start()
     try:
         for target in ("local", "triton"):
-            until(lambda: len(statuses) > 10, 30, "calls")
+            mark = len(statuses)
+            until(lambda m=mark: len(statuses) > m + 10, 30, "calls")
             r = http.patch(f"/v1/models/{slug}/serving", headers=digits["seller"],
                            json={"backend": target})
             assert r.status_code == 200 and r.json()["backend"] == target, r.text
             assert router.backend_of(f"{slug}@2") == target
             loaded = f"{slug}-v2" in _loaded(server)
             assert loaded == (target == "triton")
-            statuses.clear() if target == "local" else None
-            until(lambda: len(statuses) > 10, 30, "calls after the move")
+            mark = len(statuses)
+            until(lambda m=mark: len(statuses) > m + 10, 30, "calls after the move")
     finally:
         stop.set()
         for t in threads:
             t.join(60)
-    assert statuses and all(s == (200, [0]) for s in statuses), statuses[:3]
+    odd = [s for s in statuses if s != (200, [0])]
+    assert statuses and not odd, odd[:3]
 
 
 def test_delisting_unloads_every_version(http: httpx.Client, server: tuple[str, Any],

@@ -369,11 +369,22 @@ def test_the_gateways_probe_healthz_and_hand_the_flusher_off(case: Any) -> None:
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert "aimarket up" in " ".join(c["args"])
+    assert "--workers 1" in " ".join(c["args"])  # one process per pod unless values say
     settings = one(docs, "ConfigMap", "aimarket-settings")["data"]
     assert settings["AIMARKET_RUN_FLUSHER"] == "false"   # the flusher Deployment runs it
     assert settings["AIMARKET_BILLING_SYNC_INTERVAL_S"] == "0"  # the billing sender does
     flusher = one(docs, "Deployment", "aimarket-flusher")["spec"]["template"]["spec"]
     assert flusher["containers"][0]["args"] == ["ledger", "flush"]
+
+
+def test_the_gateway_runs_as_many_workers_as_values_say() -> None:
+    values = production_values()
+    values.setdefault("gateway", {})["workers"] = 3
+    gateway = one(render(values), "Deployment", "aimarket-gateway")["spec"]["template"]["spec"]
+    args = " ".join(gateway["containers"][0]["args"])
+    assert args.endswith("aimarket up --host 0.0.0.0 --port 8000 --workers 3")
+    with pytest.raises(Exception, match="workers"):
+        render({"gateway": {"workers": 0}})  # the schema refuses it
 
 
 def test_stripe_mode_runs_one_billing_sender_and_monthly_payouts() -> None:
@@ -392,7 +403,8 @@ def test_stripe_mode_runs_one_billing_sender_and_monthly_payouts() -> None:
     from storefront.cli import app
     runner = CliRunner()
     for args in (["ledger", "flush"], ["billing", "sync", "--every", "300"],
-                 ["billing", "payouts"], ["up", "--host", "0.0.0.0", "--port", "8000"]):
+                 ["billing", "payouts"],
+                 ["up", "--host", "0.0.0.0", "--port", "8000", "--workers", "3"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0, (args, result.output)
     assert "--every" in runner.invoke(app, ["billing", "sync", "--help"]).output

@@ -5,6 +5,7 @@ foreign model."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -218,3 +219,33 @@ def test_the_pattern_is_keyed(tmp_path: Path):
     assert np.array_equal(a, watermark.pattern(KEY, "x", 1000))
     assert abs(int(np.sum(a * watermark.pattern(KEY, "y", 1000)))) < 150
     assert abs(int(np.sum(a * watermark.pattern(b"other", "x", 1000)))) < 150
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_the_mark_keeps_within_its_agreement_budget_at_each_orin_precision(
+        precision, digits, signer):
+    """The marked export (after fp16 or int8) stays over the export's 95% bar for every
+    licence, and the mark itself agrees with the unmarked model on >= 99.5% of the samples."""
+    data, manifest = digits
+    for licence in [f"budget-{i:02d}" for i in range(8)]:
+        info = {"license_id": licence, "licensee": "b@example.com", "version": 1, "terms": "MIT"}
+        bundle = build(data, manifest, "jetson-orin", info, signer, precision=precision,
+                       watermark_key=KEY)
+        acc = json.loads(zipfile.ZipFile(io.BytesIO(bundle.data)).read("accuracy.json"))
+        assert bundle.agreement >= 0.95 and bundle.watermarked, (licence, bundle.agreement)
+        assert acc["watermark"]["agreement_with_unmarked"] >= MARK_AGREEMENT
+        model = zipfile.ZipFile(io.BytesIO(bundle.data)).read("model.onnx")
+        found = watermark.detect(data, strip(model), KEY, [licence, "someone-else"])
+        assert found is not None and found.license_id == licence
+
+
+def test_a_mark_that_would_sink_the_export_is_left_out_and_said(digits):
+    from export.bundle import _mark_and_convert
+    from export.calibration import choose
+
+    data, manifest = digits
+    items = choose(manifest, []).items
+    converted, _, mark = _mark_and_convert(data, manifest, "jetson-orin", "int8", items, KEY,
+                                           "licence-x", min_agreement=1.01)
+    assert mark["marked"] is False and "pushed the int8 export under" in mark["note"]
+    assert watermark.detect(data, converted, KEY, ["licence-x"]) is None

@@ -1,7 +1,7 @@
 """The market: buyers' reviews, each listing's rating, sellers' public handles, deprecation
 
-Revision ID: 0012_market
-Revises: 0011_edge
+Revision ID: 0013_market
+Revises: 0012_edge_usage
 
 ``listing_reviews`` holds buyers' ratings (one per buyer and listing; the table ``reviews`` is
 the moderators' audit log since 0001). ``listings.rating_count`` / ``rating_milli`` (the
@@ -21,8 +21,8 @@ import secrets
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_market"
-down_revision = "0011_edge"
+revision = "0013_market"
+down_revision = "0012_edge_usage"
 branch_labels = None
 depends_on = None
 
