@@ -67,6 +67,8 @@ class Registry:
         self.data_dir = data_dir
         self.ttl = ttl
         self._cache: dict[tuple[str, int | None], tuple[float, LiveVersion]] = {}
+        # pinned versions past their sunset, so that their 410s read no database either
+        self._retired: dict[tuple[str, int], tuple[float, datetime]] = {}
 
     async def get(self, slug: str, version: int | None = None) -> LiveVersion:
         hit = self._cache.get((slug, version))
@@ -74,13 +76,17 @@ class Registry:
         if hit is not None and hit[0] > now and self.backend.is_deployed(hit[1].ref.key) \
                 and (hit[1].sunset_ts == math.inf or hit[1].sunset_ts > time.time()):
             return hit[1]
+        retired = self._retired.get((slug, version)) if version is not None else None
+        if retired is not None and retired[0] > now:
+            raise lifecycle.sunset_error(slug, version or 0, retired[1])
         live = await run_in_threadpool(self._load, slug, version)
         if live is None:
             what = f"{slug} version {version}" if version is not None else slug
             raise NotFound(f"no live model '{what}'", code="model_not_found")
         if live.sunset_ts <= time.time():  # pinned to a retired version: refused, uncharged
-            raise lifecycle.sunset_error(live.slug, live.version,
-                                         datetime.fromtimestamp(live.sunset_ts, UTC))
+            sunset = datetime.fromtimestamp(live.sunset_ts, UTC)
+            self._retired[(slug, live.version)] = (now + self.ttl, sunset)
+            raise lifecycle.sunset_error(live.slug, live.version, sunset)
         if self.backend.is_deployed(live.ref.key):
             await self.backend.deploy(live.ref)  # applies changed serving options
         else:
@@ -132,6 +138,8 @@ class Registry:
     def invalidate(self, slug: str) -> None:
         for k in [k for k in self._cache if k[0] == slug]:
             del self._cache[k]
+        for r in [r for r in self._retired if r[0] == slug]:
+            del self._retired[r]
 
     def _load(self, slug: str, version: int | None) -> LiveVersion | None:
         with Session(self.engine) as s:

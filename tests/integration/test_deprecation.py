@@ -96,6 +96,10 @@ def test_deprecated_versions_warn_then_answer_410_uncharged(client):
         r = client.post(path, json=v2_body(), headers=key)
         assert r.status_code == 410 and r.json()["error"]["code"] == "version_sunset", path
     assert _credits(client, buyer) == before
+    again = [client.post(v1, json=v2_body(), headers=key) for _ in range(2)]  # from memory
+    assert again[0].status_code == again[1].status_code == 410
+    assert again[0].json()["error"] == again[1].json()["error"]
+    assert again[0].json()["error"]["details"]["sunset"] is not None
     client.app.state.services.flusher.drain()
     usage = client.get("/v1/usage", headers=bearer(buyer)).json()
     assert usage["total"]["paid_calls"] == 4  # v1 once, v2 three times; no 410 was charged
