@@ -26,7 +26,20 @@ from .config import Settings
 from .fastpath import PaidCallFastPath
 from .hardening import SecurityHeaders, check_metrics_access
 from .models import Account
-from .routes import accounts, admin, billing, edge, exports, keys, models, serving, usage, v2
+from .routes import (
+    accounts,
+    admin,
+    billing,
+    edge,
+    exports,
+    keys,
+    models,
+    reviews,
+    sellers,
+    serving,
+    usage,
+    v2,
+)
 from .security import hash_password
 from .services import Services, redis_ping
 from .workers import metrics_registry
@@ -131,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PaidCallFastPath)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so on every response
     for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
-                   exports.router, edge.router, billing.router, serving.router, v2.router):
+                   exports.router, edge.router, billing.router, serving.router, v2.router,
+                   reviews.router, sellers.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:

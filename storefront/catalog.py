@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 from metering import ListingCounter, format_usd
 from serving import Manifest, NotFound
 
+from .lifecycle import version_state
 from .models import Account, Listing, ListingVersion
 from .publishing import seller_findings
+from .ratings import rating_json
 
-SORTS = ("newest", "popular", "price", "latency", "title")
+SORTS = ("newest", "popular", "price", "latency", "title", "rating")
 
 
 def catalog(
@@ -49,6 +51,8 @@ def catalog(
         "price": [Listing.live_price.asc(), Listing.id.asc()],
         "latency": [Listing.live_latency_us.asc(), Listing.id.asc()],
         "title": [Listing.title.asc(), Listing.id.asc()],
+        # best average first, then the better supported one (rating_milli is 0 unrated)
+        "rating": [Listing.rating_milli.desc(), Listing.rating_count.desc(), Listing.id.asc()],
     }
     order = orders[sort]
     if sort == "popular":  # every listing with a version has a counter row (migration 0009)
@@ -62,24 +66,28 @@ def catalog(
         total = db.execute(counted).scalar_one()
         chosen = list(db.execute(window).scalars())
     return {
-        "items": [card(*row) for row in _cards(db, chosen)],
+        "items": [card(*row) for row in cards(db, chosen)],
         "page": page, "page_size": page_size, "total": total,
     }
 
 
-def _cards(db: Session, chosen: Sequence[int]) -> list[tuple[Listing, ListingVersion, str, int]]:
+Card = tuple[Listing, ListingVersion, str, int, str | None]
+
+
+def cards(db: Session, chosen: Sequence[int]) -> list[Card]:
     """The chosen listings with their newest live version, seller and calls, in their order."""
     if not chosen:
         return []
     rows = db.execute(
         select(Listing, ListingVersion, Account.name,
-               func.coalesce(ListingCounter.calls_served, 0))
+               func.coalesce(ListingCounter.calls_served, 0), Account.handle)
         .join(ListingVersion, ListingVersion.id == Listing.live_version_id)
         .join(Account, Account.id == Listing.seller_id)
         .outerjoin(ListingCounter, ListingCounter.listing_id == Listing.id)
         .where(Listing.id.in_(chosen))
     ).all()
-    by_id = {listing.id: (listing, lv, seller, int(n)) for listing, lv, seller, n in rows}
+    by_id = {listing.id: (listing, lv, seller, int(n), handle)
+             for listing, lv, seller, n, handle in rows}
     return [by_id[lid] for lid in chosen if lid in by_id]
 
 
@@ -90,34 +98,41 @@ def calls_served(db: Session, listing_id: int) -> int:
     return int(n or 0)
 
 
-def card(listing: Listing, lv: ListingVersion, seller: str, calls: int) -> dict[str, Any]:
+def card(listing: Listing, lv: ListingVersion, seller: str, calls: int,
+         handle: str | None = None) -> dict[str, Any]:
     return {
         "slug": listing.slug, "title": listing.title, "description": listing.description,
         "category": listing.category, "task": listing.task, "seller": seller,
+        "seller_handle": handle, "seller_url": f"/sellers/{handle}" if handle else None,
         "version": lv.version, "price_per_call": format_usd(lv.price),
         "trial_calls": lv.trial_calls, "latency_ms": round(lv.latency_us / 1000, 3),
-        "calls_served": calls,
+        "calls_served": calls, "rating": rating_json(listing),
     }
 
 
 def detail(db: Session, slug: str) -> dict[str, Any]:
     row = db.execute(
-        select(Listing, Account.name).join(Account, Account.id == Listing.seller_id)
+        select(Listing, Account.name, Account.handle)
+        .join(Account, Account.id == Listing.seller_id)
         .where(Listing.slug == slug, Listing.status == "listed")
     ).first()
     if row is None:
         raise NotFound(f"no listed model '{slug}'", code="model_not_found")
-    listing, seller = row
+    listing, seller, handle = row
     versions = db.execute(
         select(ListingVersion).where(ListingVersion.listing_id == listing.id,
                                      ListingVersion.status == "live")
         .order_by(ListingVersion.version.desc())
     ).scalars().all()
     calls = calls_served(db, listing.id)
-    lv = versions[0]
+    states = {v.id: version_state(listing.slug, v) for v in versions}
+    # the version unpinned calls go to (registry.live_row): the newest not deprecated, else
+    # the newest before its sunset
+    lv = next((v for v in versions if not states[v.id]["deprecated"]), None) or next(
+        (v for v in versions if not states[v.id]["sunset_passed"]), versions[0])
     manifest = Manifest.model_validate_json(lv.manifest_json)
     return {
-        **card(listing, lv, seller, calls),
+        **card(listing, lv, seller, calls, handle),
         "inputs": [t.model_dump() for t in manifest.inputs],
         "outputs": [t.model_dump() for t in manifest.outputs],
         "labels": manifest.labels, "feature_names": manifest.feature_names,
@@ -128,18 +143,22 @@ def detail(db: Session, slug: str) -> dict[str, Any]:
             "export_price": format_usd(lv.export_price) if lv.export_price is not None else None,
             "currency": "USD",
         },
-        "versions": [
-            {"version": v.version, "latency_ms": round(v.latency_us / 1000, 3),
-             "sha256": v.model_sha256, "size_bytes": v.size_bytes, "opset": v.opset,
-             "price_per_call": format_usd(v.price),
-             "released_at": (v.reviewed_at or v.created_at).isoformat()}
-            for v in versions
-        ],
+        "versions": [_version_json(listing.slug, v) for v in versions],
         "endpoints": {
             "infer": f"/v2/models/{listing.slug}/infer",
             "predict": f"/v1/models/{listing.slug}/predict",
         },
     }
+
+
+def _version_json(slug: str, v: ListingVersion) -> dict[str, Any]:
+    state = version_state(slug, v)
+    return {"version": v.version, "latency_ms": round(v.latency_us / 1000, 3),
+            "sha256": v.model_sha256, "size_bytes": v.size_bytes, "opset": v.opset,
+            "price_per_call": format_usd(v.price),
+            "released_at": (v.reviewed_at or v.created_at).isoformat(),
+            "deprecated": state["deprecated"], "sunset": state["sunset"],
+            "sunset_passed": state["sunset_passed"]}
 
 
 def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:
@@ -160,6 +179,8 @@ def seller_listings(db: Session, seller: Account) -> list[dict[str, Any]]:
             "license": lv.license,
             "latency_ms": round(lv.latency_us / 1000, 3), "price_per_call": format_usd(lv.price),
             "created_at": lv.created_at.isoformat(),
+            "deprecated": lv.deprecated_at is not None,
+            "sunset": version_state(listing.slug, lv)["sunset"],
         })
     return list(out.values())
 

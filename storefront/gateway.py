@@ -147,6 +147,7 @@ async def paid_call(
             (b"x-trial-remaining", str(res.trial_remaining).encode()),
             (b"x-credits-remaining", format_usd(res.credits_remaining).encode()),
             *((k.lower().encode(), v.encode()) for k, v in _rate_headers(res).items()),
+            *live.deprecation,  # Deprecation / Sunset / Link of a deprecated version
         ]
         return response
     except AimarketError as exc:

@@ -15,11 +15,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
     false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from metering import Base, utcnow
+
+from . import handles
 
 ROLES = ("buyer", "seller", "admin")  # each role can do what the ones before it can
 SIGNUP_ROLES = ("buyer", "seller")  # what anyone may sign up as; admins are made, not signed up
@@ -41,6 +44,11 @@ class Account(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Access tokens carry the epoch they were issued in; raising it revokes them all.
     session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The public name on listings and /sellers/{handle} (storefront/handles.py); unique.
+    handle: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
+
+
+event.listen(Account, "before_insert", handles.assign)
 
 
 class ApiKey(Base):
@@ -74,6 +82,10 @@ class Listing(Base):
     live_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     live_price: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     live_latency_us: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Visible buyers' reviews: how many, and their average in thousandths of a star (None:
+    # review: 0). Written by storefront/ratings.py with each review change (migration 0012).
+    rating_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    rating_milli: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ListingVersion(Base):
@@ -101,6 +113,11 @@ class ListingVersion(Base):
     rights_attested_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    # Deprecated by its seller: pinned calls get Deprecation / Sunset headers until sunset_at,
+    # then 410; unpinned calls go to a newer live version (storefront/lifecycle.py).
+    deprecated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    sunset_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Review(Base):
@@ -113,6 +130,25 @@ class Review(Base):
     decision: Mapped[str] = mapped_column(String(16))  # approve | reject
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ListingReview(Base):
+    """A buyer's rating of a listing: one per buyer and listing, editable; the seller may
+    reply once; an admin may hide it (the hiding is in the audit log)."""
+
+    __tablename__ = "listing_reviews"
+    __table_args__ = (UniqueConstraint("listing_id", "buyer_id",
+                                       name="uq_listing_reviews_buyer"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    listing_id: Mapped[int] = mapped_column(ForeignKey("listings.id"))
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    stars: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reply: Mapped[str | None] = mapped_column(Text, nullable=True)
+    replied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Purchase(Base):

@@ -7,9 +7,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +25,7 @@ from serving import (
     model_key,
 )
 
+from . import lifecycle
 from .deployments import serving_options
 from .filemodes import share_model
 from .models import Listing, ListingVersion
@@ -42,6 +45,9 @@ class LiveVersion:
     ref: ModelRef
     rate_rps: float = 0  # per key on this listing; 0: only the key's own limit
     rate_burst: int = 0
+    # a deprecated version: its response headers, and when it stops answering (epoch s)
+    deprecation: lifecycle.Headers = ()
+    sunset_ts: float = math.inf
 
 
 def model_path(data_dir: Path, sha256: str) -> Path:
@@ -61,16 +67,26 @@ class Registry:
         self.data_dir = data_dir
         self.ttl = ttl
         self._cache: dict[tuple[str, int | None], tuple[float, LiveVersion]] = {}
+        # pinned versions past their sunset, so that their 410s read no database either
+        self._retired: dict[tuple[str, int], tuple[float, datetime]] = {}
 
     async def get(self, slug: str, version: int | None = None) -> LiveVersion:
         hit = self._cache.get((slug, version))
         now = time.monotonic()
-        if hit is not None and hit[0] > now and self.backend.is_deployed(hit[1].ref.key):
+        if hit is not None and hit[0] > now and self.backend.is_deployed(hit[1].ref.key) \
+                and (hit[1].sunset_ts == math.inf or hit[1].sunset_ts > time.time()):
             return hit[1]
+        retired = self._retired.get((slug, version)) if version is not None else None
+        if retired is not None and retired[0] > now:
+            raise lifecycle.sunset_error(slug, version or 0, retired[1])
         live = await run_in_threadpool(self._load, slug, version)
         if live is None:
             what = f"{slug} version {version}" if version is not None else slug
             raise NotFound(f"no live model '{what}'", code="model_not_found")
+        if live.sunset_ts <= time.time():  # pinned to a retired version: refused, uncharged
+            sunset = datetime.fromtimestamp(live.sunset_ts, UTC)
+            self._retired[(slug, live.version)] = (now + self.ttl, sunset)
+            raise lifecycle.sunset_error(live.slug, live.version, sunset)
         if self.backend.is_deployed(live.ref.key):
             await self.backend.deploy(live.ref)  # applies changed serving options
         else:
@@ -122,26 +138,40 @@ class Registry:
     def invalidate(self, slug: str) -> None:
         for k in [k for k in self._cache if k[0] == slug]:
             del self._cache[k]
+        for r in [r for r in self._retired if r[0] == slug]:
+            del self._retired[r]
 
     def _load(self, slug: str, version: int | None) -> LiveVersion | None:
         with Session(self.engine) as s:
             row = live_row(s, slug, version)
             if row is None:
+                retired = None if version is not None else live_row(s, slug, sunset=True)
+                if retired is not None:  # every live version is past its sunset
+                    raise lifecycle.sunset_error(slug, retired[1].version, retired[1].sunset_at)
                 return None
             return to_live(*row, self.data_dir, serving_options(s, row[0].id))
 
 
-def live_row(db: Session, slug: str, version: int | None = None
+def live_row(db: Session, slug: str, version: int | None = None, *, sunset: bool = False
              ) -> tuple[Listing, ListingVersion] | None:
-    """A listed listing and its newest live version (or the given live version)."""
+    """A listed listing and the live version unpinned calls go to: the newest one not
+    deprecated, else the newest one before its sunset (``sunset=True``: the newest past
+    it). With ``version``: that live version, whatever its deprecation."""
     q = (
         select(Listing, ListingVersion)
         .join(ListingVersion, ListingVersion.listing_id == Listing.id)
         .where(Listing.slug == slug, Listing.status == "listed", ListingVersion.status == "live")
     )
+    order: list[Any] = [ListingVersion.version.desc()]
     if version is not None:
         q = q.where(ListingVersion.version == version)
-    row = db.execute(q.order_by(ListingVersion.version.desc()).limit(1)).first()
+    elif sunset:
+        q = q.where(ListingVersion.sunset_at <= datetime.now(UTC))
+    else:
+        q = q.where(or_(ListingVersion.sunset_at.is_(None),
+                        ListingVersion.sunset_at > datetime.now(UTC)))
+        order.insert(0, ListingVersion.deprecated_at.is_(None).desc())
+    row = db.execute(q.order_by(*order).limit(1)).first()
     return None if row is None else (row[0], row[1])
 
 
@@ -156,6 +186,9 @@ def to_live(listing: Listing, lv: ListingVersion, data_dir: Path,
         seller_id=listing.seller_id, price=lv.price, trial_calls=lv.trial_calls,
         manifest=manifest,
         rate_rps=limit.rps if limit else 0, rate_burst=limit.burst if limit else 0,
+        deprecation=lifecycle.headers(listing.slug, lv.deprecated_at, lv.sunset_at),
+        sunset_ts=(sunset.timestamp() if (sunset := lifecycle.as_utc(lv.sunset_at))
+                   else math.inf),
         ref=ModelRef(key=model_key(listing.slug, lv.version),
                      path=path, sha256=lv.model_sha256,
                      latency_us=lv.latency_us, serving=serving or ServingOptions(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -29,8 +28,11 @@ async def sign_up(
     logs in with their own password). Sign-ups of one address are throttled (429)."""
     await throttle.check_signup(svc, throttle.request_address(request, svc))
     email = body.email.lower()
-    with contextlib.suppress(Conflict):
+    try:
         await run_in_threadpool(accounts.create_account, db, body)
+    except Conflict as exc:
+        if exc.code != "email_taken":  # handles are public: a taken one may be said
+            raise
     return {"email": email, "name": body.name or email.split("@")[0], "role": body.role,
             "next": "log in with POST /v1/auth/token"}
 

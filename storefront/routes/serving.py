@@ -12,15 +12,12 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from serving import Forbidden, InvalidInput, NotFound, ServingOptions, model_key
+from serving import InvalidInput, ServingOptions, model_key
 
-from .. import preload
+from .. import listing_edits, preload
 from ..deployments import live_versions, serving_options, set_serving_options
-from ..deps import Seller, ServicesDep
-from ..models import Account, Listing
+from ..deps import Seller, ServicesDep, SessionDep
 from ..registry import to_live
 
 router = APIRouter(tags=["serving"])
@@ -52,19 +49,13 @@ class ServingPatch(BaseModel):
         return self
 
 
-def _owned(db: Session, slug: str, account: Account) -> Listing:
-    listing = db.execute(select(Listing).where(Listing.slug == slug)).scalar_one_or_none()
-    if listing is None:
-        raise NotFound(f"no listing '{slug}'", code="model_not_found")
-    if account.role != "admin" and listing.seller_id != account.id:
-        raise Forbidden(f"listing '{slug}' belongs to another seller", code="not_owner")
-    return listing
+
 
 
 @router.get("/v1/models/{slug}/serving")
 def get_serving(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]:
     with svc.sessions() as db:
-        listing = _owned(db, slug, account)
+        listing = listing_edits.own_listing(db, account, slug)
         versions = live_versions(db, listing)
         return _view(slug, serving_options(db, listing.id), svc,
                      versions[-1].version if versions else None)
@@ -74,7 +65,7 @@ def get_serving(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]:
 async def patch_serving(slug: str, body: ServingPatch, account: Seller,
                         svc: ServicesDep) -> dict[str, Any]:
     with svc.sessions() as db:
-        listing = _owned(db, slug, account)
+        listing = listing_edits.own_listing(db, account, slug)
         options = replace(serving_options(db, listing.id), **body.model_dump(exclude_none=True))
         if options.backend and options.backend not in svc.settings.enabled_backends():
             raise InvalidInput(f"backend {options.backend!r} is not enabled on this server "
@@ -103,12 +94,10 @@ def _view(slug: str, options: ServingOptions, svc: Any, version: int | None = No
 @router.post("/v1/models/{slug}/delist")
 async def delist(slug: str, account: Seller, svc: ServicesDep) -> dict[str, Any]:
     """Take a listing off the catalog and undeploy every version of it."""
-    with svc.sessions() as db:
-        listing = _owned(db, slug, account)
-        listing.status = "delisted"
-        keys = [model_key(slug, lv.version) for lv in live_versions(db, listing)]
-        db.commit()
-    svc.registry.invalidate(slug)
-    for key in keys:
-        await svc.backend.undeploy(key)
-    return {"slug": slug, "status": "delisted", "undeployed": keys}
+    return await listing_edits.delist(svc, account, slug)
+
+
+@router.post("/v1/models/{slug}/relist")
+def relist(slug: str, account: Seller, svc: ServicesDep, db: SessionDep) -> dict[str, Any]:
+    """List a delisted listing again (it needs a live version)."""
+    return listing_edits.relist(svc, db, account, slug)

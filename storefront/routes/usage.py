@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from .. import limits as quotas
 from .. import usage as ledger
 from ..deps import Buyer, Seller, ServicesDep, SessionDep
 
@@ -23,3 +24,14 @@ async def usage(
 @router.get("/v1/seller/earnings")
 def earnings(seller: Seller, db: SessionDep) -> dict[str, Any]:
     return ledger.earnings(db, seller)
+
+
+@router.get("/v1/account/limits")
+async def limits(
+    account: Buyer, svc: ServicesDep,
+    slug: Annotated[str | None, Query(max_length=80)] = None,
+) -> dict[str, Any]:
+    """Credits; per active key its rate limit and daily / monthly caps with the spend so far
+    (UTC, from the ledger) and what is left; free trial calls left per listing called (or of
+    ``slug``)."""
+    return await quotas.limits(svc, account, slug)

@@ -19,7 +19,7 @@ from ..config import Settings
 from ..services import Services
 from ..throttle import request_address
 from ..tryit import Visitor, demo_call
-from . import dashboards, pages
+from . import dashboards, market, pages, selling
 from .render import page
 from .session import LoginRequired, PageForbidden, account_id, login_redirect
 
@@ -31,6 +31,8 @@ def install(app: FastAPI, settings: Settings) -> TryApps:
     the demos it returns."""
     app.include_router(pages.router)
     app.include_router(dashboards.router)
+    app.include_router(market.router)
+    app.include_router(selling.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     async def lookup(slug: str) -> DemoSpec | None:

@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from metering import to_micro
 from serving import AimarketError, InvalidInput, TooManyRequests, model_key
 
-from .. import accounts, edge, preload, throttle
+from .. import accounts, edge, preload, ratings, throttle
 from .. import catalog as listed
 from ..accounts import NewAccount
 from ..models import SIGNUP_ROLES, Account
@@ -24,7 +24,8 @@ from .session import check_csrf, current, end_session, safe_next, services, star
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 12
-SORTS = {"popular": "Most used", "newest": "Newest", "price": "Price", "latency": "Fastest"}
+SORTS = {"popular": "Most used", "newest": "Newest", "price": "Price", "latency": "Fastest",
+         "rating": "Best rated"}
 
 
 @router.get("/")
@@ -57,7 +58,7 @@ def catalog(request: Request, q: str = "", category: str = "", task: str = "",
 
 
 @router.get("/models/{slug}")
-def model_page(request: Request, slug: str) -> Response:
+def model_page(request: Request, slug: str, error: str = "", done: str = "") -> Response:
     svc = services(request)
     with svc.sessions() as db:
         account = current(request, db)
@@ -67,12 +68,14 @@ def model_page(request: Request, slug: str) -> Response:
             return page(request, "message.html", account, status=404, title="Not found",
                         message=f"There is no listed model called '{slug}'.")
         manifest = listed.manifest_of(db, slug, info["version"])
+        reviews = ratings.page_reviews(db, slug, account)
     base = str(request.base_url).rstrip("/")
     cold = preload.cold_start_ms(svc.backend, model_key(slug, info["version"]))
     table = edge.page_table(svc, slug)
     return page(request, "model.html", account, m=info, manifest=manifest,
                 snippets=snippets.snippets(base, slug, manifest), cold_start_ms=cold,
-                export_compat=table, compare=compare_form(manifest, table))
+                export_compat=table, compare=compare_form(manifest, table), reviews=reviews,
+                error=error[:300], done=done[:100])
 
 
 def compare_form(manifest: Any, table: list[dict[str, Any]] | None) -> dict[str, Any] | None:
@@ -156,7 +159,8 @@ async def signup(request: Request) -> Response:
                                next=target, email=email, error=exc.message), exc)
     try:
         body = NewAccount(email=email, password=str(form.get("password", "")), role=role,
-                          name=str(form.get("name", ""))[:120])
+                          name=str(form.get("name", ""))[:120],
+                          handle=str(form.get("handle", "")).strip()[:40] or None)
     except ValidationError as exc:
         msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return page(request, "signup.html", None, status=422, role=role, next=target,

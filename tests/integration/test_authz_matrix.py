@@ -103,24 +103,36 @@ def world(client: Any) -> World:
 
     titles = {}
     slugs = {}
-    mine = ("live", "delist", "approve", "reject", "web_review", "pending")
+    mine = ("live", "delist", "approve", "reject", "web_review", "pending", "reviewed")
     for seller, names in (("seller", mine), ("other_seller", ("live",))):
         for name in names:
             title = f"Matrix {seller} {name} {uuid.uuid4().hex[:6]}"
             slug = _upload(client, tenants[seller].token, data,
                            {**manifest, "title": title, "pricing": pricing})
-            if name in ("live", "delist"):
+            if name in ("live", "delist", "reviewed"):
                 r = client.post(f"/v1/admin/models/{slug}/approve", headers=bearer(admin))
                 assert r.status_code == 200, r.text
             titles[f"{seller}:{name}"], slugs[f"{seller}:{name}"] = title, slug
 
+    reviews = {}  # buyers' reviews of seller A's listing (a purchase verifies them)
+    for role in ("buyer", "other_buyer"):
+        slug, token = slugs["seller:reviewed"], tenants[role].token
+        assert client.post(f"/v1/models/{slug}/purchase",
+                           headers=bearer(token)).status_code == 201
+        r = client.post(f"/v1/models/{slug}/reviews", headers=bearer(token),
+                        json={"stars": 4, "text": f"matrix {role}"})
+        assert r.status_code == 201, r.text
+        reviews[role] = r.json()["id"]
+    handle = client.get("/v1/account", headers=bearer(tenants["seller"].token)).json()["handle"]
     a = tenants["buyer"].extra
     ids = {"key_patch": a["keys"]["patch"]["id"], "key_delete": a["keys"]["delete"]["id"],
            "key_web": a["keys"]["web"]["id"], "export": a["export"], "order": a["order"],
            "license": a["license"],
            "live": slugs["seller:live"], "delist": slugs["seller:delist"],
            "approve": slugs["seller:approve"], "reject": slugs["seller:reject"],
-           "web_review": slugs["seller:web_review"], "pending": slugs["seller:pending"]}
+           "web_review": slugs["seller:web_review"], "pending": slugs["seller:pending"],
+           "reviewed": slugs["seller:reviewed"], "review": reviews["buyer"],
+           "review_b": reviews["other_buyer"], "handle": handle}
     private = [tenants["buyer"].email, tenants["seller"].email, a["ship_to"],
                a["keys"]["patch"]["prefix"], a["keys"]["delete"]["prefix"],
                a["keys"]["web"]["prefix"], tenants["buyer"].key[:16],
@@ -181,6 +193,30 @@ MATRIX: list[Row] = [
         (401, 403, 403, 200, 403, 200), json={"max_batch_size": 4}),
     row("POST", "/v1/models/{slug}/delist", {"slug": "delist"},
         (401, 403, 403, 200, 403, 200)),
+    row("POST", "/v1/models/{slug}/relist", {"slug": "delist"},
+        (401, 403, 403, 200, 403, 200)),
+    # the listing's seller edits it, deprecates a version (admins too); its API is public
+    row("PATCH", "/v1/models/{slug}", {"slug": "live"}, (401, 403, 403, 200, 403, 200),
+        json={"description": "edited by the matrix"}),
+    row("POST", "/v1/models/{slug}/versions/{version}/deprecate",
+        {"slug": "live", "version": "=1"}, (401, 403, 403, 200, 403, 200),
+        json={"sunset": "2099-01-01"}),
+    row("GET", "/v1/models/{slug}/openapi.json", {"slug": "live"},
+        (200, 200, 200, 200, 200, 200)),
+    row("GET", "/v1/models/{slug}/openapi.json", {"slug": "pending"},
+        (404, 404, 404, 404, 404, 404)),
+    # reviews: verified buyers (a paid call or a purchase) post; the listing's seller replies
+    # once; admins hide; everyone reads; a seller's page is public
+    row("POST", "/v1/models/{slug}/reviews", {"slug": "reviewed"},
+        (401, 200, 200, 403, 403, 403), json={"stars": 5, "text": "edited"}),
+    row("GET", "/v1/models/{slug}/reviews", {"slug": "reviewed"},
+        (200, 200, 200, 200, 200, 200)),
+    row("POST", "/v1/models/{slug}/reviews/{review_id}/reply",
+        {"slug": "reviewed", "review_id": "review"}, (401, 403, 403, 201, 403, 403),
+        json={"text": "thanks"}),
+    row("POST", "/v1/admin/reviews/{review_id}/hide", {"review_id": "review"},
+        (401, 403, 403, 403, 403, 200), json={"reason": "matrix"}),
+    row("GET", "/v1/sellers/{name}", {"name": "handle"}, (200, 200, 200, 200, 200, 200)),
     # int8 calibration inputs: the listing's seller and admins; the compatibility table: public
     row("POST", "/v1/models/{slug}/calibration", {"slug": "live"},
         (401, 403, 403, 201, 403, 201), json={"bodies": [{"image": DIGIT_PNG}]}),
@@ -225,6 +261,30 @@ MATRIX: list[Row] = [
     row("POST", "/admin/review/{slug}/{version}", {"slug": "web_review", "version": "=1"},
         ("303 login", 403, 403, 403, 403, "303 done"), auth="session",
         form={"decision": "approve"}),
+    row("POST", "/models/{slug}/reviews", {"slug": "reviewed"},
+        ("303 login", "303 done", "303 done", "303 error", "303 error", "303 error"),
+        auth="session", form={"stars": "3", "text": "on the web"}),
+    row("POST", "/models/{slug}/reviews/{review_id}/reply",
+        {"slug": "reviewed", "review_id": "review_b"},
+        ("303 login", 403, 403, "303 done", "303 error", "303 error"), auth="session",
+        form={"text": "thanks on the web"}),
+    row("POST", "/admin/reviews/{review_id}/hide", {"review_id": "review_b"},
+        ("303 login", 403, 403, 403, 403, "303 done"), auth="session",
+        form={"reason": "matrix"}),
+    row("GET", "/sellers/{name}", {"name": "handle"}, (200, 200, 200, 200, 200, 200),
+        auth="session"),
+    row("GET", "/seller/models/{slug}", {"slug": "live"},
+        ("303 login", 403, 403, 200, 403, 200), auth="session"),
+    row("POST", "/seller/models/{slug}", {"slug": "live"},
+        ("303 login", 403, 403, "303 done", "303 error", "303 done"), auth="session",
+        form={"description": "edited on the web"}),
+    row("POST", "/seller/models/{slug}/status", {"slug": "delist"},
+        ("303 login", 403, 403, "303 done", "303 error", "303 done"), auth="session",
+        form={"action": "relist"}),
+    row("POST", "/seller/models/{slug}/versions/{version}/deprecate",
+        {"slug": "live", "version": "=1"},
+        ("303 login", 403, 403, "303 done", "303 error", "303 done"), auth="session",
+        form={"sunset": "2099-01-01"}),
 ]
 
 
