@@ -361,3 +361,67 @@ def test_a_text_model_with_a_string_input_answers_on_ray_as_on_local(
     assert out["label"]["data"] == local["label"].tolist()
     np.testing.assert_allclose(out["probabilities"]["data"],
                                local["probabilities"].reshape(-1), rtol=1e-6)
+
+
+def test_an_idle_listing_scales_to_zero_and_its_next_call_brings_it_back(
+        http: httpx.Client, server: tuple[str, Any]) -> None:
+    """Idle -> zero replicas (Serve's status); the next paid call starts them again, answers
+    200 and is charged once; a call that would wait past AIMARKET_MODEL_LOAD_WAIT_S answers
+    503 with Retry-After and is not charged. (Last in this module: its idle pass parks every
+    listing nobody is calling.)"""
+    import asyncio
+
+    from storefront.demo import digits as train
+
+    model, manifest = train()
+    manifest["pricing"] = {"per_call": "0.002", "trial_calls": 0}
+    _, seller = signup(http, "seller")
+    slug = f"ray-idle-{time.monotonic_ns() % 10**6}"
+    publish(http, seller, model, manifest, slug=slug)
+    approve(http, slug, 1)
+    backend, svc = _backend(server), server[1].state.services
+    holds = f"{svc.settings.redis_namespace}holds"
+    ref = f"{slug}@1"
+
+    def on_loop(coro: Any) -> Any:  # the backend lives on the server's event loop
+        return asyncio.run_coroutine_threadsafe(coro, backend.loop).result(60)
+
+    def running() -> Any:
+        return http.get(f"/v1/models/{slug}/serving", headers=seller).json()["replicas_running"]
+
+    def parked() -> bool:  # Serve runs none and the replica's actor is gone
+        return backend.replicas_running(ref) == 0 and backend.replicas(ref) == []
+
+    key, addr = buyer(http)
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text
+    assert _credits(http, addr) == "0.998" and running() == 1
+
+    # The reaper's pass (idle for 0 s here, AIMARKET_RAY_IDLE_S in service) scales it to zero.
+    assert ref in on_loop(backend.park_idle(0.0))
+    until(parked, 60, "the idle listing's replica to stop")
+    assert running() == 0 and backend.is_deployed(ref)  # the application stays
+
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text  # waited for its replica to start
+    assert r.json()["outputs"][0]["data"] == [0] and r.headers["X-Cost"] == "0.002"
+    assert _credits(http, addr) == "0.996"  # charged once
+    assert svc.redis_sync.hlen(holds) == 0 and running() == 1 and not backend.is_parked(ref)
+
+    # Parked again; this time the call may not wait as long as the start takes.
+    assert on_loop(backend.park(ref))
+    until(parked, 60, "the listing's replica to stop again")
+    wait = backend.load_wait_s
+    backend.load_wait_s = 0.05
+    try:
+        r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    finally:
+        backend.load_wait_s = wait
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "backend_unavailable" and r.headers["Retry-After"] == "1"
+    assert _credits(http, addr) == "0.996"  # not charged
+    assert svc.redis_sync.hlen(holds) == 0  # the hold was released
+    until(lambda: backend.replicas_running(ref) == 1, 60, "the start to go on and finish")
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text
+    assert _credits(http, addr) == "0.994"
