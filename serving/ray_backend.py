@@ -401,6 +401,8 @@ class RayBackend:
                 self._refresh_soon(key)
             except ServiceUnavailable:
                 self._refresh_soon(key)
+                if await asyncio.to_thread(ray_scaling.is_parked, app_name(key)):
+                    return None  # scaled to zero by another process: wake it, call again
                 raise
         return None
 

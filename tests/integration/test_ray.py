@@ -438,4 +438,29 @@ def test_an_idle_listing_scales_to_zero_and_its_next_call_brings_it_back(
                 .where(UsageEvent.account_id == aid, UsageEvent.kind == "paid")).one()
         return int(n), int(total)
 
-    until(lambda: paid() == (3, 6000), 30, "the three paid calls in the ledger")
+    # Another gateway process parks it (its reaper saw it idle everywhere); this one's next
+    # call finds it parked through Ray's KV store and starts it again.
+    from serving import ModelRef
+    from serving.ray_backend import RayBackend
+    from storefront.registry import model_path
+
+    v1 = http.get(f"/v1/models/{slug}").json()["versions"][-1]
+    other = RayBackend(wire_secret=backend._secret)
+    model_ref = ModelRef(key=ref, sha256=v1["sha256"],
+                         path=model_path(svc.settings.data_dir, v1["sha256"]),
+                         latency_us=round(v1["latency_ms"] * 1000))
+
+    async def park_elsewhere() -> bool:
+        await other.deploy(model_ref)  # adopts the running application
+        try:
+            return bool(await other.park(ref))
+        finally:
+            await other.close()
+
+    assert asyncio.run(park_elsewhere())
+    until(parked, 60, "the replica parked by the other process to stop")
+    assert not backend.is_parked(ref)  # this process was not told
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text
+    assert _credits(http, addr) == "0.992"
+    until(lambda: paid() == (4, 8000), 30, "the four paid calls in the ledger")
