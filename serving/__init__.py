@@ -34,6 +34,7 @@ def make_backend(
     name: str, *, inline_us: int = 0, memory_budget: int | None = None,
     load_wait_s: float = 30.0, ray_address: str | None = None,
     ray_temp_dir: Path | None = None, ray_wire_secret: str | None = None,
+    ray_idle_s: float = 600.0,
     triton_workspace: Path | None = None, triton_url: str | None = None,
     triton_repository: Path | None = None, triton_format: str = "python",
 ) -> Backend:
@@ -45,7 +46,8 @@ def make_backend(
         from .ray_backend import RayBackend  # imports Ray only when asked for
 
         return RayBackend(address=ray_address, temp_dir=ray_temp_dir,
-                          wire_secret=ray_wire_secret)
+                          wire_secret=ray_wire_secret, idle_s=ray_idle_s,
+                          load_wait_s=load_wait_s)
     if name == "triton":
         from .triton_backend import TritonBackend  # imports tritonclient only when asked for
         from .triton_repo import FORMATS

@@ -12,6 +12,18 @@ an order of magnitude faster than a handle; one that autoscales is called throug
 mid-call surfaces as :class:`ServiceUnavailable` (503, the gateway releases the reservation)
 and Serve starts a new one, which announces itself in Ray's KV store.
 
+Scale to zero: a fixed-size listing version not called for ``idle_s`` (AIMARKET_RAY_IDLE_S;
+0: never) by any gateway process is parked: its deployment is scaled to zero replicas through
+Serve's external scaler (the application, its settings and this backend's record stay). Its
+next call scales it back to its replicas and waits for them at most ``load_wait_s``
+(AIMARKET_MODEL_LOAD_WAIT_S), else answers 503 ``backend_unavailable`` with Retry-After, not
+charged (the start goes on; the next call finds it warm). Warm versions keep the wire path:
+the idle clock is a dict write per call, and each process publishes its versions' last call
+to Ray's KV store once per reaper tick, so a version called through another gateway is not
+parked. A version parked by another process is found on the call: no replica reachable, the
+KV store says parked, this process wakes it. Autoscaling listings are left to Serve's
+autoscaler (a seller's ``min_replicas: 0`` scales them to zero there).
+
 Without an address this process starts a local Ray (no dashboard, no usage stats, token auth
 off since it listens on loopback only, its files under ``temp_dir``) and stops it on close.
 With an address it joins that cluster and leaves the applications running on close: other
@@ -21,10 +33,12 @@ gateway processes share them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -36,12 +50,15 @@ from typing import Any
 
 import numpy as np
 
+from . import ray_scaling
 from .backend import ModelRef, ServingOptions, parse_model_key
 from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
 from .ray_models import publish_model
+from .ray_scaling import LAST_CALL_KV_PREFIX, PARKED_KV_PREFIX
 from .wire import WIRE_KV_PREFIX, WireClient
 
 SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
+IDLE_S = 600.0  # default idle time before a fixed-size version is scaled to zero
 # Serve's cluster-wide options (a KubeRay RayService's serveConfigV2 sets the same, see
 # helm/aimarket): no Serve HTTP proxy, the gateway is the front door.
 SERVE_START_OPTIONS: dict[str, Any] = {"proxy_location": "Disabled",
@@ -74,17 +91,25 @@ def app_name(key: str) -> str:
     return f"{slug}-v{version}"
 
 
+def fixed_size(options: ServingOptions) -> bool:
+    """A listing with min = max replicas: called over the wire, scaled by this backend."""
+    return options.min_replicas == options.max_replicas
+
+
 def deployment_options(options: ServingOptions) -> dict[str, Any]:
-    """Serve deployment options for a listing's serving options."""
-    return {
-        "name": "model",
-        "max_ongoing_requests": options.max_ongoing_requests,
+    """Serve deployment options for a listing's serving options. A fixed-size listing gets
+    ``num_replicas`` (Serve's external scaler, which parks it, needs no autoscaling config)."""
+    scaling: dict[str, Any] = {"num_replicas": options.min_replicas} if fixed_size(options) else {
         "autoscaling_config": {
             "min_replicas": options.min_replicas,
             "initial_replicas": options.min_replicas,
             "max_replicas": options.max_replicas,
             "target_ongoing_requests": options.target_ongoing_requests,
-        },
+        }}
+    return {
+        "name": "model",
+        "max_ongoing_requests": options.max_ongoing_requests,
+        **scaling,
         "user_config": {"max_batch_size": options.max_batch_size,
                         "batch_wait_ms": options.batch_wait_ms},
         "ray_actor_options": {"num_cpus": REPLICA_CPUS},
@@ -98,9 +123,20 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, *, address: str | None = None, temp_dir: Path | None = None,
-                 wire_secret: str | None = None) -> None:
+                 wire_secret: str | None = None, idle_s: float = IDLE_S,
+                 load_wait_s: float = 30.0) -> None:
         """``wire_secret``: 64 hex digits shared by every gateway process of this marketplace
-        (replicas accept only callers that know it); random when unset (one process)."""
+        (replicas accept only callers that know it); random when unset (one process).
+        ``idle_s``: park fixed-size versions not called for this long (0: never);
+        ``load_wait_s``: how long a call to a parked version waits for its replicas."""
+        self.idle_s = idle_s
+        self.load_wait_s = load_wait_s
+        self._last: dict[str, float] = {}  # key -> monotonic time of its last call here
+        self._published: dict[str, float] = {}  # key -> the last call published to the KV
+        self._parked: set[str] = set()
+        self._waking: dict[str, asyncio.Task[None]] = {}
+        self._parking: dict[str, asyncio.Future[bool]] = {}
+        self._reaper: asyncio.Task[None] | None = None
         self._address = address
         self._temp_dir = temp_dir
         self._secret = wire_secret or secrets.token_hex(32)
@@ -117,6 +153,9 @@ class RayBackend:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._start)
+        self.loop = asyncio.get_running_loop()
+        if self.idle_s > 0:
+            self._reaper = self.loop.create_task(self._reap())
 
     def _start(self) -> None:
         import ray
@@ -148,6 +187,8 @@ class RayBackend:
         return short
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         self._handles.clear()
         for clients in self._wires.values():
             for client in clients:
@@ -173,15 +214,25 @@ class RayBackend:
         async with self._lock:
             if self._options.get(ref.key) == ref.serving and ref.key in self._handles:
                 return
-            handle = await asyncio.to_thread(self._run, ref)
+            handle, parked = await asyncio.to_thread(self._run, ref)
             self._handles[ref.key] = handle
             self._options[ref.key] = ref.serving
-            if self._wired(ref.key):
+            self._last[ref.key] = time.monotonic()  # idle from now on, not from the epoch
+            if parked:  # adopted while parked (by another process): its next call wakes it
+                self._parked.add(ref.key)
+            else:
+                self._parked.discard(ref.key)
+            if self._wired(ref.key) and not parked:
                 await self._refresh(ref.key, wait_for=ref.serving.min_replicas)
 
-    def _run(self, ref: ModelRef) -> Any:
+    def _run(self, ref: ModelRef) -> tuple[Any, bool]:
+        """Deploy (or adopt) the application: (its handle, whether it is parked)."""
         from ray import serve
-        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+        from ray.experimental.internal_kv import (
+            _internal_kv_del,
+            _internal_kv_get,
+            _internal_kv_put,
+        )
 
         from .ray_replica import ModelReplica
 
@@ -190,25 +241,32 @@ class RayBackend:
         # (or a restarted one) adopts a running application deployed with the same settings.
         # Not the path: gateways with their own data dirs (other machines) share the app.
         settings = json.dumps([asdict(ref.serving), ref.sha256, ref.latency_us,
-                               hashlib.sha256(self._secret.encode()).hexdigest()]).encode()
+                               hashlib.sha256(self._secret.encode()).hexdigest(),
+                               "external-scaler"]).encode()
         app_status = serve.status().applications.get(name)
         if (app_status is not None and app_status.status == "RUNNING"
                 and _internal_kv_get(SETTINGS_KV_PREFIX + name) == settings):
-            return serve.get_app_handle(name)
+            parked = _internal_kv_get(PARKED_KV_PREFIX + name) is not None
+            return serve.get_app_handle(name), parked
         # The replicas read the model from the cluster's object store, on whatever node.
         publish_model(ref.sha256, ref.path.read_bytes)
         deployment: Any = serve.deployment(ModelReplica)  # a Deployment (stubs say a decorator)
         app = deployment.options(**deployment_options(ref.serving)).bind(
             str(ref.path), ref.sha256, ref.latency_us, name, self._secret)
-        handle = serve.run(app, name=name, route_prefix=None)
+        handle = serve.run(app, name=name, route_prefix=None,
+                           external_scaler_enabled=fixed_size(ref.serving))
         _internal_kv_put(SETTINGS_KV_PREFIX + name, settings)
-        return handle
+        _internal_kv_del(PARKED_KV_PREFIX + name)  # serve.run set its replicas again
+        return handle, False
 
     async def undeploy(self, key: str) -> None:
         from ray import serve
 
         self._handles.pop(key, None)
         self._options.pop(key, None)
+        self._parked.discard(key)
+        self._last.pop(key, None)
+        self._published.pop(key, None)
         for client in self._wires.pop(key, []):
             client.close()
         await asyncio.to_thread(serve.delete, app_name(key))
@@ -278,7 +336,8 @@ class RayBackend:
         from ray.experimental.internal_kv import _internal_kv_del
 
         _internal_kv_del(f"{WIRE_KV_PREFIX}{app_name(key)}:", del_by_prefix=True)
-        _internal_kv_del(SETTINGS_KV_PREFIX + app_name(key))
+        for prefix in (SETTINGS_KV_PREFIX, PARKED_KV_PREFIX, LAST_CALL_KV_PREFIX):
+            _internal_kv_del(prefix + app_name(key))
 
     def is_deployed(self, key: str) -> bool:
         return key in self._handles
@@ -296,23 +355,18 @@ class RayBackend:
         handle = self._handles.get(key)
         if handle is None:
             raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
+        now = self._last[key] = time.monotonic()
         if self._wired(key):
-            if time.monotonic() - self._refreshed.get(key, 0) > REFRESH_S:
+            if key in self._parked:
+                await self._wake(key)
+            elif now - self._refreshed.get(key, 0) > REFRESH_S:
                 self._refresh_soon(key)
-            clients = self._wires.get(key, [])
-            turn = next(self._rr.setdefault(key, itertools.count()))
-            for i in range(len(clients)):
-                client = clients[(turn + i) % len(clients)]
-                if client.broken:
-                    continue
-                try:
-                    return await client.call(inputs)
-                except ConnectionError:  # nothing was sent: another replica may take it
-                    await asyncio.to_thread(self._forget_replica, client.kv_key)
-                    self._refresh_soon(key)
-                except ServiceUnavailable:
-                    self._refresh_soon(key)
-                    raise
+            result = await self._call_wired(key, inputs)
+            if result is None and await asyncio.to_thread(ray_scaling.is_parked, app_name(key)):
+                await self._wake(key)  # parked by another gateway process
+                result = await self._call_wired(key, inputs)
+            if result is not None:
+                return result
             # no replica reachable directly (all being replaced): Serve's handle waits for one
         try:
             if self._wired(key):
@@ -330,6 +384,132 @@ class RayBackend:
         if status == "invalid":
             raise InvalidInput(result)
         raise InferenceFailed(result)
+
+    async def _call_wired(self, key: str, inputs: dict[str, np.ndarray]
+                          ) -> dict[str, np.ndarray] | None:
+        """The call over the wire to one of the replicas; None: none was reachable."""
+        clients = self._wires.get(key, [])
+        turn = next(self._rr.setdefault(key, itertools.count()))
+        for i in range(len(clients)):
+            client = clients[(turn + i) % len(clients)]
+            if client.broken:
+                continue
+            try:
+                return await client.call(inputs)
+            except ConnectionError:  # nothing was sent: another replica may take it
+                await asyncio.to_thread(self._forget_replica, client.kv_key)
+                self._refresh_soon(key)
+            except ServiceUnavailable:
+                self._refresh_soon(key)
+                if await asyncio.to_thread(ray_scaling.is_parked, app_name(key)):
+                    return None  # scaled to zero by another process: wake it, call again
+                raise
+        return None
+
+    # -- scale to zero -----------------------------------------------------------------------
+    def replicas_running(self, key: str) -> int | None:
+        """How many replicas of ``key`` Serve reports running (None: not deployed)."""
+        from ray import serve
+        from ray.serve._private.common import ReplicaState
+
+        app = serve.status().applications.get(app_name(key))
+        deployment = app.deployments.get("model") if app is not None else None
+        if deployment is None:
+            return None
+        return int(deployment.replica_states.get(ReplicaState.RUNNING, 0))
+
+    def is_parked(self, key: str) -> bool:
+        """Whether this process scaled ``key`` to zero (or found it so) and has not woken it."""
+        return key in self._parked
+
+    async def _reap(self) -> None:
+        """Every tick: publish this process's last calls, then park what is idle everywhere."""
+        while True:
+            await asyncio.sleep(max(0.5, min(self.idle_s / 4, 30.0)))
+            try:
+                await self.park_idle()
+            except Exception:
+                log.exception("scaling idle Ray listings to zero failed")
+
+    async def park_idle(self, idle_s: float | None = None) -> list[str]:
+        """Scale to zero the fixed-size versions no gateway called for ``idle_s`` (default:
+        this backend's); returns the keys parked now."""
+        idle = self.idle_s if idle_s is None else idle_s
+        now, wall = time.monotonic(), time.time()
+        fresh = {k: wall - (now - t) for k, t in self._last.items()
+                 if self._published.get(k) != t}
+        if fresh:
+            await asyncio.to_thread(ray_scaling.publish_calls,
+                                    {app_name(k): w for k, w in fresh.items()})
+            self._published.update({k: self._last[k] for k in fresh})
+        candidates = [k for k in list(self._handles) if self._wired(k)
+                      and k not in self._parked and k not in self._waking
+                      and now - self._last.get(k, now) >= idle]
+        parked = []
+        for key in candidates:
+            if await self._park_one(key, wall - idle):
+                parked.append(key)
+        return parked
+
+    async def park(self, key: str) -> bool:
+        """Scale ``key`` to zero now, whoever called it last (for operators and tests)."""
+        return key in self._handles and self._wired(key) and await self._park_one(key, None)
+
+    async def _park_one(self, key: str, called_before: float | None) -> bool:
+        # Parked first: a call arriving meanwhile waits for the wake, which waits for this.
+        self._parked.add(key)
+        for client in self._wires.pop(key, []):
+            client.close()
+        task = asyncio.ensure_future(
+            asyncio.to_thread(ray_scaling.park, app_name(key), called_before))
+        self._parking[key] = task
+        try:
+            ok = await task
+        finally:
+            self._parking.pop(key, None)
+        if not ok:
+            self._parked.discard(key)
+            await self._refresh(key)
+        return ok
+
+    async def _wake(self, key: str) -> None:
+        """Scale a parked version back to its replicas; the call waits at most
+        ``load_wait_s`` for them, else 503 with Retry-After (not charged; the start goes on)."""
+        task = self._waking.get(key)
+        if task is None:
+            task = self._waking[key] = asyncio.get_running_loop().create_task(self._start_up(key))
+            task.add_done_callback(lambda t: self._woken(key, t))
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.load_wait_s)
+        except TimeoutError:
+            wait = max(1, math.ceil(self.load_wait_s))
+            raise ServiceUnavailable(
+                f"model {key} is starting its replicas; retry in {wait} s (this call was not "
+                "charged)", code="backend_unavailable", headers={"Retry-After": str(wait)},
+            ) from None
+
+    def _woken(self, key: str, task: asyncio.Task[None]) -> None:
+        self._waking.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:  # the callers saw it
+            log.warning("starting %s again failed: %r", key, task.exception())
+
+    async def _start_up(self, key: str) -> None:
+        options = self._options.get(key)
+        if options is None:
+            raise NotFound(f"model {key} is not deployed", code="model_not_deployed")
+        parking = self._parking.get(key)
+        if parking is not None:  # being parked a moment ago: let that finish first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(parking)
+        try:
+            await asyncio.to_thread(ray_scaling.unpark, app_name(key), options.min_replicas)
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"model {key} could not be started; the call was not charged, retry it",
+                code="backend_unavailable", headers={"Retry-After": "1"}) from exc
+        self._parked.discard(key)
+        await self._refresh(key, wait_for=options.min_replicas)
+        log.info("scaled %s back to %d replicas", key, options.min_replicas)
 
 
 async def _result(response: Any) -> Any:

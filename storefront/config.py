@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         "a python-backend stub per Triton instance); beyond it the least recently used are "
         "unloaded and reload on their next call. 0: half of this machine's memory",
     )
+    ray_idle_s: float = Field(
+        600, ge=0, description="With ray: a fixed-size listing version no gateway called for "
+        "this long (s) is scaled to zero replicas; its next call starts them again (waiting "
+        "at most model_load_wait_s). 0: never",
+    )
     model_load_wait_s: float = Field(
         30, gt=0, le=600, description="How long a call to an unloaded model waits for its "
         "load before 503 backend_unavailable with Retry-After (never charged)",

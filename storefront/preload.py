@@ -75,6 +75,15 @@ def batching_view(backend: Backend, key: str) -> dict[str, Any] | None:
     return None if stats is None else asdict(stats)
 
 
+def replicas_running(backend: Backend, key: str) -> int | None:
+    """How many replicas of ``key`` run now, where its backend has replicas (Ray)."""
+    if isinstance(backend, BackendRouter):
+        where = backend.backend_of(key)
+        backend = backend.backends[where] if where else backend
+    count = getattr(backend, "replicas_running", None)
+    return count(key) if callable(count) and backend.is_deployed(key) else None
+
+
 async def preload(backend: Backend, refs: list[ModelRef]) -> int:
     """Deploy ``refs`` in order where each fits the budget; returns how many loaded."""
     loaded = 0

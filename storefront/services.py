@@ -123,7 +123,8 @@ def build_backend(settings: Settings) -> Backend:
                             load_wait_s=settings.model_load_wait_s,
                             ray_address=settings.ray_address,
                             ray_temp_dir=settings.data_dir / "ray",
-                            ray_wire_secret=_wire_secret(settings), **triton_options(settings))
+                            ray_wire_secret=_wire_secret(settings),
+                            ray_idle_s=settings.ray_idle_s, **triton_options(settings))
 
     names = settings.enabled_backends()
     if names == [settings.serving_backend]:

@@ -87,7 +87,11 @@ def _view(slug: str, options: ServingOptions, svc: Any, version: int | None = No
           ) -> dict[str, Any]:
     view = {"slug": slug, **asdict(options), "backend": options.backend or svc.backend.name}
     if version is not None:  # how the newest live version's calls were batched here
-        view["local_batching"] = preload.batching_view(svc.backend, model_key(slug, version))
+        key = model_key(slug, version)
+        view["local_batching"] = preload.batching_view(svc.backend, key)
+        running = preload.replicas_running(svc.backend, key)
+        if running is not None:  # on Ray: 0 while scaled to zero for idleness
+            view["replicas_running"] = running
     return view
 
 

@@ -367,3 +367,106 @@ def test_a_text_model_with_a_string_input_answers_on_ray_as_on_local(
     assert out["label"]["data"] == local["label"].tolist()
     np.testing.assert_allclose(out["probabilities"]["data"],
                                local["probabilities"].reshape(-1), rtol=1e-6)
+
+
+def test_an_idle_listing_scales_to_zero_and_its_next_call_brings_it_back(
+        http: httpx.Client, server: tuple[str, Any]) -> None:
+    """Idle -> zero replicas (Serve's status); the next paid call starts them again, answers
+    200 and is charged once; a call that would wait past AIMARKET_MODEL_LOAD_WAIT_S answers
+    503 with Retry-After and is not charged. (Last in this module: its idle pass parks every
+    listing nobody is calling.)"""
+    import asyncio
+
+    from storefront.demo import digits as train
+
+    model, manifest = train()
+    manifest["pricing"] = {"per_call": "0.002", "trial_calls": 0}
+    _, seller = signup(http, "seller")
+    slug = f"ray-idle-{time.monotonic_ns() % 10**6}"
+    publish(http, seller, model, manifest, slug=slug)
+    approve(http, slug, 1)
+    backend, svc = _backend(server), server[1].state.services
+    ref = f"{slug}@1"
+
+    def on_loop(coro: Any) -> Any:  # the backend lives on the server's event loop
+        return asyncio.run_coroutine_threadsafe(coro, backend.loop).result(60)
+
+    def running() -> Any:
+        return http.get(f"/v1/models/{slug}/serving", headers=seller).json()["replicas_running"]
+
+    def parked() -> bool:  # Serve runs none and the replica's actor is gone
+        return backend.replicas_running(ref) == 0 and backend.replicas(ref) == []
+
+    key, addr = buyer(http)
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text
+    assert _credits(http, addr) == "0.998" and running() == 1
+
+    # The reaper's pass (idle for 0 s here, AIMARKET_RAY_IDLE_S in service) scales it to zero.
+    assert ref in on_loop(backend.park_idle(0.0))
+    until(parked, 60, "the idle listing's replica to stop")
+    assert running() == 0 and backend.is_deployed(ref)  # the application stays
+
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text  # waited for its replica to start
+    assert r.json()["outputs"][0]["data"] == [0] and r.headers["X-Cost"] == "0.002"
+    assert _credits(http, addr) == "0.996"  # charged once
+    assert running() == 1 and not backend.is_parked(ref)
+
+    # Parked again; this time the call may not wait as long as the start takes.
+    assert on_loop(backend.park(ref))
+    until(parked, 60, "the listing's replica to stop again")
+    wait = backend.load_wait_s
+    backend.load_wait_s = 0.05
+    try:
+        r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    finally:
+        backend.load_wait_s = wait
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "backend_unavailable" and r.headers["Retry-After"] == "1"
+    assert _credits(http, addr) == "0.996"  # not charged
+    until(lambda: backend.replicas_running(ref) == 1, 60, "the start to go on and finish")
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text
+    assert _credits(http, addr) == "0.994"
+
+    # The ledger holds one paid event per answered call, none for the 503.
+    from sqlalchemy import func, select
+
+    from metering import UsageEvent
+    from storefront.models import Account
+
+    def paid() -> tuple[int, int]:
+        with svc.sessions() as db:
+            aid = db.execute(select(Account.id).where(Account.email == addr)).scalar_one()
+            n, total = db.execute(
+                select(func.count(), func.coalesce(func.sum(UsageEvent.price), 0))
+                .where(UsageEvent.account_id == aid, UsageEvent.kind == "paid")).one()
+        return int(n), int(total)
+
+    # Another gateway process parks it (its reaper saw it idle everywhere); this one's next
+    # call finds it parked through Ray's KV store and starts it again.
+    from serving import ModelRef
+    from serving.ray_backend import RayBackend
+    from storefront.registry import model_path
+
+    v1 = http.get(f"/v1/models/{slug}").json()["versions"][-1]
+    other = RayBackend(wire_secret=backend._secret)
+    model_ref = ModelRef(key=ref, sha256=v1["sha256"],
+                         path=model_path(svc.settings.data_dir, v1["sha256"]),
+                         latency_us=round(v1["latency_ms"] * 1000))
+
+    async def park_elsewhere() -> bool:
+        await other.deploy(model_ref)  # adopts the running application
+        try:
+            return bool(await other.park(ref))
+        finally:
+            await other.close()
+
+    assert asyncio.run(park_elsewhere())
+    until(parked, 60, "the replica parked by the other process to stop")
+    assert not backend.is_parked(ref)  # this process was not told
+    r = http.post(f"/v2/models/{slug}/infer", headers=key, json=v2_body())
+    assert r.status_code == 200, r.text
+    assert _credits(http, addr) == "0.992"
+    until(lambda: paid() == (4, 8000), 30, "the four paid calls in the ledger")
