@@ -51,10 +51,16 @@ from typing import Any
 import numpy as np
 
 from . import ray_scaling
-from .backend import ModelRef, ServingOptions, parse_model_key
+from .backend import ModelRef, ServingOptions
 from .errors import InferenceFailed, InvalidInput, NotFound, ServiceUnavailable
 from .ray_models import publish_model
-from .ray_scaling import LAST_CALL_KV_PREFIX, PARKED_KV_PREFIX
+from .ray_scaling import (
+    LAST_CALL_KV_PREFIX,
+    PARKED_KV_PREFIX,
+    app_name,
+    deployment_options,
+    fixed_size,
+)
 from .wire import WIRE_KV_PREFIX, WireClient
 
 SETTINGS_KV_PREFIX = "aimarket:deployed:"  # + app -> what it was deployed with
@@ -64,12 +70,6 @@ IDLE_S = 600.0  # default idle time before a fixed-size version is scaled to zer
 SERVE_START_OPTIONS: dict[str, Any] = {"proxy_location": "Disabled",
                                        "http_options": {"host": "127.0.0.1"}}
 REFRESH_S = 2.0  # how often a listing's replica addresses are re-read while it is called
-# Placement: Serve schedules replicas with Ray's SPREAD strategy (round robin over the nodes,
-# see NODE_ENV), which spreads one listing's replicas across nodes; it only does so for actors
-# that ask for some resource (Ray's GCS sends zero-resource actors to a random node). So a
-# replica asks for a token share of a CPU: a 2-core node still holds 200 listed models, and
-# onnxruntime uses one thread per session.
-REPLICA_CPUS = 0.01
 # A fixed-size listing whose replicas are all unreachable directly (being replaced: a node
 # died) waits this long for Serve's handle to find one, then answers 503 (not charged).
 HANDLE_WAIT_S = 3.0
@@ -83,38 +83,6 @@ NODE_ENV = {"RAY_worker_niceness": "0",
 log = logging.getLogger(__name__)
 # Unix socket paths under Ray's temp dir must stay below 108 bytes; Ray adds ~70.
 MAX_TEMP_DIR_LEN = 36
-
-
-def app_name(key: str) -> str:
-    """The Serve application of a listing version: ``slug@3`` -> ``slug-v3``."""
-    slug, version = parse_model_key(key)
-    return f"{slug}-v{version}"
-
-
-def fixed_size(options: ServingOptions) -> bool:
-    """A listing with min = max replicas: called over the wire, scaled by this backend."""
-    return options.min_replicas == options.max_replicas
-
-
-def deployment_options(options: ServingOptions) -> dict[str, Any]:
-    """Serve deployment options for a listing's serving options. A fixed-size listing gets
-    ``num_replicas`` (Serve's external scaler, which parks it, needs no autoscaling config)."""
-    scaling: dict[str, Any] = {"num_replicas": options.min_replicas} if fixed_size(options) else {
-        "autoscaling_config": {
-            "min_replicas": options.min_replicas,
-            "initial_replicas": options.min_replicas,
-            "max_replicas": options.max_replicas,
-            "target_ongoing_requests": options.target_ongoing_requests,
-        }}
-    return {
-        "name": "model",
-        "max_ongoing_requests": options.max_ongoing_requests,
-        **scaling,
-        "user_config": {"max_batch_size": options.max_batch_size,
-                        "batch_wait_ms": options.batch_wait_ms},
-        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
-        "health_check_period_s": 2,
-    }
 
 
 class RayBackend:

@@ -1,4 +1,5 @@
-"""Scale-to-zero bookkeeping of the ``ray`` backend in Ray's KV store and Serve's controller.
+"""The ``ray`` backend's deployments: their Serve options, and the scale-to-zero bookkeeping
+in Ray's KV store and Serve's controller.
 
 Each function blocks (a KV or controller round trip): the backend runs them in a thread.
 Keys of the KV store, per Serve application (``slug-v3``):
@@ -12,11 +13,51 @@ Keys of the KV store, per Serve application (``slug-v3``):
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from .backend import ServingOptions, parse_model_key
 from .wire import WIRE_KV_PREFIX
 
 PARKED_KV_PREFIX = "aimarket:parked:"
 LAST_CALL_KV_PREFIX = "aimarket:lastcall:"
+# Placement: Serve schedules replicas with Ray's SPREAD strategy (round robin over the nodes,
+# see NODE_ENV), which spreads one listing's replicas across nodes; it only does so for actors
+# that ask for some resource (Ray's GCS sends zero-resource actors to a random node). So a
+# replica asks for a token share of a CPU: a 2-core node still holds 200 listed models, and
+# onnxruntime uses one thread per session.
+REPLICA_CPUS = 0.01
+
+
+def app_name(key: str) -> str:
+    """The Serve application of a listing version: ``slug@3`` -> ``slug-v3``."""
+    slug, version = parse_model_key(key)
+    return f"{slug}-v{version}"
+
+
+def fixed_size(options: ServingOptions) -> bool:
+    """A listing with min = max replicas: called over the wire, scaled by this backend."""
+    return options.min_replicas == options.max_replicas
+
+
+def deployment_options(options: ServingOptions) -> dict[str, Any]:
+    """Serve deployment options for a listing's serving options. A fixed-size listing gets
+    ``num_replicas`` (Serve's external scaler, which parks it, needs no autoscaling config)."""
+    scaling: dict[str, Any] = {"num_replicas": options.min_replicas} if fixed_size(options) else {
+        "autoscaling_config": {
+            "min_replicas": options.min_replicas,
+            "initial_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "target_ongoing_requests": options.target_ongoing_requests,
+        }}
+    return {
+        "name": "model",
+        "max_ongoing_requests": options.max_ongoing_requests,
+        **scaling,
+        "user_config": {"max_batch_size": options.max_batch_size,
+                        "batch_wait_ms": options.batch_wait_ms},
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
+        "health_check_period_s": 2,
+    }
 
 log = logging.getLogger(__name__)
 
