@@ -1,23 +1,26 @@
 """A seller changes a listing: its description, prices (per call, export, kit) and trial
-calls, or takes it off the catalog and back. For the API and the seller's pages alike.
+calls, its serving options, or takes it off the catalog and back. For the API and the seller's
+pages alike.
 
 A price applies to the listing's live versions; each gateway process reads it within its
 registry's TTL (seconds), and the ledger keeps the price each call was charged."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from metering import format_usd, to_micro
-from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, model_key
+from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, ServingOptions, model_key
 from serving.manifest import Pricing
 
-from .deployments import live_versions
+from .deployments import live_versions, serving_options, set_serving_options
 from .models import Account, Listing
+from .registry import to_live
 
 if TYPE_CHECKING:
     from .services import Services
@@ -34,6 +37,32 @@ class ListingChange(BaseModel):
     trial_calls: int | None = Field(None, ge=0, le=1_000_000)
     export_price: str | None = USD
     kit_price: str | None = USD
+
+
+class ServingChange(BaseModel):
+    """Fields left out keep their value."""
+
+    min_replicas: int | None = Field(None, ge=0, le=64)
+    max_replicas: int | None = Field(None, ge=1, le=64)
+    target_ongoing_requests: float | None = Field(None, gt=0, le=10_000)
+    max_ongoing_requests: int | None = Field(None, ge=1, le=10_000)
+    max_batch_size: int | None = Field(None, ge=1, le=1024,
+                                       description="1 turns dynamic batching off")
+    batch_wait_ms: float | None = Field(None, ge=0, le=1000)
+    batching: Literal["auto", "off"] | None = Field(
+        None, description="auto: the local backend batches models slow enough to gain from "
+        "it (review latency >= 0.5 ms) up to 8 rows; off: the local backend does not batch "
+        "this listing (max_batch_size still sets Ray's batching)")
+    backend: Literal["local", "ray", "triton"] | None = Field(
+        None, description="The engine among the enabled ones (AIMARKET_SERVING_BACKENDS)")
+
+    model_config = {"extra": "forbid"}
+
+    @model_validator(mode="after")
+    def _something(self) -> ServingChange:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("send at least one option to change")
+        return self
 
 
 def own_listing(db: Session, account: Account, slug: str) -> Listing:
@@ -120,3 +149,27 @@ def relist(svc: Services, db: Session, account: Account, slug: str) -> dict[str,
     db.commit()
     svc.registry.invalidate(slug)
     return listing_settings(db, listing)
+
+
+async def change_serving(svc: Services, account: Account, slug: str, changes: dict[str, Any]
+                         ) -> ServingOptions:
+    """Change a listing's serving options (replicas, batching, backend; fields absent keep
+    their value) and apply them at once to every live version of a listed listing."""
+    with svc.sessions() as db:
+        listing = own_listing(db, account, slug)
+        options = replace(serving_options(db, listing.id), **changes)
+        enabled = svc.settings.enabled_backends()
+        if options.backend and options.backend not in enabled:
+            raise InvalidInput(f"backend {options.backend!r} is not enabled on this server "
+                               f"(enabled: {', '.join(enabled)})",
+                               code="invalid_serving_options")
+        if options.max_replicas < max(options.min_replicas, 1):
+            raise InvalidInput("max_replicas must be at least min_replicas (and 1)",
+                               code="invalid_serving_options")
+        set_serving_options(db, listing, options, account.id)
+        if listing.status == "listed":
+            for lv in live_versions(db, listing):
+                await svc.backend.deploy(to_live(listing, lv, svc.settings.data_dir,
+                                                 options).ref)
+    svc.registry.invalidate(slug)
+    return options

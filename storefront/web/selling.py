@@ -1,8 +1,10 @@
-"""The seller's listing page on the site: edit the description, prices and trial calls,
-delist and relist, deprecate a version. The same service functions as the API's routes."""
+"""The seller's listing page on the site: edit the description, prices and trial calls and
+the serving options, delist and relist, deprecate a version, publish a new version. The same
+service functions as the API's routes."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,6 +14,7 @@ from starlette.responses import Response
 from serving import AimarketError
 
 from .. import lifecycle, listing_edits
+from ..deployments import serving_options
 from ..deps import Id
 from .dashboards import _account, _back, _form_error
 from .render import page
@@ -30,8 +33,12 @@ def listing_page(request: Request, slug: str, error: str = "", done: str = "") -
             return page(request, "message.html", account, status=exc.status,
                         title="Not yours", message=exc.message)
         settings = listing_edits.listing_settings(db, listing)
+        options = asdict(serving_options(db, listing.id))
+    svc = services(request)
+    options["backend"] = options["backend"] or svc.backend.name
     return page(request, "seller_listing.html", account, l=settings, error=error[:300],
-                done=done[:100])
+                done=done[:100], serving=options, backends=svc.settings.enabled_backends(),
+                max_mb=svc.settings.max_upload_mb)
 
 
 def _change(form: Any) -> listing_edits.ListingChange:
@@ -96,3 +103,25 @@ async def deprecate(request: Request, slug: str, version: Id) -> Response:
     except (AimarketError, ValidationError) as exc:
         return _back(f"/seller/models/{slug}", error=_form_error(exc))
     return _back(f"/seller/models/{slug}", done=f"Version {version} deprecated.")
+
+
+SERVING_FIELDS = ("min_replicas", "max_replicas", "max_batch_size", "batch_wait_ms",
+                  "batching", "backend")
+
+
+@router.post("/seller/models/{slug}/serving")
+async def serving(request: Request, slug: str) -> Response:
+    """The serving form: replicas, batching and (where several are enabled) the backend;
+    an empty field keeps its value."""
+    account = _account(request, "seller")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    back = f"/seller/models/{slug}"
+    sent = {k: str(form.get(k, "")).strip() for k in SERVING_FIELDS}
+    try:
+        change = listing_edits.ServingChange.model_validate({k: v for k, v in sent.items() if v})
+        await listing_edits.change_serving(services(request), account, slug,
+                                           change.model_dump(exclude_none=True))
+    except (AimarketError, ValidationError) as exc:
+        return _back(back, error=_form_error(exc))
+    return _back(back, done="Serving options saved and applied to the live versions.")

@@ -115,3 +115,53 @@ def test_the_seller_edits_and_delists_on_the_site(client, owned):
     client.post(f"/seller/models/{slug}/status", data={"csrf": token, "action": "relist"})
     assert client.get(f"/v1/models/{slug}").status_code == 200
     client.cookies.clear()
+
+
+def test_the_seller_sets_serving_options_and_publishes_a_version_on_the_site(client, owned):
+    """The listing page's serving form applies to the API's view of the listing; a bad value
+    comes back as the form's error and changes nothing; the new-version form uploads version
+    2 of the same listing, pending review, while version 1 keeps answering."""
+    import yaml
+
+    from storefront.demo import digits
+
+    slug, seller = owned["slug"], bearer(owned["seller"])
+    client.cookies.clear()
+    client.post("/login", data={"email": owned["email"], "password": "password-123",
+                                "csrf": _csrf(client, "/login"), "next": "/seller"})
+    page = client.get(f"/seller/models/{slug}").text
+    assert 'id="serving"' in page and 'name="max_batch_size"' in page
+    assert 'id="new-version"' in page and f'name="slug" value="{slug}"' in page
+    token = _csrf(client, f"/seller/models/{slug}")
+    r = client.post(f"/seller/models/{slug}/serving", follow_redirects=False, data={
+        "csrf": token, "min_replicas": "1", "max_replicas": "2", "max_batch_size": "4",
+        "batch_wait_ms": "3", "batching": "off", "backend": ""})
+    assert r.status_code == 303 and "done=" in r.headers["location"], r.headers
+    view = client.get(f"/v1/models/{slug}/serving", headers=seller).json()
+    assert (view["max_replicas"], view["max_batch_size"], view["batch_wait_ms"],
+            view["batching"]) == (2, 4, 3.0, "off")
+    for bad in ({"max_replicas": "0"}, {"min_replicas": "3", "max_replicas": "2"},
+                {"max_batch_size": "many"}, {"backend": "tensorflow"}):
+        r = client.post(f"/seller/models/{slug}/serving", follow_redirects=False,
+                        data={"csrf": token, **bad})
+        assert r.status_code == 303 and "error=" in r.headers["location"], (bad, r.headers)
+    assert client.get(f"/v1/models/{slug}/serving", headers=seller).json()[
+        "max_replicas"] == 2
+    assert client.post(f"/seller/models/{slug}/serving",
+                       data={"max_replicas": "3"}).status_code == 403  # no CSRF token
+
+    data, manifest = digits()
+    manifest = {**manifest, "title": "Sunset digits",
+                "pricing": {"per_call": "0.01", "trial_calls": 0}}
+    r = client.post("/seller/upload", follow_redirects=False, data={
+        "csrf": token, "slug": slug, "license": "MIT", "attest_rights": "true"},
+        files={"model": ("m.onnx", data, "application/octet-stream"),
+               "manifest": ("m.yaml", yaml.safe_dump(manifest).encode())})
+    assert r.status_code == 303 and "uploaded=" in r.headers["location"], r.headers
+    mine = {m["slug"]: m for m in client.get("/v1/seller/models", headers=seller).json()[
+        "items"]}
+    versions = {v["version"]: v["status"] for v in mine[slug]["versions"]}
+    assert versions[max(versions)] == "pending_review" and versions[1] == "live", versions
+    assert client.post(f"/v2/models/{slug}/infer", json=v2_body(),
+                       headers=_buyer_key(client)[1]).status_code == 200
+    client.cookies.clear()
