@@ -149,8 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PaidCallFastPath)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so on every response
     for router in (accounts.router, alerts.router, keys.router, models.router, admin.router,
-                   usage.router, exports.router, edge.router, billing.router, serving.router, v2.router,
-                   reviews.router, sellers.router):
+                   usage.router, exports.router, edge.router, billing.router, serving.router,
+                   v2.router, reviews.router, sellers.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:
