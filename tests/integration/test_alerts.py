@@ -111,7 +111,7 @@ def test_daily_cap_alert_fires_once_signed_with_the_secret_shown_once(client, re
     crossed = client.get(f"/v1/keys/{key['id']}/alerts", headers=bearer(buyer)).json()
     assert [c["kind"] for c in crossed["crossed"]] == ["daily_cap"]
     assert crossed["deliveries"][0]["status"] == "delivered"
-    page = client.get("/account", cookies={"am_session": buyer})
+    page = client.get("/account", headers={"Cookie": f"am_session={buyer}"})
     assert "of its" in page.text and 'id="alert-banner"' in page.text
 
 
