@@ -87,7 +87,7 @@ def list_keys(db: Session, account: Account) -> list[dict[str, Any]]:
     return [key_json(k) for k in keys]
 
 
-def _own_key(db: Session, account: Account, key_id: int) -> ApiKey:
+def own_key(db: Session, account: Account, key_id: int) -> ApiKey:
     key = db.get(ApiKey, key_id)
     if key is None or key.account_id != account.id:
         raise NotFound(f"no key {key_id}", code="key_not_found")
@@ -97,7 +97,7 @@ def _own_key(db: Session, account: Account, key_id: int) -> ApiKey:
 def change_key(
     db: Session, svc: Services, account: Account, key_id: int, body: KeyChange
 ) -> dict[str, Any]:
-    key = _own_key(db, account, key_id)
+    key = own_key(db, account, key_id)
     if body.name is not None:
         key.name = body.name
     _apply(key, body, svc.settings.max_rate_limit_rps)
@@ -107,7 +107,7 @@ def change_key(
 
 
 def revoke_key(db: Session, svc: Services, account: Account, key_id: int) -> dict[str, Any]:
-    key = _own_key(db, account, key_id)
+    key = own_key(db, account, key_id)
     if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
         db.commit()

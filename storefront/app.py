@@ -22,6 +22,7 @@ from billing import metrics as billing_metrics
 from metering.metrics import refresh
 
 from . import VERSION, demo, errors, filemodes, gateway, preload, web
+from .alert_sender import alerts_loop
 from .config import Settings
 from .fastpath import PaidCallFastPath
 from .hardening import SecurityHeaders, check_metrics_access
@@ -29,6 +30,7 @@ from .models import Account
 from .routes import (
     accounts,
     admin,
+    alerts,
     billing,
     edge,
     exports,
@@ -113,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = svc
         syncer: asyncio.Task[None] | None = None
         preloader: asyncio.Task[None] | None = None
+        alerter: asyncio.Task[None] | None = None
         try:
             await run_in_threadpool(bootstrap_admin, settings, svc.sessions)
             if settings.seed_demo:
@@ -124,13 +127,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             preloader = asyncio.create_task(preload_models(svc))
             if svc.billing.stripe is not None and settings.billing_sync_interval_s > 0:
                 syncer = asyncio.create_task(billing_loop(svc, settings.billing_sync_interval_s))
+            if settings.alerts_interval_s > 0:  # safe in every worker: claims are atomic
+                alerter = asyncio.create_task(alerts_loop(svc, settings.alerts_interval_s))
             # Start-up objects (libraries, demo training) never die: keep them out of the
             # cyclic GC, whose full passes over them paused paid calls for ~120 ms.
             gc.collect()
             gc.freeze()
             yield
         finally:
-            for task in (syncer, preloader):
+            for task in (syncer, preloader, alerter):
                 if task is not None:
                     task.cancel()
             await demos.close()
@@ -143,9 +148,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(PaidCallFastPath)
     app.add_middleware(SecurityHeaders)  # added last: outermost, so on every response
-    for router in (accounts.router, keys.router, models.router, admin.router, usage.router,
-                   exports.router, edge.router, billing.router, serving.router, v2.router,
-                   reviews.router, sellers.router):
+    for router in (accounts.router, alerts.router, keys.router, models.router, admin.router,
+                   usage.router, exports.router, edge.router, billing.router, serving.router,
+                   v2.router, reviews.router, sellers.router):
         app.include_router(router)
     app.include_router(gateway.router)
     if settings.unmetered_route:

@@ -134,6 +134,15 @@ class Settings(BaseSettings):
     billing_sync_interval_s: float = Field(
         300, ge=0, description="Push usage to Stripe this often in Stripe mode (0: only by CLI)"
     )
+    alerts_interval_s: float = Field(
+        15, ge=0, description="Evaluate usage alerts and send their webhooks this often (0: off)"
+    )
+    alert_max_attempts: int = Field(
+        8, ge=1, le=50, description="Attempts of one alert webhook before it is marked failed"
+    )
+    alert_retry_base_s: float = Field(
+        30, gt=0, description="First retry wait of an alert webhook; doubles each attempt"
+    )
     demo_calls_per_day: int = Field(
         20, ge=0, description="Free demo calls per anonymous visitor (client address) and UTC day"
     )

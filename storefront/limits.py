@@ -3,6 +3,7 @@ free trial calls left per listing (``GET /v1/account/limits``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -59,35 +60,52 @@ def _trial_listings(db: Session, account_id: int, slug: str | None
     return [(int(i), s, int(t)) for i, s, t in db.execute(q.order_by(Listing.slug)).all()]
 
 
-async def limits(svc: Services, account: Account, slug: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Figures:
+    """The raw figures behind ``limits`` (micro-units), read once; usage alerts reuse them."""
+
+    now: datetime
+    credits: int
+    keys: list[ApiKey]
+    spend: dict[int, tuple[int, int]]  # key id -> (spent today, spent this month)
+    trials: list[tuple[str, int, int]]  # (slug, trial calls, trial calls used)
+
+
+async def figures(svc: Services, account_id: int, slug: str | None = None) -> Figures:
     now = datetime.now(UTC)
 
     def query() -> tuple[list[ApiKey], dict[int, tuple[int, int]], list[tuple[int, str, int]]]:
         with svc.sessions() as db:
             keys = list(db.execute(select(ApiKey).where(
-                ApiKey.account_id == account.id, ApiKey.revoked_at.is_(None))
+                ApiKey.account_id == account_id, ApiKey.revoked_at.is_(None))
                 .order_by(ApiKey.id)).scalars())
-            return keys, _spend_by_key(db, account.id, now), _trial_listings(db, account.id,
+            db.expunge_all()
+            return keys, _spend_by_key(db, account_id, now), _trial_listings(db, account_id,
                                                                               slug)
 
     keys, spend, listings = await run_in_threadpool(query)
-    credits = await svc.meter.credits(account.id)  # hydrates the counters first
+    credits = await svc.meter.credits(account_id)  # hydrates the counters first
     names = svc.meter.names
-    used = await svc.redis.mget([names.trial(account.id, lid) for lid, _, _ in listings]) \
+    used = await svc.redis.mget([names.trial(account_id, lid) for lid, _, _ in listings]) \
         if listings else []
-    trials = [{"slug": s, "trial_calls": total,
-               "trial_used": min(int(u or 0), total),
-               "trial_remaining": max(total - int(u or 0), 0)}
+    trials = [(s, total, min(int(u or 0), total))
               for (_, s, total), u in zip(listings, used, strict=True)]
+    return Figures(now, credits, keys, spend, trials)
+
+
+async def limits(svc: Services, account: Account, slug: str | None = None) -> dict[str, Any]:
+    f = await figures(svc, account.id, slug)
+    trials = [{"slug": s, "trial_calls": total, "trial_used": used,
+               "trial_remaining": total - used} for s, total, used in f.trials]
     return {
-        "credits": format_usd(credits),
-        "as_of": now.isoformat(),
+        "credits": format_usd(f.credits),
+        "as_of": f.now.isoformat(),
         "keys": [{**{k: v for k, v in key_json(key).items()
                      if k not in ("spend_cap_day", "spend_cap_month", "revoked_at")},
                   "rate_limit": {"rps": key.rate_limit_rps or svc.settings.rate_limit_rps,
                                  "burst": key.rate_limit_burst or svc.settings.rate_limit_burst},
-                  "day": _cap(key.spend_cap_day, spend.get(key.id, (0, 0))[0]),
-                  "month": _cap(key.spend_cap_month, spend.get(key.id, (0, 0))[1])}
-                 for key in keys],
+                  "day": _cap(key.spend_cap_day, f.spend.get(key.id, (0, 0))[0]),
+                  "month": _cap(key.spend_cap_month, f.spend.get(key.id, (0, 0))[1])}
+                 for key in f.keys],
         "trials": trials,
     }

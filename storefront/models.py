@@ -211,3 +211,55 @@ class KitOrder(Base):
     tracking: Mapped[str] = mapped_column(String(100), default="")
     history: Mapped[str] = mapped_column(Text, default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AlertRule(Base):
+    """A key's usage alert thresholds and webhook (storefront/alerts.py). The webhook secret
+    is never stored: it is derived from the app's signing key and ``secret_salt``."""
+
+    __tablename__ = "alert_rules"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    daily_cap_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    credits_below: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # micro-units
+    trial_used_up: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    secret_salt: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AlertState(Base):
+    """One threshold of one rule: crossed (fired once) or armed. ``scope`` is the UTC day of
+    a daily-cap threshold, the listing's slug of a trial one, '' for credits."""
+
+    __tablename__ = "alert_states"
+    __table_args__ = (UniqueConstraint("rule_id", "kind", "scope", name="uq_alert_states"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rules.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(String(80), default="")
+    crossed: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    detail: Mapped[str] = mapped_column(Text, default="")  # the banner's sentence
+
+
+class AlertDelivery(Base):
+    """The webhook outbox: one signed POST to send, retried with backoff until delivered or
+    out of attempts."""
+
+    __tablename__ = "alert_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    rule_id: Mapped[int] = mapped_column(ForeignKey("alert_rules.id"), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)  # the exact JSON bytes that are signed and sent
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+    last_error: Mapped[str] = mapped_column(String(300), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                          nullable=True)

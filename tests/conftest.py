@@ -113,7 +113,7 @@ def settings(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory):  
         data_dir=data_dir, database_url=stack["db"], redis_url=stack["redis"],
         redis_namespace=stack["ns"], admin_email="admin@test.local",
         admin_password="admin-pass-123", key_cache_seconds=5.0, flush_interval_ms=50,
-        smoke_cpu_s=3,
+        smoke_cpu_s=3, alerts_interval_s=0,  # tests drive the alert rounds themselves
         **LOOSE_THROTTLES,
     )
 

@@ -4,6 +4,7 @@ the API's route, so the pages and the API share one set of rules."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -14,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 
 from serving import AimarketError
 
-from .. import apikeys, catalog, moderation, payments, publishing
+from .. import alerts, apikeys, catalog, moderation, payments, publishing
 from .. import usage as ledger
 from ..deps import Id
 from ..models import Account
@@ -55,13 +56,16 @@ async def buyer_dashboard(request: Request, new_key: str = "", error: str = "",
     used = await ledger.usage(svc, account, 30)
     with svc.sessions() as db:
         keys = apikeys.list_keys(db, account)
+        banner = alerts.banner(db, account, datetime.now(UTC).date().isoformat())
+        rules = alerts.rules_by_key(db, account)
     per_day: dict[str, int] = {}
     for d in used["days"]:
         per_day[d["date"]] = per_day.get(d["date"], 0) + d["calls"]
     chart = bar_chart(list(per_day.items()), title="Your calls per day (last 30 days)")
     billing = await run_in_threadpool(svc.billing.summary, account.id)
     return page(request, "buyer.html", account, keys=keys, usage=used, chart=chart,
-                new_key=new_key, error=error, done=done, billing=billing)
+                new_key=new_key, error=error, done=done, billing=billing,
+                alert_banner=banner, alert_rules=rules)
 
 
 @router.post("/account/credits")
@@ -118,6 +122,29 @@ async def change_key(request: Request, key_id: Id) -> Response:
     except (AimarketError, ValidationError) as exc:
         return _back("/account", error=_form_error(exc))
     return _back("/account", done="Key saved.")
+
+
+@router.post("/account/keys/{key_id}/alerts")
+async def set_alerts(request: Request, key_id: Id) -> Response:
+    """A key's alert thresholds and webhook; a new webhook secret is shown once, here."""
+    account = _account(request, "buyer")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    svc = services(request)
+    try:
+        body = alerts.AlertRules.model_validate({
+            "daily_cap_percent": str(form.get("daily_cap_percent", "")).strip() or None,
+            "credits_below": str(form.get("credits_below", "")).strip() or None,
+            "trial_used_up": form.get("trial_used_up") == "on",
+            "webhook_url": str(form.get("webhook_url", "")).strip() or None,
+            "rotate_secret": form.get("rotate_secret") == "on"})
+        with svc.sessions() as db:
+            saved = alerts.put_rules(db, svc, account, key_id, body)
+    except (AimarketError, ValidationError) as exc:
+        return _back("/account", error=_form_error(exc))
+    if "webhook_secret" in saved:
+        return page(request, "webhook_secret.html", account, saved=saved)
+    return _back("/account", done="Alerts saved.")
 
 
 # -- seller ------------------------------------------------------------------------------------

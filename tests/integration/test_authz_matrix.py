@@ -125,6 +125,10 @@ def world(client: Any) -> World:
         reviews[role] = r.json()["id"]
     handle = client.get("/v1/account", headers=bearer(tenants["seller"].token)).json()["handle"]
     a = tenants["buyer"].extra
+    hook = f"https://hooks.example.com/{uuid.uuid4().hex}"  # buyer A's alert webhook
+    r = client.put(f"/v1/keys/{a['keys']['patch']['id']}/alerts",
+                   headers=bearer(tenants["buyer"].token), json={"webhook_url": hook})
+    assert r.status_code == 200, r.text
     ids = {"key_patch": a["keys"]["patch"]["id"], "key_delete": a["keys"]["delete"]["id"],
            "key_web": a["keys"]["web"]["id"], "export": a["export"], "order": a["order"],
            "license": a["license"],
@@ -136,7 +140,7 @@ def world(client: Any) -> World:
     private = [tenants["buyer"].email, tenants["seller"].email, a["ship_to"],
                a["keys"]["patch"]["prefix"], a["keys"]["delete"]["prefix"],
                a["keys"]["web"]["prefix"], tenants["buyer"].key[:16],
-               titles["seller:reject"], titles["seller:pending"]]
+               titles["seller:reject"], titles["seller:pending"], hook]
     return World(tenants, ids, private, client.app.state.services.signing_key)
 
 
@@ -163,6 +167,14 @@ MATRIX: list[Row] = [
         (401, 200, 404, 404, 404, 404), json={"name": "renamed"}),
     row("DELETE", "/v1/keys/{key_id}", {"key_id": "key_delete"},
         (401, 200, 404, 404, 404, 404)),
+    # a key's usage alerts: its owner only, as the key itself
+    row("GET", "/v1/keys/{key_id}/alerts", {"key_id": "key_patch"},
+        (401, 200, 404, 404, 404, 404)),
+    row("PUT", "/v1/keys/{key_id}/alerts", {"key_id": "key_patch"},
+        (401, 200, 404, 404, 404, 404),
+        json={"daily_cap_percent": 80, "webhook_url": "https://hooks.example.com/m"}),
+    row("POST", "/v1/keys/{key_id}/alerts/test", {"key_id": "key_patch"},
+        (401, 202, 404, 404, 404, 404)),
     # the catalog: a live listing is public; a pending one does not exist for anybody
     row("GET", "/v1/models/{slug}", {"slug": "live"}, (200, 200, 200, 200, 200, 200)),
     row("GET", "/v1/models/{slug}", {"slug": "pending"}, (404, 404, 404, 404, 404, 404)),
@@ -258,6 +270,9 @@ MATRIX: list[Row] = [
     row("POST", "/account/keys/{key_id}", {"key_id": "key_web"},
         ("303 login", "303 done", "303 error", "303 error", "303 error", "303 error"),
         auth="session", form={"name": "renamed on the web"}),
+    row("POST", "/account/keys/{key_id}/alerts", {"key_id": "key_web"},
+        ("303 login", "303 done", "303 error", "303 error", "303 error", "303 error"),
+        auth="session", form={"daily_cap_percent": "80", "credits_below": "1.00"}),
     row("POST", "/admin/review/{slug}/{version}", {"slug": "web_review", "version": "=1"},
         ("303 login", 403, 403, 403, 403, "303 done"), auth="session",
         form={"decision": "approve"}),
