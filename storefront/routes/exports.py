@@ -20,12 +20,12 @@ from metering import CallSpec, Reservation, format_usd, to_micro
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
 from .. import edge
+from .. import kit_orders as orders
 from ..deps import Admin, Buyer, Id, ServicesDep, SessionDep
 from ..models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
 from ..registry import live_row, model_path
 
 router = APIRouter(tags=["exports"])
-KIT_STATES = ("pending", "flashed", "shipped", "delivered")
 
 
 def _listing(db: Any, slug: str, version: int | None = None
@@ -206,12 +206,6 @@ class KitOrderRequest(BaseModel):
     shipping_address: Address
 
 
-def _order_json(o: KitOrder) -> dict[str, Any]:
-    return {"id": o.id, "export_id": o.export_id, "state": o.state, "tracking": o.tracking,
-            "shipping_address": json.loads(o.shipping_address),
-            "history": json.loads(o.history), "created_at": o.created_at.isoformat()}
-
-
 @router.post("/v1/kit-orders", status_code=201)
 async def order_kit(body: KitOrderRequest, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
     """Order a Nano Kit pre-loaded with a nano-kit export, charged the listing's
@@ -254,7 +248,7 @@ async def order_kit(body: KitOrderRequest, buyer: Buyer, svc: ServicesDep) -> di
         with svc.sessions() as db:
             order = db.get(KitOrder, oid)
             assert order is not None
-            return _order_json(order)
+            return orders.order_json(order)
 
     return {**await run_in_threadpool(read), "price": format_usd(charge.price),
             "credits": format_usd(res.credits_remaining)}
@@ -265,7 +259,7 @@ def kit_orders(buyer: Buyer, db: SessionDep) -> dict[str, Any]:
     q = select(KitOrder).order_by(KitOrder.id.desc())
     if buyer.role != "admin":
         q = q.where(KitOrder.buyer_id == buyer.id)
-    return {"items": [_order_json(o) for o in db.execute(q).scalars()]}
+    return {"items": [orders.order_json(o) for o in db.execute(q).scalars()]}
 
 
 @router.get("/v1/kit-orders/{order_id}")
@@ -273,33 +267,10 @@ def kit_order(order_id: Id, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
     order = db.get(KitOrder, order_id)
     if order is None or (order.buyer_id != buyer.id and buyer.role != "admin"):
         raise NotFound(f"no kit order {order_id}", code="kit_order_not_found")
-    return _order_json(order)
-
-
-class Advance(BaseModel):
-    state: Literal["flashed", "shipped", "delivered"]
-    tracking: str | None = Field(None, max_length=100)
+    return orders.order_json(order)
 
 
 @router.post("/v1/admin/kit-orders/{order_id}/advance")
-def advance(order_id: Id, body: Advance, admin: Admin, db: SessionDep) -> dict[str, Any]:
-    order = db.get(KitOrder, order_id)
-    if order is None:
-        raise NotFound(f"no kit order {order_id}", code="kit_order_not_found")
-    expected = KIT_STATES[KIT_STATES.index(order.state) + 1] if order.state != "delivered" \
-        else None
-    if body.state != expected:
-        raise Conflict(f"order {order_id} is {order.state}; it can only move to "
-                       f"{expected or 'nothing (delivered)'}", code="invalid_transition")
-    if body.state == "shipped" and not body.tracking:
-        raise InvalidInput("shipping needs a tracking reference", code="tracking_required")
-    order.state = body.state
-    if body.tracking:
-        order.tracking = body.tracking
-    order.history = json.dumps([*json.loads(order.history), {
-        "state": body.state, "at": datetime.now(UTC).isoformat(), "by": admin.email,
-        **({"tracking": body.tracking} if body.tracking else {})}])
-    db.commit()
-    return _order_json(order)
-
-
+def advance(order_id: Id, body: orders.Advance, admin: Admin, db: SessionDep
+            ) -> dict[str, Any]:
+    return orders.advance(db, admin, order_id, body)

@@ -15,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 
 from serving import AimarketError
 
-from .. import alerts, apikeys, catalog, moderation, payments, publishing
+from .. import alerts, apikeys, catalog, kit_orders, moderation, payments, publishing
 from .. import usage as ledger
 from ..deps import Id
 from ..models import Account
@@ -208,7 +208,26 @@ def admin_dashboard(request: Request, error: str = "", done: str = "") -> Respon
     with services(request).sessions() as db:
         queue = moderation.review_queue(db)
         log = moderation.audit_log(db)[:10]
-    return page(request, "admin.html", account, queue=queue, log=log, error=error, done=done)
+        kits = kit_orders.open_orders(db)
+    return page(request, "admin.html", account, queue=queue, log=log, kits=kits, error=error,
+                done=done)
+
+
+@router.post("/admin/kit-orders/{order_id}")
+async def advance_kit(request: Request, order_id: Id) -> Response:
+    """Move a Nano Kit order to its next state (shipping needs the tracking reference)."""
+    account = _account(request, "admin")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    try:
+        body = kit_orders.Advance.model_validate({
+            "state": str(form.get("state", "")),
+            "tracking": str(form.get("tracking", ""))[:100] or None})
+        with services(request).sessions() as db:
+            order = kit_orders.advance(db, account, order_id, body)
+    except (AimarketError, ValidationError) as exc:
+        return _back("/admin", error=_form_error(exc))
+    return _back("/admin", done=f"Kit order {order_id} is {order['state']}.")
 
 
 @router.post("/admin/review/{slug}/{version}")

@@ -217,3 +217,53 @@ def test_kit_orders_are_never_free(client):
     r = client.post("/v1/kit-orders", headers=bearer(token),
                     json={"export_id": wine.json()["id"], "shipping_address": address})
     assert r.status_code == 409 and r.json()["error"]["code"] == "kit_not_offered"
+
+
+def test_the_admin_ships_a_kit_order_on_the_admin_page(client, licensed):
+    """The admin page lists open kit orders with their address (escaped) and moves each to
+    its next state; shipping without a tracking reference is refused on the form; the buyer
+    sees the tracking reference; a delivered order leaves the work list."""
+    import re
+
+    email, token = licensed
+    grant(client, email, "39.00")  # the kit's price (the module's buyer spent theirs)
+    exp = client.post("/v1/exports", headers=bearer(token),
+                      json={"slug": "iris-species", "target": "nano-kit"}).json()
+    address = {"name": "<b>Bea</b>", "line1": "2 Quai", "city": "Lyon",
+               "postal_code": "69002", "country": "FR"}
+    r = client.post("/v1/kit-orders", headers=bearer(token),
+                    json={"export_id": exp["id"], "shipping_address": address})
+    assert r.status_code == 201, r.text
+    oid = r.json()["id"]
+
+    def csrf() -> str:
+        found = re.search(r'name="csrf" value="([0-9a-f]+)"', client.get("/admin").text)
+        assert found is not None
+        return found.group(1)
+
+    client.cookies.clear()
+    login = client.get("/login").text
+    token_login = re.search(r'name="csrf" value="([0-9a-f]+)"', login)
+    assert token_login is not None
+    r = client.post("/login", data={"email": "admin@test.local", "password": "admin-pass-123",
+                                    "csrf": token_login.group(1), "next": "/admin"},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    page = client.get("/admin").text
+    assert f'action="/admin/kit-orders/{oid}"' in page and "&lt;b&gt;Bea&lt;/b&gt;" in page
+    assert "<b>Bea</b>" not in page
+    path = f"/admin/kit-orders/{oid}"
+    assert client.post(path, data={"state": "flashed"}).status_code == 403  # no CSRF token
+    r = client.post(path, data={"csrf": csrf(), "state": "flashed"}, follow_redirects=False)
+    assert r.status_code == 303 and "done=" in r.headers["location"], r.headers
+    r = client.post(path, data={"csrf": csrf(), "state": "shipped"}, follow_redirects=False)
+    assert "error=" in r.headers["location"] and "tracking" in r.headers["location"]
+    r = client.post(path, data={"csrf": csrf(), "state": "delivered"}, follow_redirects=False)
+    assert "error=" in r.headers["location"]  # not before it shipped
+    client.post(path, data={"csrf": csrf(), "state": "shipped", "tracking": "1Z-SITE"})
+    seen = client.get(f"/v1/kit-orders/{oid}", headers=bearer(token)).json()
+    assert (seen["state"], seen["tracking"]) == ("shipped", "1Z-SITE")
+    assert seen["history"][-1]["by"] == "admin@test.local"
+    client.post(path, data={"csrf": csrf(), "state": "delivered"})
+    assert f'action="/admin/kit-orders/{oid}"' not in client.get("/admin").text
+    client.cookies.clear()
