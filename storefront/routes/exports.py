@@ -19,10 +19,10 @@ from export import build
 from metering import CallSpec, Reservation, format_usd, to_micro
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
-from .. import edge
+from .. import bundles, edge
 from .. import kit_orders as orders
 from ..deps import Admin, Buyer, Id, ServicesDep, SessionDep
-from ..models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
+from ..models import Export, KitOrder, Listing, ListingVersion, Purchase
 from ..registry import live_row, model_path
 
 router = APIRouter(tags=["exports"])
@@ -108,14 +108,6 @@ class ExportRequest(BaseModel):
                           "or int8)")
 
 
-def _export_json(e: Export, slug: str, version: int) -> dict[str, Any]:
-    return {"id": e.id, "slug": slug, "version": version, "target": e.target,
-            "license_id": e.license_id, "sha256": e.sha256, "size_bytes": e.size_bytes,
-            "agreement": e.agreement, "max_diff": e.max_diff, "precision": e.precision,
-            "watermarked": e.watermarked, "created_at": e.created_at.isoformat(),
-            "download": f"/v1/exports/{e.id}/download"}
-
-
 @router.post("/v1/exports", status_code=201)
 def create_export(body: ExportRequest, buyer: Buyer, db: SessionDep,
                   svc: ServicesDep) -> dict[str, Any]:
@@ -135,7 +127,7 @@ def create_export(body: ExportRequest, buyer: Buyer, db: SessionDep,
                    manifest, body.target, info, svc.signer, precision=body.precision,
                    calibration=edge.calibration_for(svc.settings.data_dir, listing.id, manifest),
                    watermark_key=edge.watermark_key(svc.signer))
-    path = _bundle_path(svc, eid)
+    path = bundles.bundle_path(svc.settings.data_dir, eid)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bundle.data)
     record = Export(id=eid, buyer_id=buyer.id, listing_version_id=lv.id, purchase_id=license_.id,
@@ -145,11 +137,7 @@ def create_export(body: ExportRequest, buyer: Buyer, db: SessionDep,
                     watermarked=bundle.watermarked)
     db.add(record)
     db.commit()
-    return {**_export_json(record, listing.slug, lv.version), "notes": bundle.notes}
-
-
-def _bundle_path(svc: Any, eid: str) -> Any:
-    return svc.settings.data_dir / "exports" / f"{eid}.zip"
+    return {**bundles.export_json(record, listing.slug, lv.version), "notes": bundle.notes}
 
 
 @router.get("/v1/exports/public-key")
@@ -158,37 +146,21 @@ def public_key(svc: ServicesDep) -> dict[str, str]:
     return {"algorithm": "Ed25519", "public_key_pem": svc.signer.public_pem()}
 
 
-def _owned_export(db: Any, export_id: str, account: Account) -> tuple[Export, str, int]:
-    row = db.execute(
-        select(Export, Listing.slug, ListingVersion.version)
-        .join(ListingVersion, ListingVersion.id == Export.listing_version_id)
-        .join(Listing, Listing.id == ListingVersion.listing_id).where(Export.id == export_id)
-    ).first()
-    if row is None or (row[0].buyer_id != account.id and account.role != "admin"):
-        raise NotFound(f"no export '{export_id}'", code="export_not_found")
-    return row[0], row[1], row[2]
-
-
 @router.get("/v1/exports")
 def my_exports(buyer: Buyer, db: SessionDep) -> dict[str, Any]:
-    rows = db.execute(
-        select(Export, Listing.slug, ListingVersion.version)
-        .join(ListingVersion, ListingVersion.id == Export.listing_version_id)
-        .join(Listing, Listing.id == ListingVersion.listing_id)
-        .where(Export.buyer_id == buyer.id).order_by(Export.created_at.desc())
-    ).all()
-    return {"items": [_export_json(e, s, v) for e, s, v in rows]}
+    return {"items": bundles.exports_of(db, buyer)}
 
 
 @router.get("/v1/exports/{export_id}")
 def get_export(export_id: str, buyer: Buyer, db: SessionDep) -> dict[str, Any]:
-    return _export_json(*_owned_export(db, export_id, buyer))
+    return bundles.export_json(*bundles.owned_export(db, export_id, buyer))
 
 
 @router.get("/v1/exports/{export_id}/download")
 def download(export_id: str, buyer: Buyer, db: SessionDep, svc: ServicesDep) -> FileResponse:
-    record, slug, version = _owned_export(db, export_id, buyer)
-    return FileResponse(_bundle_path(svc, record.id), media_type="application/zip",
+    record, slug, version = bundles.owned_export(db, export_id, buyer)
+    return FileResponse(bundles.bundle_path(svc.settings.data_dir, record.id),
+                        media_type="application/zip",
                         filename=f"{slug}-v{version}-{record.target}.zip")
 
 
@@ -212,7 +184,7 @@ async def order_kit(body: KitOrderRequest, buyer: Buyer, svc: ServicesDep) -> di
     ``pricing.kit_price`` from prepaid credit (one charge per kit; never free)."""
     def place() -> tuple[CallSpec, int]:
         with svc.sessions() as db:
-            record, slug, _ = _owned_export(db, body.export_id, buyer)
+            record, slug, _ = bundles.owned_export(db, body.export_id, buyer)
             if record.target != "nano-kit":
                 raise InvalidInput("a Nano Kit is pre-loaded with a nano-kit export; create one "
                                    "with target 'nano-kit'", code="wrong_target")

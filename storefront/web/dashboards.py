@@ -11,11 +11,11 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 
 from serving import AimarketError
 
-from .. import alerts, apikeys, catalog, kit_orders, moderation, payments, publishing
+from .. import alerts, apikeys, bundles, catalog, kit_orders, moderation, payments, publishing
 from .. import usage as ledger
 from ..deps import Id
 from ..models import Account
@@ -58,6 +58,9 @@ async def buyer_dashboard(request: Request, new_key: str = "", error: str = "",
         keys = apikeys.list_keys(db, account)
         banner = alerts.banner(db, account, datetime.now(UTC).date().isoformat())
         rules = alerts.rules_by_key(db, account)
+        owned = {"licences": bundles.licences_of(db, account),
+                 "exports": bundles.exports_of(db, account),
+                 "kits": bundles.kit_orders_of(db, account)}
     per_day: dict[str, int] = {}
     for d in used["days"]:
         per_day[d["date"]] = per_day.get(d["date"], 0) + d["calls"]
@@ -65,7 +68,22 @@ async def buyer_dashboard(request: Request, new_key: str = "", error: str = "",
     billing = await run_in_threadpool(svc.billing.summary, account.id)
     return page(request, "buyer.html", account, keys=keys, usage=used, chart=chart,
                 new_key=new_key, error=error, done=done, billing=billing,
-                alert_banner=banner, alert_rules=rules)
+                alert_banner=banner, alert_rules=rules, owned=owned)
+
+
+@router.get("/account/exports/{export_id}/download")
+def download_bundle(request: Request, export_id: str) -> Response:
+    """The buyer's signed bundle, with the session (the API's route takes a token)."""
+    account = _account(request, "buyer")
+    with services(request).sessions() as db:
+        try:
+            record, slug, version = bundles.owned_export(db, export_id[:64], account)
+        except AimarketError as exc:
+            return page(request, "message.html", account, status=exc.status,
+                        title="No such export", message=exc.message)
+    return FileResponse(bundles.bundle_path(services(request).settings.data_dir, record.id),
+                        media_type="application/zip",
+                        filename=f"{slug}-v{version}-{record.target}.zip")
 
 
 @router.post("/account/credits")

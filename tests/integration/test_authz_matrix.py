@@ -293,6 +293,8 @@ MATRIX: list[Row] = [
     row("POST", "/seller/models/{slug}", {"slug": "live"},
         ("303 login", 403, 403, "303 done", "303 error", "303 done"), auth="session",
         form={"description": "edited on the web"}),
+    row("GET", "/account/exports/{export_id}/download", {"export_id": "export"},
+        ("303 login", 200, 404, 404, 404, 200), auth="session"),
     row("POST", "/admin/kit-orders/{order_id}", {"order_id": "order"},
         ("303 login", 403, 403, 403, 403, "303 done"), auth="session",
         form={"state": "shipped", "tracking": "MATRIX-1"}),

@@ -267,3 +267,47 @@ def test_the_admin_ships_a_kit_order_on_the_admin_page(client, licensed):
     client.post(path, data={"csrf": csrf(), "state": "delivered"})
     assert f'action="/admin/kit-orders/{oid}"' not in client.get("/admin").text
     client.cookies.clear()
+
+
+def test_the_buyer_dashboard_lists_licences_bundles_and_kits_and_downloads_a_bundle(client):
+    """On the site: the licence, the bundle (downloaded with the session, signature verified
+    against the public key) and the kit order with its state; another buyer gets 404."""
+    import re
+
+    email, token = signup(client, "buyer")
+    grant(client, email, "50.00")
+    assert client.post("/v1/models/iris-species/purchase",
+                       headers=bearer(token)).status_code == 201
+    exp = client.post("/v1/exports", headers=bearer(token),
+                      json={"slug": "iris-species", "target": "nano-kit"}).json()
+    r = client.post("/v1/kit-orders", headers=bearer(token), json={
+        "export_id": exp["id"], "shipping_address": {
+            "name": "Bea", "line1": "1 Main St", "city": "Lyon", "postal_code": "69001",
+            "country": "FR"}})
+    assert r.status_code == 201, r.text
+
+    def log_in(addr: str) -> None:
+        client.cookies.clear()
+        found = re.search(r'name="csrf" value="([0-9a-f]+)"', client.get("/login").text)
+        assert found is not None
+        r = client.post("/login", data={"email": addr, "password": "password-123",
+                                        "csrf": found.group(1), "next": "/account"},
+                        follow_redirects=False)
+        assert r.status_code == 303
+
+    log_in(email)
+    page = client.get("/account").text
+    assert exp["license_id"] in page and exp["id"] in page and "aimarket verify" in page
+    assert re.search(r"#\d+</td><td><code>" + exp["id"] + r"</code></td><td>pending", page)
+    r = client.get(f"/account/exports/{exp['id']}/download")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    pem = client.get("/v1/exports/public-key").json()["public_key_pem"]
+    assert verify(r.content, pem)["license_id"] == exp["license_id"]
+
+    other, _ = signup(client, "buyer")
+    log_in(other)
+    assert client.get(f"/account/exports/{exp['id']}/download").status_code == 404
+    assert exp["id"] not in client.get("/account").text
+    client.cookies.clear()
+    r = client.get(f"/account/exports/{exp['id']}/download", follow_redirects=False)
+    assert r.status_code == 303 and "/login" in r.headers["location"]
