@@ -40,7 +40,10 @@ def svc(client: Any) -> Any:
 
 
 def spoofed() -> str:
-    return f"198.51.100.{uuid.uuid4().int % 250 + 1}"
+    """A fresh client address per call: one of the 131,072 of 198.18.0.0/15 (250 addresses
+    collided within one run, and a reused address finds its throttle bucket spent)."""
+    r = uuid.uuid4().int
+    return f"198.{18 + r % 2}.{(r >> 1) % 256}.{(r >> 9) % 254 + 1}"
 
 
 def _model() -> bytes:
