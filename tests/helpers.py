@@ -54,3 +54,10 @@ def grant(client: Any, addr: str, amount: str) -> dict[str, Any]:
                     json={"account_email": addr, "amount": amount})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def fresh_address() -> str:
+    """A client address no other test uses: one of the 131,072 of 198.18.0.0/15 (throttle
+    and demo-quota buckets are per address and outlive a test on the shared Redis)."""
+    r = uuid.uuid4().int
+    return f"198.{18 + r % 2}.{(r >> 1) % 256}.{(r >> 9) % 254 + 1}"

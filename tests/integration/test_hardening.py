@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from sandbox_ui.uploads import count_files, prune
 from storefront.throttle import client_address
 from storefront.tryit import Visitor, demo_call
-from tests.helpers import admin_token, bearer, email, signup
+from tests.helpers import admin_token, bearer, email, fresh_address, signup
 from tests.integration.test_hostile_uploads import helper, tiny, vi
 
 HOSTILE = ('Reads digits. <img src="http://203.0.113.9/x.png"> '
@@ -40,10 +40,7 @@ def svc(client: Any) -> Any:
 
 
 def spoofed() -> str:
-    """A fresh client address per call: one of the 131,072 of 198.18.0.0/15 (250 addresses
-    collided within one run, and a reused address finds its throttle bucket spent)."""
-    r = uuid.uuid4().int
-    return f"198.{18 + r % 2}.{(r >> 1) % 256}.{(r >> 9) % 254 + 1}"
+    return fresh_address()
 
 
 def _model() -> bytes:

@@ -12,7 +12,7 @@ import pytest
 from metering import DemoMeter
 from serving import TooManyRequests
 from storefront.tryit import Visitor, demo_call
-from tests.helpers import admin_token, bearer, email, signup
+from tests.helpers import admin_token, bearer, email, fresh_address, signup
 
 pytestmark = pytest.mark.integration
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -151,14 +151,14 @@ def test_demo_calls_use_trial_calls_first_and_never_charge(web: Any) -> None:
 
 def test_anonymous_demo_quota_and_listing_concurrency(web: Any) -> None:
     svc = web.app.state.services
-    visitor = Visitor(None, f"192.0.2.{uuid_byte()}")
+    visitor = Visitor(None, fresh_address())
     limit = svc.settings.demo_calls_per_day
     for _ in range(limit):
         assert _demo(web, visitor)["kind"] == "demo"
     with pytest.raises(TooManyRequests, match="free demo calls of today are used up"):
         _demo(web, visitor)
     demos: DemoMeter = svc.demos
-    other = Visitor(None, f"198.51.100.{uuid_byte()}")
+    other = Visitor(None, fresh_address())
 
     async def busy() -> str:
         listing = (await svc.registry.get("wine-cultivar")).listing_id
