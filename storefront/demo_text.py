@@ -38,8 +38,10 @@ PRICING = {"per_call": "0.0005", "trial_calls": 20, "export_price": "4.00"}
 
 
 def _topics() -> dict[str, str]:
-    from pydoc_data.topics import topics
-
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # a Python built without its docs: no text listings
+        return {}
     return dict(topics)
 
 
@@ -77,7 +79,9 @@ def _text_manifest(title: str, description: str, task: str, output: dict[str, An
 
 
 @cache
-def python_question_router() -> Built:
+def python_question_router() -> Built | None:
+    if not _topics():
+        return None
     tok, topics = _tokenizer(), _topics()
     vocab, labels = tok.get_vocab_size(), list(ROUTES)
     counts = np.ones((vocab, len(labels)))  # Laplace smoothing
@@ -114,7 +118,9 @@ def python_question_router() -> Built:
 
 
 @cache
-def python_doc_embeddings() -> Built:
+def python_doc_embeddings() -> Built | None:
+    if not _topics():
+        return None
     from scipy import sparse
     from sklearn.utils.extmath import randomized_svd
 
