@@ -295,6 +295,10 @@ MATRIX: list[Row] = [
         form={"description": "edited on the web"}),
     row("GET", "/account/exports/{export_id}/download", {"export_id": "export"},
         ("303 login", 200, 404, 404, 404, 200), auth="session"),
+    # ordering a kit on a bundle: its buyer only (an admin reads it but does not order on it)
+    row("POST", "/account/exports/{export_id}/kit-order", {"export_id": "export"},
+        ("303 login", "303 done", "303 error", "303 error", "303 error", "303 error"),
+        auth="session", form={"name": "Matrix web kit", **ADDRESS}),
     row("POST", "/admin/kit-orders/{order_id}", {"order_id": "order"},
         ("303 login", 403, 403, 403, 403, "303 done"), auth="session",
         form={"state": "shipped", "tracking": "MATRIX-1"}),
