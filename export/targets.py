@@ -93,7 +93,37 @@ def _fp16(model_bytes: bytes) -> bytes:
     ml_ops = sorted({n.op_type for n in model.graph.node if n.domain == "ai.onnx.ml"})
     converted = float16.convert_float_to_float16(model, keep_io_types=True,
                                                  op_block_list=ml_ops or None)
-    return converted.SerializeToString()
+    return _casts_to_half(_drop_repeated_nodes(converted)).SerializeToString()
+
+
+def _casts_to_half(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make a Cast-to-float32 inside the graph cast to float16 where the converter typed its
+    output float16 (it retypes the values, not the Cast's ``to``)."""
+    half = {v.name for v in model.graph.value_info
+            if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output[0] in half:
+            for a in node.attribute:
+                if a.name == "to" and a.i == onnx.TensorProto.FLOAT:
+                    a.i = onnx.TensorProto.FLOAT16
+    return model
+
+
+def _drop_repeated_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes that repeat an earlier one exactly: the converter inserts the Cast after a
+    graph input once per pass that meets it (twice when the input also feeds an operator kept
+    as it is, e.g. Shape), and onnxruntime refuses two definitions of one name."""
+    seen: set[bytes] = set()
+    keep = []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            keep.append(node)
+    if len(keep) < len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return model
 
 
 def _drop_float_casts(model: onnx.ModelProto) -> onnx.ModelProto:
