@@ -213,6 +213,12 @@ def _marks(model_bytes: bytes, manifest: Manifest, key: bytes, license_id: str, 
                                         f"(agreement with the unmarked model {agreement:.4f})")}
 
 
+# tasks whose answer is a label: an export agrees where it gives the same label
+LABELLED = ("image-classification", "tabular-classification", "audio-classification",
+            "text-classification")
+DETECTION_IOU = 0.8
+
+
 def accuracy(original: bytes, converted: bytes, manifest: Manifest) -> tuple[float, float]:
     """(share of sample inputs on which both models give the same answer, largest absolute
     difference of any float output)."""
@@ -223,12 +229,45 @@ def accuracy(original: bytes, converted: bytes, manifest: Manifest) -> tuple[flo
     a, b = _run(original, feeds), _run(converted, feeds)
     max_diff = max((float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64))))
                     for k in a if a[k].dtype.kind == "f" and k in b), default=0.0)
-    if manifest.task in ("image-classification", "tabular-classification"):
+    if manifest.task in LABELLED:
         same = _labels(a, manifest) == _labels(b, manifest)
+    elif manifest.task == "object-detection":
+        same = np.asarray(_same_detections(a, b, manifest))
     else:
         first = manifest.outputs[0].name
         same = np.isclose(a[first], b[first], rtol=1e-2, atol=1e-2).reshape(SAMPLES, -1).all(1)
     return float(np.mean(same)), max_diff
+
+
+def _same_detections(a: dict[str, np.ndarray], b: dict[str, np.ndarray], manifest: Manifest
+                     ) -> list[bool]:
+    """Per sample: both models find the same objects (same labels, boxes overlapping by
+    ``DETECTION_IOU``), after the listing's own score threshold and NMS: raw heads differ
+    where no box is kept, and a peak can move between two equal anchors."""
+    from serving.tasks import postprocess
+
+    found = [postprocess(manifest, out)["predictions"] for out in (a, b)]
+    return [_match(x["detections"], y["detections"]) for x, y in zip(*found, strict=True)]
+
+
+def _match(xs: list[dict[str, Any]], ys: list[dict[str, Any]]) -> bool:
+    if len(xs) != len(ys):
+        return False
+    left = list(ys)
+    for x in xs:
+        hit = next((y for y in left if y["label"] == x["label"]
+                    and _iou(x["box"], y["box"]) >= DETECTION_IOU), None)
+        if hit is None:
+            return False
+        left.remove(hit)
+    return True
+
+
+def _iou(p: list[float], q: list[float]) -> float:
+    w = max(0.0, min(p[2], q[2]) - max(p[0], q[0]))
+    h = max(0.0, min(p[3], q[3]) - max(p[1], q[1]))
+    union = (p[2] - p[0]) * (p[3] - p[1]) + (q[2] - q[0]) * (q[3] - q[1]) - w * h
+    return w * h / union if union > 0 else 1.0
 
 
 def _run(model: bytes, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

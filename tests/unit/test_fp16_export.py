@@ -41,3 +41,23 @@ def test_the_fp16_export_of_an_input_shared_with_shape_and_an_inner_cast_runs() 
     np.testing.assert_allclose(got, want, rtol=1e-3)
     types = {i.name: i.data_type for i in onnx.load_model_from_string(half).graph.initializer}
     assert types["two"] == TensorProto.FLOAT16  # the weights did go to float16
+
+
+def test_a_detectors_export_agreement_is_on_the_boxes_it_keeps() -> None:
+    """Two raw heads that differ only below the score threshold agree; a moved box does not."""
+    from export.bundle import _same_detections
+    from serving.manifest import Manifest
+
+    manifest = Manifest.model_validate({
+        "title": "d", "category": "vision", "task": "object-detection",
+        "inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, 64, 64]}],
+        "outputs": [{"name": "out", "dtype": "float32", "shape": [-1, 5, 2]}],
+        "labels": ["cat"], "preprocessing": {"size": [64, 64], "mode": "RGB"},
+        "detection": {"format": "yolov8"}, "pricing": {"per_call": "0.001"}})
+    head = np.asarray([[[20, 40], [20, 40], [10, 8], [10, 8], [0.9, 0.1]]], np.float32)
+    quiet = head.copy()
+    quiet[0, 4, 1] = 0.2  # a score that stays under the threshold
+    moved = head.copy()
+    moved[0, 0, 0] = 26  # the kept box moves by more than half its width
+    assert _same_detections({"out": head}, {"out": quiet}, manifest) == [True]
+    assert _same_detections({"out": head}, {"out": moved}, manifest) == [False]
