@@ -2,7 +2,8 @@
 gateway processes never send one twice at once), POSTed with its ``Aimarket-Signature``, and
 marked delivered on a 2xx, else retried with exponential backoff (jittered) until
 ``alert_max_attempts``. Runs on a timer in the app's lifespan, never inside a request; each
-round also prunes the daily-cap alert states of past days."""
+round also prunes the daily-cap alert states of past days and the outbox rows sent or given
+up more than 30 days ago."""
 
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ async def run_round(svc: Services, now: datetime | None = None) -> None:
 
     def prune() -> int:
         with svc.sessions() as db:
-            return alerts.prune_states(db, now or utcnow())
+            return (alerts.prune_states(db, now or utcnow())
+                    + alerts.prune_deliveries(db, now or utcnow()))
 
     await run_in_threadpool(prune)
 

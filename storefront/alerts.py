@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 STATE_KEEP_DAYS = 3  # daily-cap states of older UTC days are pruned (they can never fire)
+DELIVERY_KEEP_DAYS = 30  # delivered or given-up webhook rows are kept this long, then pruned
 
 
 class AlertRules(BaseModel):
@@ -271,6 +272,16 @@ def prune_states(db: Session, now: datetime, keep_days: int = STATE_KEEP_DAYS) -
     cutoff = (now.date() - timedelta(days=keep_days)).isoformat()
     gone = rows_changed(db.execute(delete(AlertState).where(
         AlertState.kind == "daily_cap", AlertState.scope < cutoff)))
+    db.commit()
+    return gone
+
+
+def prune_deliveries(db: Session, now: datetime, keep_days: int = DELIVERY_KEEP_DAYS) -> int:
+    """Delete outbox rows delivered or given up more than ``keep_days`` ago (the log of what
+    was sent stays that long); a pending row is never deleted. The rows deleted."""
+    gone = rows_changed(db.execute(delete(AlertDelivery).where(
+        AlertDelivery.status.in_(("delivered", "failed")),
+        AlertDelivery.created_at < now - timedelta(days=keep_days))))
     db.commit()
     return gone
 

@@ -273,3 +273,37 @@ def test_a_round_prunes_daily_cap_states_of_past_days_and_keeps_the_rest(client)
                            ("daily_cap", day[keep]), ("credits", ""), ("trial", SLUG)])
     page = client.get("/account", headers={"Cookie": f"am_session={buyer}"}).text
     assert f"cap on {day[0]}" in page and "trial long ago" in page
+
+
+def test_a_round_prunes_webhook_rows_sent_or_given_up_long_ago_never_pending_ones(client):
+    """The outbox keeps what was sent for ``DELIVERY_KEEP_DAYS``, then the round deletes it;
+    a row still to be sent stays whatever its age."""
+    from sqlalchemy import select
+
+    from storefront.models import AlertDelivery, AlertRule
+
+    _, buyer = signup(client, "buyer")
+    key = client.post("/v1/keys", headers=bearer(buyer), json={"name": "outbox"}).json()
+    assert client.put(f"/v1/keys/{key['id']}/alerts", headers=bearer(buyer),
+                      json={}).status_code == 200
+    svc = client.app.state.services
+    now = utcnow()
+    old = now - timedelta(days=alerts.DELIVERY_KEEP_DAYS + 1)
+    recent = now - timedelta(days=alerts.DELIVERY_KEEP_DAYS - 1)
+    with svc.sessions() as db:
+        rule = db.execute(select(AlertRule).where(AlertRule.api_key_id == key["id"])).scalar_one()
+        rows = {"old-sent": ("delivered", old), "old-failed": ("failed", old),
+                "recent-sent": ("delivered", recent), "old-pending": ("pending", old)}
+        for name, (status, at) in rows.items():
+            db.add(AlertDelivery(event_id=f"{name}-{key['id']}", rule_id=rule.id,
+                                 url="https://example.invalid/hook", body="{}", status=status,
+                                 created_at=at, next_attempt_at=now + timedelta(days=1)))
+        db.commit()
+        rule_id = rule.id
+
+    client.portal.call(alert_sender.run_round, svc, now)
+
+    with svc.sessions() as db:
+        left = sorted(d.event_id.rsplit("-", 1)[0] for d in db.execute(
+            select(AlertDelivery).where(AlertDelivery.rule_id == rule_id)).scalars())
+    assert left == ["old-pending", "recent-sent"]
