@@ -241,7 +241,7 @@ class Billing:
         if rec is None:
             log.warning("checkout %s is not one of ours; ignored", obj["id"])
             return False
-        if rec.purpose == "credits" or rec.purpose in self.fulfil:
+        if rec.purpose != "postpaid":  # credits, or an item paid by card
             if obj.get("payment_status") != "paid":
                 return False  # async payment methods: wait for the paid event
             paid = int(obj.get("amount_total") or 0) * MICRO_PER_CENT
@@ -258,10 +258,14 @@ class Billing:
             # An item's payment is credited first (once per session, like credits), then
             # bought from the credits: a replay finds the item bought and buys nothing.
             await self.credit(rec.account_id, rec.amount, record)
-            fulfil = self.fulfil.get(rec.purpose)
-            if fulfil is not None:
-                await fulfil(rec.account_id, rec.item or "", rec.id)
-        elif rec.purpose == "postpaid":
+            if rec.purpose != "credits":
+                fulfil = self.fulfil.get(rec.purpose)
+                if fulfil is None:  # the payment is kept as credits: nothing is lost
+                    log.error("checkout %s paid for %s %s, which nothing here fulfils; "
+                              "credited only", rec.id, rec.purpose, rec.item)
+                else:
+                    await fulfil(rec.account_id, rec.item or "", rec.id)
+        else:
             await asyncio.to_thread(self._postpaid_on, rec, obj.get("subscription"))
         return True
 

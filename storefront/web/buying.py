@@ -48,6 +48,18 @@ def export_box(request: Request, db: Session, account: Account | None, slug: str
     return box
 
 
+def returned_from_checkout(checkout: str, box: dict[str, Any], error: str, done: str
+                           ) -> tuple[str, str]:
+    """The flash of a buyer back from Stripe Checkout (``?checkout=success|cancelled``)."""
+    if checkout == "cancelled" and not box["licence"]:
+        return "The card payment was cancelled; nothing was charged.", done
+    if checkout == "success":
+        return error, ("Thank you: your card payment bought the export licence."
+                       if box["licence"] else "Thank you: the licence is granted as soon as "
+                       "Stripe confirms the payment; reload this page in a moment.")
+    return error, done
+
+
 def _model(slug: str, **flash: str) -> RedirectResponse:
     response = _back(f"/models/{slug}", **flash)
     response.headers["location"] += "#export"

@@ -59,7 +59,7 @@ def catalog(request: Request, q: str = "", category: str = "", task: str = "",
 
 @router.get("/models/{slug}")
 def model_page(request: Request, slug: str, error: str = "", done: str = "",
-               export_error: str = "", export_done: str = "") -> Response:
+               export_error: str = "", export_done: str = "", checkout: str = "") -> Response:
     svc = services(request)
     table = edge.page_table(svc, slug)  # measured once per version (it builds each export)
     with svc.sessions() as db:
@@ -72,6 +72,8 @@ def model_page(request: Request, slug: str, error: str = "", done: str = "",
         manifest = listed.manifest_of(db, slug, info["version"])
         reviews = ratings.page_reviews(db, slug, account)
         buy = buying.export_box(request, db, account, slug, table)
+    export_error, export_done = buying.returned_from_checkout(checkout, buy, export_error,
+                                                             export_done)
     base = str(request.base_url).rstrip("/")
     cold = preload.cold_start_ms(svc.backend, model_key(slug, info["version"]))
     return page(request, "model.html", account, m=info, manifest=manifest,

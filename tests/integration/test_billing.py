@@ -562,13 +562,17 @@ def test_an_export_licence_paid_by_card_is_granted_once(bill, stripe_srv):
         with svc(bill).sessions() as db:
             rec = db.get(CheckoutRecord, sid)
             assert (rec.purpose, rec.item, rec.amount) == ("licence", slug, 8_000_000)
-        assert "Pay by card" in bill.get(f"/models/{slug}").text  # nothing before Stripe
+        assert stripe_srv.sessions[sid]["success_url"].endswith(
+            f"/models/{slug}?checkout=success")
+        back = bill.get(f"/models/{slug}", params={"checkout": "success"}).text
+        assert "Pay by card" in back and "reload this page in a moment" in back  # not yet
 
         event = stripe_srv.complete_checkout(sid)
         first = deliver(bill, stripe_srv, event)
         assert first.status_code == 200 and first.json()["handled"] is True, first.text
-        page = bill.get(f"/models/{slug}").text
+        page = bill.get(f"/models/{slug}", params={"checkout": "success"}).text
         assert "You hold the export licence of this model" in page
+        assert "your card payment bought the export licence" in page
         assert credits(bill, token) == "0.00"  # credited 8.00, then the licence bought
         assert deliver(bill, stripe_srv, event).json()["duplicate"] is True  # Stripe retries
         resent = dict(event, id=f"evt_{uuid.uuid4().hex[:24]}")  # same session, new event
