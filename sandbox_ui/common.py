@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -56,6 +58,24 @@ def png_b64(image: Any) -> str:
     buf = io.BytesIO()
     flatten(image).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def example_clips(m: Manifest) -> list[str]:
+    """The manifest's example clips (base64 WAV / FLAC / OGG) as files for the audio demo's
+    examples; one that does not decode as /predict decodes it is left out."""
+    from serving.tasks.audio import load_audio
+
+    folder, out = None, []
+    for i, ex in enumerate(m.examples or []):
+        if not isinstance(ex, str) or m.audio is None:
+            continue
+        with contextlib.suppress(InvalidInput):
+            load_audio(ex, m.audio.sample_rate, m.audio.max_seconds)
+            folder = folder or Path(tempfile.mkdtemp(prefix="aimarket-demo-clips-"))
+            path = folder / f"example-{i + 1}.wav"
+            path.write_bytes(base64.b64decode(ex))
+            out.append(str(path))
+    return out
 
 
 def example_images(m: Manifest) -> list[Image.Image]:

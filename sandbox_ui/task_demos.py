@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from serving import Manifest, sample_inputs
 
-from .common import DemoCall, DemoSpec, example_images, flatten, png_b64, run
+from .common import DemoCall, DemoSpec, example_clips, example_images, flatten, png_b64, run
 
 INLINE_ELEMENTS = 256  # a generated tensor input up to this size is shown whole
 EXAMPLE_CHARS = 20_000  # a seller's example input up to this size (JSON) is shown whole
@@ -151,6 +151,9 @@ def audio_ui(spec: DemoSpec, call: DemoCall) -> None:
             clip = gr.Audio(sources=["upload", "microphone"], type="filepath",
                             label=f"A clip (WAV, FLAC or OGG; {limit}record with the microphone)",
                             elem_id="demo-audio")
+            clips = example_clips(spec.manifest)
+            if clips:
+                gr.Examples([[c] for c in clips], inputs=[clip], label="Examples")
             go = gr.Button("Classify", variant="primary", elem_id="demo-run")
         with gr.Column():
             out = gr.Label(num_top_classes=3, label="Top labels", elem_id="demo-output")

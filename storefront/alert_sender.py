@@ -1,7 +1,8 @@
 """Delivers the alert outbox: each due row is claimed (a conditional UPDATE, so several
 gateway processes never send one twice at once), POSTed with its ``Aimarket-Signature``, and
 marked delivered on a 2xx, else retried with exponential backoff (jittered) until
-``alert_max_attempts``. Runs on a timer in the app's lifespan, never inside a request."""
+``alert_max_attempts``. Runs on a timer in the app's lifespan, never inside a request; each
+round also prunes the daily-cap alert states of past days."""
 
 from __future__ import annotations
 
@@ -105,12 +106,23 @@ async def send_due(svc: Services, now: datetime | None = None) -> int:
     return delivered
 
 
+async def run_round(svc: Services, now: datetime | None = None) -> None:
+    """One round of the timer: evaluate thresholds, send due webhooks, prune stale states."""
+    await alerts.evaluate(svc)
+    await send_due(svc, now)
+
+    def prune() -> int:
+        with svc.sessions() as db:
+            return alerts.prune_states(db, now or utcnow())
+
+    await run_in_threadpool(prune)
+
+
 async def alerts_loop(svc: Services, every_s: float) -> None:
-    """Evaluate thresholds and send due webhooks on a timer (failures wait for next round)."""
+    """Run an alerts round on a timer (failures wait for next round)."""
     while True:
         await asyncio.sleep(every_s)
         try:
-            await alerts.evaluate(svc)
-            await send_due(svc)
+            await run_round(svc)
         except Exception:
             log.exception("usage alerts round failed; it runs again in %ss", every_s)

@@ -16,12 +16,12 @@ import ipaddress
 import json
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .services import Services
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+STATE_KEEP_DAYS = 3  # daily-cap states of older UTC days are pruned (they can never fire)
 
 
 class AlertRules(BaseModel):
@@ -261,6 +262,17 @@ async def evaluate(svc: Services) -> int:
 
         fired += await run_in_threadpool(record)
     return fired
+
+
+def prune_states(db: Session, now: datetime, keep_days: int = STATE_KEEP_DAYS) -> int:
+    """Delete the daily-cap states of UTC days more than ``keep_days`` before ``now``'s (one
+    row per rule and day otherwise piles up forever); the rows deleted. Other kinds keep their
+    one row per rule and scope: it is what stops a crossing from firing twice."""
+    cutoff = (now.date() - timedelta(days=keep_days)).isoformat()
+    gone = rows_changed(db.execute(delete(AlertState).where(
+        AlertState.kind == "daily_cap", AlertState.scope < cutoff)))
+    db.commit()
+    return gone
 
 
 def banner(db: Session, account: Account, today: str) -> list[dict[str, Any]]:

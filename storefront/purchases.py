@@ -20,7 +20,7 @@ from metering import CallSpec, Reservation, format_usd
 from serving import Conflict, Forbidden, InvalidInput, Manifest, NotFound, PaymentRequired
 
 from . import bundles, edge
-from .models import Account, Export, KitOrder, Listing, ListingVersion, Purchase
+from .models import Account, Export, Listing, ListingVersion, Purchase
 from .registry import live_row, model_path
 
 if TYPE_CHECKING:
@@ -53,10 +53,10 @@ def cannot_pay(price: int, what: str, res: Reservation) -> PaymentRequired:
         details={"price": format_usd(price), "credits": format_usd(res.credits_remaining)})
 
 
-def undo(svc: Any, model: type[Purchase] | type[KitOrder], pk: str | int) -> None:
-    """Delete the row a charge was for: the charge was refused or failed."""
+def _undo(svc: Services, purchase_id: str) -> None:
+    """Delete the licence a charge was for: the charge was refused or failed."""
     with svc.sessions() as db:
-        row = db.get(model, pk)
+        row = db.get(Purchase, purchase_id)
         if row is not None:
             db.delete(row)
             db.commit()
@@ -106,7 +106,7 @@ async def buy_licence(svc: Services, buyer: Account, slug: str) -> dict[str, Any
                                                          "the export license")) as res:
             pass
     except BaseException:  # refused, or metering unavailable: no charge, so no license
-        await run_in_threadpool(undo, svc, Purchase, pid)
+        await run_in_threadpool(_undo, svc, pid)
         raise
     return {"purchase_id": pid, "slug": slug, "price": format_usd(price),
             "credits": format_usd(res.credits_remaining)}

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import uuid
-from datetime import UTC, datetime
-from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import FileResponse
 
-from metering import CallSpec, format_usd, to_micro
-from serving import Conflict, InvalidInput, Manifest, NotFound
+from serving import NotFound
 
 from .. import bundles, purchases
 from .. import kit_orders as orders
 from ..deps import Admin, Buyer, Id, ServicesDep, SessionDep
-from ..models import KitOrder, Listing, ListingVersion
-from ..purchases import cannot_pay as _cannot_pay
-from ..purchases import undo as _undo
+from ..models import KitOrder
 
 router = APIRouter(tags=["exports"])
 
@@ -75,66 +67,12 @@ def download(export_id: str, buyer: Buyer, db: SessionDep, svc: ServicesDep) -> 
                         filename=f"{slug}-v{version}-{record.target}.zip")
 
 
-class Address(BaseModel):
-    name: str = Field(min_length=1, max_length=120)
-    line1: str = Field(min_length=1, max_length=200)
-    line2: str = Field("", max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    postal_code: str = Field(min_length=1, max_length=20)
-    country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2")
-
-
-class KitOrderRequest(BaseModel):
-    export_id: str = Field(max_length=32)
-    shipping_address: Address
-
-
 @router.post("/v1/kit-orders", status_code=201)
-async def order_kit(body: KitOrderRequest, buyer: Buyer, svc: ServicesDep) -> dict[str, Any]:
+async def order_kit(body: orders.KitOrderRequest, buyer: Buyer, svc: ServicesDep
+                    ) -> dict[str, Any]:
     """Order a Nano Kit pre-loaded with a nano-kit export, charged the listing's
     ``pricing.kit_price`` from prepaid credit (one charge per kit; never free)."""
-    def place() -> tuple[CallSpec, int]:
-        with svc.sessions() as db:
-            record, slug, _ = bundles.owned_export(db, body.export_id, buyer)
-            if record.target != "nano-kit":
-                raise InvalidInput("a Nano Kit is pre-loaded with a nano-kit export; create one "
-                                   "with target 'nano-kit'", code="wrong_target")
-            lv = db.get(ListingVersion, record.listing_version_id)
-            listing = db.get(Listing, lv.listing_id) if lv is not None else None
-            assert lv is not None and listing is not None
-            kit_price = Manifest.model_validate_json(lv.manifest_json).pricing.kit_price
-            if kit_price is None:
-                raise Conflict(f"'{slug}' is not offered as a Nano Kit", code="kit_not_offered")
-            now = datetime.now(UTC).isoformat()
-            order = KitOrder(buyer_id=buyer.id, export_id=record.id, state="pending",
-                             shipping_address=body.shipping_address.model_dump_json(),
-                             history=json.dumps([{"state": "pending", "at": now}]))
-            db.add(order)
-            db.commit()
-            price = to_micro(kit_price)
-            return CallSpec(
-                request_id=f"kit-{order.id}-{uuid.uuid4().hex[:8]}", account_id=buyer.id,
-                api_key_id=None, listing_id=listing.id, listing_version_id=lv.id,
-                seller_id=listing.seller_id, price=price, trial_calls=0, charge_kind="kit",
-            ), order.id
-
-    charge, oid = await run_in_threadpool(place)
-    try:
-        async with svc.meter.hold(charge, refuse=partial(_cannot_pay, charge.price, "a Nano Kit")
-                                  ) as res:
-            pass
-    except BaseException:  # refused, or metering unavailable: no charge, so no order
-        await run_in_threadpool(_undo, svc, KitOrder, oid)
-        raise
-
-    def read() -> dict[str, Any]:
-        with svc.sessions() as db:
-            order = db.get(KitOrder, oid)
-            assert order is not None
-            return orders.order_json(order)
-
-    return {**await run_in_threadpool(read), "price": format_usd(charge.price),
-            "credits": format_usd(res.credits_remaining)}
+    return await orders.place_order(svc, buyer, body.export_id, body.shipping_address)
 
 
 @router.get("/v1/kit-orders")

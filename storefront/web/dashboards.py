@@ -60,7 +60,8 @@ async def buyer_dashboard(request: Request, new_key: str = "", error: str = "",
         rules = alerts.rules_by_key(db, account)
         owned = {"licences": bundles.licences_of(db, account),
                  "exports": bundles.exports_of(db, account),
-                 "kits": bundles.kit_orders_of(db, account)}
+                 "kits": kit_orders.orders_of(db, account),
+                 "kit_offers": kit_orders.kit_offers(db, account)}
     per_day: dict[str, int] = {}
     for d in used["days"]:
         per_day[d["date"]] = per_day.get(d["date"], 0) + d["calls"]
@@ -68,7 +69,8 @@ async def buyer_dashboard(request: Request, new_key: str = "", error: str = "",
     billing = await run_in_threadpool(svc.billing.summary, account.id)
     return page(request, "buyer.html", account, keys=keys, usage=used, chart=chart,
                 new_key=new_key, error=error, done=done, billing=billing,
-                alert_banner=banner, alert_rules=rules, owned=owned)
+                alert_banner=banner, alert_rules=rules, owned=owned,
+                countries=kit_orders.countries())
 
 
 @router.get("/account/exports/{export_id}/download")
@@ -84,6 +86,25 @@ def download_bundle(request: Request, export_id: str) -> Response:
     return FileResponse(bundles.bundle_path(services(request).settings.data_dir, record.id),
                         media_type="application/zip",
                         filename=f"{slug}-v{version}-{record.target}.zip")
+
+
+@router.post("/account/exports/{export_id}/kit-order")
+async def order_kit(request: Request, export_id: str) -> Response:
+    """Order a Nano Kit pre-loaded with this nano-kit bundle, shipped to the form's address
+    and charged the listing's kit price from credit (the API's rules)."""
+    account = _account(request, "buyer")
+    form = await request.form()
+    check_csrf(request, form.get("csrf"))
+    fields = ("name", "line1", "line2", "city", "postal_code", "country")
+    try:
+        address = kit_orders.Address.model_validate(
+            {f: str(form.get(f, ""))[:300] for f in fields})
+        order = await kit_orders.place_order(services(request), account, export_id[:64],
+                                             address)
+    except (AimarketError, ValidationError) as exc:
+        return _back("/account", error=_form_error(exc))
+    return _back("/account", done=f"Nano Kit ordered (order #{order['id']}, {order['price']} "
+                                  f"USD); your credits: {order['credits']} USD.")
 
 
 @router.post("/account/credits")

@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw
 from playwright.sync_api import Page, expect
 
 from serving.tasks.audio import wav_bytes
+from storefront.demo_built import digit_finder, keypad_tones
+from storefront.demo_text import python_doc_embeddings
 from tests import task_models as tm
 from tests.integration.journey import approve, live_app, publish, signup
 
@@ -33,7 +35,9 @@ def served(tmp_path_factory: pytest.TempPathFactory,
             _, seller = signup(http, "seller")
             slugs = {}
             for name, build in [("detector", tm.yolo_like), ("segmenter", tm.ppocr_det),
-                                ("audio", tm.audio_clf), ("text", tm.text_clf)]:
+                                ("audio", tm.audio_clf), ("text", tm.text_clf),
+                                ("digits", digit_finder), ("keypad", keypad_tones),
+                                ("embeddings", python_doc_embeddings)]:
                 data, manifest = build()
                 out = publish(http, seller, data, {**manifest, "title": f"Demo {name}"})
                 approve(http, out["slug"], out["version"])
@@ -120,3 +124,28 @@ def test_segmentation_audio_and_text_demos_answer(demo, tmp_path) -> None:  # ty
     _shot(page, tmp_path, "task-text-classification")
 
 
+
+
+def test_the_catalogs_built_listings_answer_from_their_own_examples(demo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    page, frame = demo("digits")  # an example page of digits, then Detect
+    frame.locator("#demo-image").scroll_into_view_if_needed()
+    frame.get_by_text("Examples").scroll_into_view_if_needed()
+    frame.locator(".gallery-item, button.gallery-item, [data-testid=dataset] button"
+                  ).first.click()
+    expect(frame.locator("#demo-image img")).to_be_visible()
+    frame.get_by_role("button", name="Detect").click()
+    expect(frame.locator("#demo-output")).to_contain_text("0.9")
+    expect(frame.locator("#demo-drawn img")).to_be_visible()
+    _shot(page, tmp_path, "catalog-digit-finder")
+
+    page, frame = demo("keypad")  # the first example clip is the key 5
+    frame.locator(".gallery-item, button.gallery-item, [data-testid=dataset] button"
+                  ).first.click()
+    frame.get_by_role("button", name="Classify").click()
+    expect(frame.locator("#demo-output [data-testid=label-output-value]")).to_have_text("5")
+    _shot(page, tmp_path, "catalog-phone-keypad-tones")
+
+    page, frame = demo("embeddings")  # the examples prefill the two texts
+    frame.get_by_role("button", name="Embed and compare").click()
+    expect(frame.locator("#demo-output")).to_contain_text("Cosine similarity: 0.6")
+    _shot(page, tmp_path, "catalog-python-doc-embeddings")

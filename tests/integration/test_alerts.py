@@ -232,3 +232,44 @@ def test_another_accounts_key_alerts_are_not_found(client, receiver):
         assert receiver.url not in r.text
         assert client.request(method, url, json=body).status_code == 401
     assert client.get(path, headers=bearer(owner)).json()["webhook_url"] == receiver.url
+
+
+def test_a_round_prunes_daily_cap_states_of_past_days_and_keeps_the_rest(client):
+    """One daily-cap state per rule and UTC day would pile up forever: the sender's round
+    deletes those of days older than ``STATE_KEEP_DAYS``; credits and trial states (what
+    stops a crossing from firing twice) stay, and so does today's banner."""
+    from sqlalchemy import select
+
+    from storefront.models import AlertRule, AlertState
+
+    _, buyer = signup(client, "buyer")
+    key = client.post("/v1/keys", headers=bearer(buyer),
+                      json={"name": "old", "spend_cap_day": "1.00"}).json()
+    # no thresholds set: the round's evaluation leaves the states written here as they are
+    r = client.put(f"/v1/keys/{key['id']}/alerts", headers=bearer(buyer), json={})
+    assert r.status_code == 200, r.text
+    svc = client.app.state.services
+    now = utcnow()
+    day = [(now.date() - timedelta(days=n)).isoformat() for n in range(12)]
+    keep = alerts.STATE_KEEP_DAYS
+    with svc.sessions() as db:
+        rule = db.execute(select(AlertRule).where(AlertRule.api_key_id == key["id"])).scalar_one()
+        for n in (0, 1, keep, keep + 1, 11):
+            db.add(AlertState(rule_id=rule.id, kind="daily_cap", scope=day[n], crossed=True,
+                              changed_at=now - timedelta(days=n), detail=f"cap on {day[n]}"))
+        db.add(AlertState(rule_id=rule.id, kind="credits", scope="", crossed=True,
+                          changed_at=now - timedelta(days=30), detail="credits long ago"))
+        db.add(AlertState(rule_id=rule.id, kind="trial", scope=SLUG, crossed=True,
+                          changed_at=now - timedelta(days=30), detail="trial long ago"))
+        db.commit()
+        rule_id = rule.id
+
+    client.portal.call(alert_sender.run_round, svc, now)
+
+    with svc.sessions() as db:
+        left = sorted((s.kind, s.scope) for s in db.execute(
+            select(AlertState).where(AlertState.rule_id == rule_id)).scalars())
+    assert left == sorted([("daily_cap", day[0]), ("daily_cap", day[1]),
+                           ("daily_cap", day[keep]), ("credits", ""), ("trial", SLUG)])
+    page = client.get("/account", headers={"Cookie": f"am_session={buyer}"}).text
+    assert f"cap on {day[0]}" in page and "trial long ago" in page

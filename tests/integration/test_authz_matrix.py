@@ -325,6 +325,10 @@ MATRIX: list[Row] = [
     row("POST", "/admin/kit-orders/{order_id}", {"order_id": "order"},
         ("303 login", 403, 403, 403, 403, "303 done"), auth="session",
         form={"state": "shipped", "tracking": "MATRIX-1"}),
+    # ordering a kit on a bundle: its buyer only (an admin reads it but does not order on it)
+    row("POST", "/account/exports/{export_id}/kit-order", {"export_id": "export"},
+        ("303 login", "303 done", "303 error", "303 error", "303 error", "303 error"),
+        auth="session", form={"name": "Matrix web kit", **ADDRESS}),
     row("POST", "/seller/models/{slug}/serving", {"slug": "live"},
         ("303 login", 403, 403, "303 done", "303 error", "303 done"), auth="session",
         form={"max_batch_size": "2"}),
