@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -28,6 +29,9 @@ from .tables import BillingProfile, CheckoutRecord, StripeEvent
 from .usage import CreditFn, SyncResult, collect_account, sync
 
 log = logging.getLogger(__name__)
+# What a paid checkout of an item buys, once its payment is credited: (account, item,
+# checkout session id). Registered by the app (billing knows no listings).
+Fulfil = Callable[[int, str, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Billing:
     def __init__(self, engine: Engine, stripe: StripeGateway | None, credit: CreditFn,
                  policy: BillingPolicy) -> None:
         self.engine, self.stripe, self.credit, self.policy = engine, stripe, credit, policy
+        self.fulfil: dict[str, Fulfil] = {}  # purpose -> what its paid checkout buys
 
     @property
     def mode(self) -> str:
@@ -116,6 +121,28 @@ class Billing:
         self._record_checkout(session.id, account_id, "credits", amount, session.url)
         return {"id": session.id, "url": session.url, "amount": format_usd(amount)}
 
+    def checkout_item(self, account_id: int, email: str, amount: int, *, purpose: str,
+                      item: str, product: str, return_path: str) -> dict[str, Any]:
+        """A card payment for one item (e.g. an export licence). When Stripe confirms it,
+        the webhook credits the amount (once per session) and calls the purpose's
+        ``fulfil``, which buys the item from those credits."""
+        gw = self._require()
+        if purpose not in self.fulfil:
+            raise Conflict(f"nothing can be bought by card as '{purpose}'",
+                           code="not_payable_by_card")
+        if amount < self.policy.min_checkout or amount % MICRO_PER_CENT:
+            raise InvalidInput(f"{format_usd(amount)} USD cannot be paid by card (at least "
+                               f"{format_usd(self.policy.min_checkout)}, whole cents): pay "
+                               "from your credits", code="invalid_amount")
+        try:
+            session = gw.checkout_item(self._customer(account_id, email), account_id,
+                                       amount // MICRO_PER_CENT, product, purpose,
+                                       return_path)
+        except stripe_sdk.StripeError as exc:
+            raise _stripe_down(exc) from exc
+        self._record_checkout(session.id, account_id, purpose, amount, session.url, item)
+        return {"id": session.id, "url": session.url, "amount": format_usd(amount)}
+
     def checkout_postpaid(self, account_id: int, email: str) -> dict[str, Any]:
         gw = self._require()
         prof = self.profile(account_id)
@@ -140,10 +167,10 @@ class Billing:
         return {"id": session.id, "url": session.url}
 
     def _record_checkout(self, sid: str, account_id: int, purpose: str, amount: int,
-                         url: str = "") -> None:
+                         url: str = "", item: str | None = None) -> None:
         with Session(self.engine) as db:
             db.add(CheckoutRecord(id=sid, account_id=account_id, purpose=purpose, amount=amount,
-                                  url=url or ""))
+                                  url=url or "", item=item))
             db.commit()
 
     # -- sellers ----------------------------------------------------------------------------------
@@ -214,7 +241,7 @@ class Billing:
         if rec is None:
             log.warning("checkout %s is not one of ours; ignored", obj["id"])
             return False
-        if rec.purpose == "credits":
+        if rec.purpose != "postpaid":  # credits, or an item paid by card
             if obj.get("payment_status") != "paid":
                 return False  # async payment methods: wait for the paid event
             paid = int(obj.get("amount_total") or 0) * MICRO_PER_CENT
@@ -228,8 +255,17 @@ class Billing:
             async def record() -> bool:
                 return await asyncio.to_thread(self._complete_credits, rec)
 
+            # An item's payment is credited first (once per session, like credits), then
+            # bought from the credits: a replay finds the item bought and buys nothing.
             await self.credit(rec.account_id, rec.amount, record)
-        elif rec.purpose == "postpaid":
+            if rec.purpose != "credits":
+                fulfil = self.fulfil.get(rec.purpose)
+                if fulfil is None:  # the payment is kept as credits: nothing is lost
+                    log.error("checkout %s paid for %s %s, which nothing here fulfils; "
+                              "credited only", rec.id, rec.purpose, rec.item)
+                else:
+                    await fulfil(rec.account_id, rec.item or "", rec.id)
+        else:
             await asyncio.to_thread(self._postpaid_on, rec, obj.get("subscription"))
         return True
 
@@ -237,9 +273,10 @@ class Billing:
         with self.engine.begin() as conn:
             conn.execute(update(CheckoutRecord).where(CheckoutRecord.id == rec.id)
                          .values(status="completed", completed_at=utcnow()))
+            note = ("prepaid credits bought with Stripe Checkout" if rec.purpose == "credits"
+                    else f"card payment for {rec.purpose} {rec.item or ''}".strip())
             return add_credit(self.engine, rec.account_id, rec.amount, reason="checkout",
-                              reference=f"checkout:{rec.id}", conn=conn,
-                              note="prepaid credits bought with Stripe Checkout")
+                              reference=f"checkout:{rec.id}", conn=conn, note=note[:500])
 
     def _postpaid_on(self, rec: CheckoutRecord, subscription: Any) -> None:
         sub = subscription if isinstance(subscription, str) else (subscription or {}).get("id")

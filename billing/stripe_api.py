@@ -133,6 +133,20 @@ class StripeGateway:
             "metadata": {"aimarket_purpose": "credits", "aimarket_account": str(account_id)},
         })
 
+    def checkout_item(self, customer: str, account_id: int, cents: int, product: str,
+                      purpose: str, return_path: str) -> Any:
+        """A one-time card payment for one item (an export licence); the buyer comes back
+        to ``return_path`` on this site."""
+        back = f"{self.config.public_url}{return_path}"
+        return self.client.v1.checkout.sessions.create(params={
+            "mode": "payment", "customer": customer, "client_reference_id": str(account_id),
+            "line_items": [{"quantity": 1, "price_data": {
+                "currency": CURRENCY, "unit_amount": cents,
+                "product_data": {"name": product}}}],
+            "success_url": f"{back}?checkout=success", "cancel_url": f"{back}?checkout=cancelled",
+            "metadata": {"aimarket_purpose": purpose, "aimarket_account": str(account_id)},
+        })
+
     def checkout_postpaid(self, customer: str, account_id: int) -> Any:
         """A subscription Checkout for the metered price: collects a payment method and
         starts monthly usage billing."""

@@ -38,8 +38,10 @@ class CheckoutRecord(Base):
     __tablename__ = "billing_checkouts"
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # cs_...
     account_id: Mapped[int] = mapped_column(Integer, index=True)
-    purpose: Mapped[str] = mapped_column(String(16))  # credits | postpaid
-    amount: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-units (credits)
+    purpose: Mapped[str] = mapped_column(String(16))  # credits | postpaid | an item's kind
+    amount: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-units (paid)
+    # what a checkout of an item pays for (an export licence: the listing's slug)
+    item: Mapped[str | None] = mapped_column(String(80), nullable=True)
     url: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(16), default="open")  # open | completed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -19,11 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from metering import CallSpec, Reservation, format_usd, to_micro
-from serving import Conflict, InvalidInput, Manifest, NotFound, PaymentRequired
+from metering import CallSpec, format_usd, to_micro
+from serving import Conflict, InvalidInput, Manifest, NotFound
 
 from .bundles import owned_export
 from .models import Account, Export, KitOrder, Listing, ListingVersion
+from .purchases import cannot_pay
 
 if TYPE_CHECKING:
     from .services import Services
@@ -108,13 +109,6 @@ def kit_offers(db: Session, account: Account) -> dict[str, str]:
     return {eid: format_usd(p) for eid, p in prices.items() if p is not None}
 
 
-def _cannot_pay(price: int, res: Reservation) -> PaymentRequired:
-    return PaymentRequired(
-        f"a Nano Kit costs {format_usd(price)} USD and your credits are "
-        f"{format_usd(res.credits_remaining)} USD", code="insufficient_credits",
-        details={"price": format_usd(price), "credits": format_usd(res.credits_remaining)})
-
-
 def _pending_order(svc: Services, buyer: Account, export_id: str, address: Address
                    ) -> tuple[CallSpec, int]:
     """The order row (pending) and the charge for it; refused before anything is written."""
@@ -166,7 +160,8 @@ async def place_order(svc: Services, buyer: Account, export_id: str, address: Ad
     refused or failed charge leaves no order."""
     charge, oid = await run_in_threadpool(_pending_order, svc, buyer, export_id, address)
     try:
-        async with svc.meter.hold(charge, refuse=partial(_cannot_pay, charge.price)) as res:
+        refuse = partial(cannot_pay, charge.price, "a Nano Kit")
+        async with svc.meter.hold(charge, refuse=refuse) as res:
             pass
     except BaseException:  # refused, or metering unavailable: no charge, so no order
         await run_in_threadpool(_drop, svc, oid)

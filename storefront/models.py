@@ -181,6 +181,23 @@ class Export(Base):
     watermarked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+class ExportJob(Base):
+    """A bundle the site builds in the background (storefront/export_jobs.py): queued ->
+    building -> done (with its export) or failed (with the reason the buyer reads)."""
+
+    __tablename__ = "export_jobs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    buyer_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    slug: Mapped[str] = mapped_column(String(80))
+    target: Mapped[str] = mapped_column(String(20))
+    precision: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    state: Mapped[str] = mapped_column(String(12), default="queued")
+    export_id: Mapped[str | None] = mapped_column(ForeignKey("exports.id"), nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class EdgeReceipt(Base):
     """One accepted usage receipt of a kit (export/receipts.py): the chain of an export, in
     order; (export, seq) is unique, so a receipt is accepted and charged once."""

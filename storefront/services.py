@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import redis
@@ -29,6 +29,7 @@ from export import Signer
 from metering import DemoMeter, Flusher, Meter, Snapshot, snapshot, to_micro
 from serving import Backend, BackendRouter, make_backend
 
+from . import purchases
 from .config import Settings
 from .db import make_engine, migrate, session_factory
 from .embedded import EmbeddedRedis, refuse_if_in_use
@@ -175,7 +176,7 @@ class Services:
         meter = build_meter(settings, client, engine)
         backend = build_backend(settings)
         await backend.start()
-        return cls(
+        svc = cls(
             settings=settings, engine=engine, sessions=session_factory(engine), redis=client,
             redis_sync=sync_client, redis_url=url, meter=meter, demos=DemoMeter(meter),
             backend=backend, registry=Registry(engine, backend, settings.data_dir,
@@ -186,6 +187,9 @@ class Services:
             signer=Signer(settings.data_dir / "keys" / "export-ed25519.pem"),
             billing=build_billing(settings, engine, meter),
         )
+        # An export licence paid by card is bought from the credited payment by the webhook.
+        svc.billing.fulfil["licence"] = partial(purchases.licence_paid, svc)
+        return svc
 
     def start_flusher(self) -> None:
         """Run the ledger flusher in a child process (off this process's GIL and event loop)

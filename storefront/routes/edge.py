@@ -14,10 +14,10 @@ from serving import BadRequest, Forbidden, InvalidInput, Manifest, PayloadTooLar
 
 from .. import compare, edge, edge_usage
 from ..deps import CurrentAccount, Seller, ServicesDep, SessionDep
+from ..purchases import live_listing as _listing
 from ..throttle import request_address
 from ..tryit import Visitor
 from ..web.session import account_id
-from .exports import _listing
 
 router = APIRouter(tags=["exports"])
 MAX_CALIBRATION_MB = 64

@@ -19,7 +19,7 @@ from ..config import Settings
 from ..services import Services
 from ..throttle import request_address
 from ..tryit import Visitor, demo_call
-from . import dashboards, market, pages, selling
+from . import buying, dashboards, market, pages, selling
 from .render import page
 from .session import LoginRequired, PageForbidden, account_id, login_redirect
 
@@ -33,6 +33,7 @@ def install(app: FastAPI, settings: Settings) -> TryApps:
     app.include_router(dashboards.router)
     app.include_router(market.router)
     app.include_router(selling.router)
+    app.include_router(buying.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
 
     async def lookup(slug: str) -> DemoSpec | None:

@@ -18,7 +18,7 @@ from .. import accounts, edge, preload, ratings, throttle
 from .. import catalog as listed
 from ..accounts import NewAccount
 from ..models import SIGNUP_ROLES, Account
-from . import queries, snippets
+from . import buying, queries, snippets
 from .render import page
 from .session import check_csrf, current, end_session, safe_next, services, start_session
 
@@ -58,8 +58,10 @@ def catalog(request: Request, q: str = "", category: str = "", task: str = "",
 
 
 @router.get("/models/{slug}")
-def model_page(request: Request, slug: str, error: str = "", done: str = "") -> Response:
+def model_page(request: Request, slug: str, error: str = "", done: str = "",
+               export_error: str = "", export_done: str = "", checkout: str = "") -> Response:
     svc = services(request)
+    table = edge.page_table(svc, slug)  # measured once per version (it builds each export)
     with svc.sessions() as db:
         account = current(request, db)
         try:
@@ -69,13 +71,16 @@ def model_page(request: Request, slug: str, error: str = "", done: str = "") -> 
                         message=f"There is no listed model called '{slug}'.")
         manifest = listed.manifest_of(db, slug, info["version"])
         reviews = ratings.page_reviews(db, slug, account)
+        buy = buying.export_box(request, db, account, slug, table)
+    export_error, export_done = buying.returned_from_checkout(checkout, buy, export_error,
+                                                             export_done)
     base = str(request.base_url).rstrip("/")
     cold = preload.cold_start_ms(svc.backend, model_key(slug, info["version"]))
-    table = edge.page_table(svc, slug)
     return page(request, "model.html", account, m=info, manifest=manifest,
                 snippets=snippets.snippets(base, slug, manifest), cold_start_ms=cold,
                 export_compat=table, compare=compare_form(manifest, table), reviews=reviews,
-                error=error[:300], done=done[:100])
+                error=error[:300], done=done[:100], buy=buy,
+                export_error=export_error[:300], export_done=export_done[:300])
 
 
 def compare_form(manifest: Any, table: list[dict[str, Any]] | None) -> dict[str, Any] | None:

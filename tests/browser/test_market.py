@@ -6,6 +6,7 @@ artifacts/browser/ (market-*.png)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -156,3 +157,49 @@ def test_the_seller_edits_a_price_on_the_site(browse: Any, server: str) -> None:
     seller.goto(f"/models/{slug}")
     expect(seller.locator("article.model")).to_contain_text("0.005 USD")
     shot(seller, "market-07-new-price-on-page")
+
+
+def test_a_buyer_buys_an_export_licence_builds_a_bundle_and_downloads_it(
+        browse: Any, server: str, tmp_path: Any) -> None:
+    """On the model page: buy the export licence from credits, build an onnx bundle, follow
+    its progress to the download link, download it; the bundle verifies against the
+    platform's key and names the buyer."""
+    from export import verify
+
+    with httpx.Client(base_url=server, timeout=60) as api:
+        assert api.post("/v1/accounts", json={"email": "xbuyer@example.com", "role": "buyer",
+                                              "password": "buyer-pass"}).status_code == 201
+        assert api.post("/v1/admin/credits", headers=_token(api, *ADMIN),
+                        json={"account_email": "xbuyer@example.com", "amount": "10.00"}
+                        ).status_code == 201
+        pem = api.get("/v1/exports/public-key").json()["public_key_pem"]
+
+    buyer = browse()
+    _login(buyer, "xbuyer@example.com", "buyer-pass", "/login?next=/models/iris-species")
+    box = buyer.locator("#export")
+    expect(box.get_by_role("button", name="Buy the export licence (5.00 USD from credits)")
+           ).to_be_visible()
+    box.scroll_into_view_if_needed()
+    shot(buyer, "market-08-export-licence-offer")
+    box.get_by_role("button", name="Buy the export licence").click()
+    expect(box.get_by_role("status")).to_contain_text("You hold the export licence")
+    expect(box.get_by_role("status")).to_contain_text("your credits: 5.00 USD")
+    box.get_by_label("Target").select_option("onnx:fp32")
+    shot(buyer, "market-09-licence-held-target-picker")
+    box.get_by_role("button", name="Build the bundle").click()
+    expect(buyer).to_have_url(re.compile(r"/account/exports/jobs/[0-9a-f]+$"))
+    expect(buyer.locator("article.export-job ol.progress")).to_be_visible()
+    shot(buyer, "market-10-bundle-progress")
+    # the page reloads itself until the bundle is ready
+    expect(buyer.get_by_role("heading", name="Your bundle of iris-species is ready")
+           ).to_be_visible(timeout=90_000)
+    expect(buyer.locator("pre")).to_have_text("aimarket verify iris-species-v1-onnx.zip")
+    shot(buyer, "market-11-bundle-ready")
+    with buyer.expect_download() as download:
+        buyer.get_by_role("link", name="Download the bundle").click()
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.name == "iris-species-v1-onnx.zip"
+    licence = verify(path.read_bytes(), pem)
+    assert licence["licensee"] == "xbuyer@example.com"
+    expect(buyer.locator("article.export-job")).to_contain_text(licence["license_id"])

@@ -103,13 +103,14 @@ def world(client: Any) -> World:
 
     titles = {}
     slugs = {}
-    mine = ("live", "delist", "approve", "reject", "web_review", "pending", "reviewed")
+    mine = ("live", "delist", "approve", "reject", "web_review", "pending", "reviewed",
+            "web_buy")
     for seller, names in (("seller", mine), ("other_seller", ("live",))):
         for name in names:
             title = f"Matrix {seller} {name} {uuid.uuid4().hex[:6]}"
             slug = _upload(client, tenants[seller].token, data,
                            {**manifest, "title": title, "pricing": pricing})
-            if name in ("live", "delist", "reviewed"):
+            if name in ("live", "delist", "reviewed", "web_buy"):
                 r = client.post(f"/v1/admin/models/{slug}/approve", headers=bearer(admin))
                 assert r.status_code == 200, r.text
             titles[f"{seller}:{name}"], slugs[f"{seller}:{name}"] = title, slug
@@ -124,6 +125,8 @@ def world(client: Any) -> World:
         assert r.status_code == 201, r.text
         reviews[role] = r.json()["id"]
     handle = client.get("/v1/account", headers=bearer(tenants["seller"].token)).json()["handle"]
+    job = _web_build(client, tenants["buyer"].token, slugs["seller:reviewed"],
+                     client.app.state.services.signing_key)
     a = tenants["buyer"].extra
     hook = f"https://hooks.example.com/{uuid.uuid4().hex}"  # buyer A's alert webhook
     r = client.put(f"/v1/keys/{a['keys']['patch']['id']}/alerts",
@@ -136,12 +139,25 @@ def world(client: Any) -> World:
            "approve": slugs["seller:approve"], "reject": slugs["seller:reject"],
            "web_review": slugs["seller:web_review"], "pending": slugs["seller:pending"],
            "reviewed": slugs["seller:reviewed"], "review": reviews["buyer"],
-           "review_b": reviews["other_buyer"], "handle": handle}
+           "review_b": reviews["other_buyer"], "handle": handle, "web_buy": slugs["seller:web_buy"],
+           "job": job}
     private = [tenants["buyer"].email, tenants["seller"].email, a["ship_to"],
                a["keys"]["patch"]["prefix"], a["keys"]["delete"]["prefix"],
                a["keys"]["web"]["prefix"], tenants["buyer"].key[:16],
                titles["seller:reject"], titles["seller:pending"], hook]
     return World(tenants, ids, private, client.app.state.services.signing_key)
+
+
+def _web_build(client: Any, token: str, slug: str, signing_key: str) -> str:
+    """A bundle build buyer A started on the model page (its job id)."""
+    nonce = uuid.uuid4().hex
+    csrf = hmac.new(signing_key.encode(), f"csrf|{nonce}".encode(), hashlib.sha256).hexdigest()
+    client.cookies.clear()
+    r = client.post(f"/models/{slug}/exports", data={"csrf": csrf, "choice": "onnx:fp32"},
+                    headers={"Cookie": f"am_csrf={nonce}; am_session={token}"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and "/account/exports/jobs/" in r.headers["location"], r.text
+    return str(r.headers["location"].rsplit("/", 1)[1])
 
 
 @dataclass(frozen=True)
@@ -294,6 +310,17 @@ MATRIX: list[Row] = [
         ("303 login", 403, 403, "303 done", "303 error", "303 done"), auth="session",
         form={"description": "edited on the web"}),
     row("GET", "/account/exports/{export_id}/download", {"export_id": "export"},
+        ("303 login", 200, 404, 404, 404, 200), auth="session"),
+    # the export licence on the model page: any signed-in account that may buy (the sellers
+    # and the admin have no credits: refused with the reason); a bundle build: the licence's
+    # holders (both buyers bought "reviewed"); a build's page: its buyer and admins
+    row("POST", "/models/{slug}/purchase", {"slug": "web_buy"},
+        ("303 login", "303 done", "303 done", "303 error", "303 error", "303 error"),
+        auth="session", form={"action": "credits"}),
+    row("POST", "/models/{slug}/exports", {"slug": "reviewed"},
+        ("303 login", "303 done", "303 done", "303 error", "303 error", "303 error"),
+        auth="session", form={"choice": "onnx:fp32"}),
+    row("GET", "/account/exports/jobs/{job_id}", {"job_id": "job"},
         ("303 login", 200, 404, 404, 404, 200), auth="session"),
     row("POST", "/admin/kit-orders/{order_id}", {"order_id": "order"},
         ("303 login", 403, 403, 403, 403, "303 done"), auth="session",

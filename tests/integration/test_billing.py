@@ -528,3 +528,75 @@ def test_pages_send_buyers_to_checkout_and_sellers_to_onboarding(bill, stripe_sr
         assert r.status_code == 303 and r.headers["location"].startswith(stripe_srv.url)
     finally:
         bill.cookies.clear()
+
+
+def test_an_export_licence_paid_by_card_is_granted_once(bill, stripe_srv):
+    """Stripe mode: "Pay by card" on the model page opens a Checkout Session for the licence's
+    price; the webhook credits the payment once and buys the licence from it (the seller's
+    share in the ledger like any purchase); replays grant and charge nothing more."""
+    import re
+
+    from sqlalchemy import text
+
+    from billing import CheckoutRecord
+
+    slug = "wine-cultivar"
+    bill.cookies.clear()
+    try:
+        addr, token = signup(bill, "buyer")
+        login_page = bill.get("/login").text
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', login_page).group(1)
+        assert bill.post("/login", data={"email": addr, "password": "password-123",
+                                         "csrf": csrf}, follow_redirects=False
+                         ).status_code == 303
+        page = bill.get(f"/models/{slug}").text
+        assert "Pay by card (8.00 USD)" in page
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        r = bill.post(f"/models/{slug}/purchase", data={"action": "card"},
+                      follow_redirects=False)
+        assert r.status_code == 403  # no CSRF token
+        r = bill.post(f"/models/{slug}/purchase", data={"action": "card", "csrf": csrf},
+                      follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith(stripe_srv.url)
+        sid = r.headers["location"].rsplit("/", 1)[1]
+        with svc(bill).sessions() as db:
+            rec = db.get(CheckoutRecord, sid)
+            assert (rec.purpose, rec.item, rec.amount) == ("licence", slug, 8_000_000)
+        assert stripe_srv.sessions[sid]["success_url"].endswith(
+            f"/models/{slug}?checkout=success")
+        back = bill.get(f"/models/{slug}", params={"checkout": "success"}).text
+        assert "Pay by card" in back and "reload this page in a moment" in back  # not yet
+
+        event = stripe_srv.complete_checkout(sid)
+        first = deliver(bill, stripe_srv, event)
+        assert first.status_code == 200 and first.json()["handled"] is True, first.text
+        page = bill.get(f"/models/{slug}", params={"checkout": "success"}).text
+        assert "You hold the export licence of this model" in page
+        assert "your card payment bought the export licence" in page
+        assert credits(bill, token) == "0.00"  # credited 8.00, then the licence bought
+        assert deliver(bill, stripe_srv, event).json()["duplicate"] is True  # Stripe retries
+        resent = dict(event, id=f"evt_{uuid.uuid4().hex[:24]}")  # same session, new event
+        assert deliver(bill, stripe_srv, resent).status_code == 200
+        assert credits(bill, token) == "0.00"
+        me = bill.get("/v1/account", headers=bearer(token)).json()["id"]
+        svc(bill).flusher.drain()
+        with svc(bill).engine.connect() as conn:
+            bought = conn.execute(text("SELECT count(*) FROM purchases WHERE buyer_id = :a"),
+                                  {"a": me}).scalar_one()
+            credited = conn.execute(text(
+                "SELECT count(*), sum(amount) FROM credit_entries WHERE account_id = :a "
+                "AND reason = 'checkout'"), {"a": me}).one()
+            charged = conn.execute(text(
+                "SELECT count(*), sum(price) FROM usage_events WHERE account_id = :a "
+                "AND kind = 'export'"), {"a": me}).one()
+        assert bought == 1 and tuple(credited) == (1, 8_000_000)
+        assert tuple(charged) == (1, 8_000_000)
+        r = bill.post("/v1/exports", headers=bearer(token), json={"slug": slug,
+                                                                 "target": "onnx"})
+        assert r.status_code == 201, r.text
+        # holding the licence, the page offers no second payment
+        r = bill.post(f"/models/{slug}/purchase", data={"action": "card", "csrf": csrf},
+                      follow_redirects=False)
+        assert r.status_code == 303 and "already%20hold" in r.headers["location"]
+    finally:
+        bill.cookies.clear()
