@@ -144,6 +144,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="aimarket", version=VERSION, lifespan=lifespan,
         description="AI-model marketplace with hosted, pay-per-call inference.",
+        # FastAPI's OpenTelemetry bridge looks up three global providers on every request;
+        # this app's metrics are Prometheus (/metrics) and no OTel SDK is installed
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     app.add_middleware(PaidCallFastPath)
