@@ -43,6 +43,23 @@ MEDIA = {"image": ("image.png", "base64 -w0 image.png"),
          "audio": ("clip.wav", "base64 -w0 clip.wav")}
 
 
+V2_TYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+            "string": "BYTES"}
+
+
+def _triton_inputs(m: Manifest) -> str:
+    """One InferInput per model input (dynamic dimensions 1), zeros or empty strings."""
+    lines = []
+    for spec in m.inputs:
+        shape = [1 if d == -1 else d for d in spec.shape]
+        value = (f"np.full({shape}, b\"\", dtype=object)" if spec.dtype == "string"
+                 else f"np.zeros({shape}, dtype=np.{spec.dtype})")
+        lines.append(f"inp = httpclient.InferInput(\"{spec.name}\", {shape}, "
+                     f"\"{V2_TYPES.get(spec.dtype, spec.dtype.upper())}\")\n"
+                     f"inp.set_data_from_numpy({value})\ninputs.append(inp)\n")
+    return "".join(lines)
+
+
 def snippets(base: str, slug: str, m: Manifest) -> dict[str, str]:
     example = example_body(m)
     body = json.dumps(example)
@@ -56,11 +73,7 @@ def snippets(base: str, slug: str, m: Manifest) -> dict[str, str]:
         py_import = "import base64\n\nimport httpx\n\n"
     else:
         curl_data, py_body, py_import = f"-d '{body}'", body, "import httpx\n\n"
-    spec = m.inputs[0]
-    shape = [1 if d == -1 else d for d in spec.shape]
     host = base.split("://", 1)[-1]
-    dtype = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32",
-             "string": "BYTES"}.get(spec.dtype, spec.dtype.upper())
     return {
         "curl": f"curl {url} \\\n  -H 'Authorization: Bearer {KEY}' \\\n"
                 f"  -H 'Content-Type: application/json' \\\n  {curl_data}",
@@ -75,11 +88,8 @@ def snippets(base: str, slug: str, m: Manifest) -> dict[str, str]:
         "tritonclient": "import numpy as np\nimport tritonclient.http as httpclient\n\n"
                         f"client = httpclient.InferenceServerClient(url=\"{host}\""
                         f"{', ssl=True' if base.startswith('https') else ''})\n"
-                        f"x = np.zeros({shape}, dtype="
-                        f"{'object' if spec.dtype == 'string' else 'np.' + spec.dtype})\n"
-                        f"inp = httpclient.InferInput(\"{spec.name}\", {shape}, \"{dtype}\")\n"
-                        "inp.set_data_from_numpy(x)\n"
-                        f"result = client.infer(\"{slug}\", [inp],\n"
+                        f"inputs = []\n{_triton_inputs(m)}"
+                        f"result = client.infer(\"{slug}\", inputs,\n"
                         f"                      headers={{\"Authorization\": \"Bearer {KEY}\"}})\n"
                         f"print(result.as_numpy(\"{m.outputs[0].name}\"))",
     }
