@@ -91,7 +91,7 @@ def _windows(rng: np.random.Generator, images: np.ndarray, targets: np.ndarray
         feats.append(np.stack([pad[i, 2 + a:2 + a + GLYPH, 2 + b:2 + b + GLYPH]
                                for i, (a, b) in enumerate(zip(dy, dx, strict=True))]))
         labels.append(targets + 1)
-    for _ in range(50):
+    for _ in range(90):
         page, where = digit_page(rng, images, targets)
         win = sliding_window_view(page, (GLYPH, GLYPH))
         lab = np.zeros(win.shape[:2], np.int64)
@@ -167,7 +167,8 @@ def digit_finder() -> Built:
     digits = load_digits()
     images, targets = digits.images / 16.0, digits.target
     feats, labels = _windows(np.random.default_rng(0), images, targets)
-    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=80, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(64,), max_iter=25, batch_size=512,
+                        learning_rate_init=0.005, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(feats, labels)
