@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import socket
 import sys
@@ -70,8 +71,10 @@ async def pairs_per_second(url: str, engine, seconds: float, callers: int,
         nonlocal done
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
+            # the gateway's request id (storefront/gateway.py), not uuid4: a third of its cost
             res = await meter.reserve(CallSpec(
-                request_id=uuid.uuid4().hex, account_id=accounts[i % len(accounts)],
+                request_id=f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}",
+                account_id=accounts[i % len(accounts)],
                 api_key_id=i, listing_id=1,
                 listing_version_id=1, seller_id=2, price=2000, trial_calls=0,
                 key_rps=1e6, key_burst=10**6))
