@@ -47,7 +47,8 @@ def _png(pixels: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _archive(files: dict[str, bytes | str]) -> bytes:
+def archive(files: dict[str, bytes | str]) -> bytes:
+    """A zip upload: the model beside its tokenizer.json (or any other named files)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, content in files.items():

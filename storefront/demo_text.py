@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper
 
-from .demo_built import Built, _archive, _graph
+from .demo_built import Built, _graph, archive
 
 # the reference's topics, grouped by what a question is about
 ROUTES: dict[str, tuple[str, ...]] = {
@@ -105,7 +105,7 @@ def python_question_router() -> Built | None:
                                                  ["N", len(labels)])],
                   {"loglik": loglik.astype(np.float32), "ax1": np.asarray([1], np.int64),
                    "ax2": np.asarray([2], np.int64)})
-    return _archive({"model.onnx": data, "tokenizer.json": tok.to_str()}), _text_manifest(
+    return archive({"model.onnx": data, "tokenizer.json": tok.to_str()}), _text_manifest(
         "Python question router",
         "Routes a question about Python to the part of the language it is about (errors, "
         "loops, functions, classes, strings, numbers, containers, modules, debugging, "
@@ -160,7 +160,7 @@ def python_doc_embeddings() -> Built | None:
                   [helper.make_tensor_value_info("token_embeddings", TensorProto.FLOAT,
                                                  ["N", "T", dims])],
                   {"vectors": vectors.astype(np.float32), "ax2": np.asarray([2], np.int64)})
-    return _archive({"model.onnx": data, "tokenizer.json": tok.to_str()}), _text_manifest(
+    return archive({"model.onnx": data, "tokenizer.json": tok.to_str()}), _text_manifest(
         "Python doc embeddings",
         f"{dims}-dimensional sentence embeddings for text about programming: word vectors of "
         "the Python language reference that ships with CPython (positive PMI of words within "

@@ -24,7 +24,7 @@ from serving import Conflict, InvalidInput, Manifest, NotFound
 
 from .bundles import owned_export
 from .models import Account, Export, KitOrder, Listing, ListingVersion
-from .purchases import cannot_pay
+from .purchases import cannot_pay, undo
 
 if TYPE_CHECKING:
     from .services import Services
@@ -138,14 +138,6 @@ def _pending_order(svc: Services, buyer: Account, export_id: str, address: Addre
         ), order.id
 
 
-def _drop(svc: Services, order_id: int) -> None:
-    with svc.sessions() as db:
-        row = db.get(KitOrder, order_id)
-        if row is not None:
-            db.delete(row)
-            db.commit()
-
-
 def _read(svc: Services, order_id: int) -> dict[str, Any]:
     with svc.sessions() as db:
         order = db.get(KitOrder, order_id)
@@ -164,7 +156,7 @@ async def place_order(svc: Services, buyer: Account, export_id: str, address: Ad
         async with svc.meter.hold(charge, refuse=refuse) as res:
             pass
     except BaseException:  # refused, or metering unavailable: no charge, so no order
-        await run_in_threadpool(_drop, svc, oid)
+        await run_in_threadpool(undo, svc, KitOrder, oid)
         raise
     return {**await run_in_threadpool(_read, svc, oid), "price": format_usd(charge.price),
             "credits": format_usd(res.credits_remaining)}

@@ -53,10 +53,11 @@ def cannot_pay(price: int, what: str, res: Reservation) -> PaymentRequired:
         details={"price": format_usd(price), "credits": format_usd(res.credits_remaining)})
 
 
-def _undo(svc: Services, purchase_id: str) -> None:
-    """Delete the licence a charge was for: the charge was refused or failed."""
+def undo(svc: Services, model: type[Any], pk: Any) -> None:
+    """Delete the row (a licence, a kit order) a charge was for: the charge was refused or
+    failed, so nothing was bought."""
     with svc.sessions() as db:
-        row = db.get(Purchase, purchase_id)
+        row = db.get(model, pk)
         if row is not None:
             db.delete(row)
             db.commit()
@@ -106,7 +107,7 @@ async def buy_licence(svc: Services, buyer: Account, slug: str) -> dict[str, Any
                                                          "the export license")) as res:
             pass
     except BaseException:  # refused, or metering unavailable: no charge, so no license
-        await run_in_threadpool(_undo, svc, pid)
+        await run_in_threadpool(undo, svc, Purchase, pid)
         raise
     return {"purchase_id": pid, "slug": slug, "price": format_usd(price),
             "credits": format_usd(res.credits_remaining)}

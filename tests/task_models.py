@@ -5,9 +5,7 @@ package ships one for a family."""
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -244,10 +242,3 @@ def embedder() -> tuple[bytes, dict[str, Any]]:
         "embedding": {"pooling": "mean", "normalize": True},
         "pricing": PRICING, "license": "MIT"}
 
-
-def archive(files: dict[str, bytes | str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, content in files.items():
-            zf.writestr(name, content)
-    return buf.getvalue()

@@ -43,3 +43,23 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         b = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+@pytest.fixture
+def browse(browser: Any, server: str) -> Iterator[Any]:
+    """New pages on the module's ``server`` (each its own context, closed after the test)."""
+    from playwright.sync_api import Page
+
+    contexts = []
+
+    def new() -> Page:
+        ctx = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900})
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.set_default_timeout(30_000)
+        return page
+
+    yield new
+    for ctx in contexts:
+        ctx.close()
+

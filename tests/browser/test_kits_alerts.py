@@ -16,7 +16,7 @@ from playwright.sync_api import Page, expect
 from metering import format_usd, to_micro
 from tests.browser.test_storefront import shot
 from tests.e2e.test_journey import running
-from tests.integration.journey import until
+from tests.integration.journey import login, until
 
 pytestmark = pytest.mark.browser
 ADMIN = ("admin@example.com", "admin-pass-1")
@@ -32,35 +32,13 @@ def server(tmp_path_factory):
         yield url
 
 
-@pytest.fixture
-def browse(browser, server):
-    contexts = []
-
-    def new() -> Page:
-        ctx = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900})
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.set_default_timeout(30_000)
-        return page
-
-    yield new
-    for ctx in contexts:
-        ctx.close()
-
-
-def _token(api: httpx.Client, email: str, password: str) -> dict[str, str]:
-    r = api.post("/v1/auth/token", data={"username": email, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
-
-
 def _buyer(api: httpx.Client, email: str, credits: str) -> dict[str, str]:
     assert api.post("/v1/accounts", json={"email": email, "role": "buyer",
                                           "password": "buyer-pass"}).status_code == 201
-    r = api.post("/v1/admin/credits", headers=_token(api, *ADMIN),
+    r = api.post("/v1/admin/credits", headers=login(api, *ADMIN),
                  json={"account_email": email, "amount": credits})
     assert r.status_code == 201, r.text
-    return _token(api, email, "buyer-pass")
+    return login(api, email, "buyer-pass")
 
 
 def _login(page: Page, email: str, password: str, path: str) -> None:

@@ -15,7 +15,7 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.test_storefront import shot
 from tests.e2e.test_journey import running
-from tests.integration.journey import until
+from tests.integration.journey import login, until
 
 pytestmark = pytest.mark.browser
 ADMIN = ("admin@example.com", "admin-pass-1")
@@ -26,28 +26,6 @@ HOSTILE_REVIEW = 'Works well <script>alert("x")</script><img src=x onerror=alert
 def server(tmp_path_factory):
     with running(tmp_path_factory.mktemp("market"), admin_password=ADMIN[1]) as (url, _):
         yield url
-
-
-@pytest.fixture
-def browse(browser, server):
-    contexts = []
-
-    def new() -> Page:
-        ctx = browser.new_context(base_url=server, viewport={"width": 1280, "height": 900})
-        contexts.append(ctx)
-        page = ctx.new_page()
-        page.set_default_timeout(30_000)
-        return page
-
-    yield new
-    for ctx in contexts:
-        ctx.close()
-
-
-def _token(api: httpx.Client, email: str, password: str) -> dict[str, str]:
-    r = api.post("/v1/auth/token", data={"username": email, "password": password})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def _login(page: Page, email: str, password: str, path: str) -> None:
@@ -68,17 +46,17 @@ def _listing_with_a_paying_buyer(api: httpx.Client) -> tuple[str, str]:
     assert api.post("/v1/accounts", json={"email": "mseller@example.com", "role": "seller",
                                           "password": "seller-pass", "handle": "iris-labs"}
                     ).status_code == 201
-    seller = _token(api, "mseller@example.com", "seller-pass")
+    seller = login(api, "mseller@example.com", "seller-pass")
     r = api.post("/v1/models", headers=seller, data={"attest_rights": "true", "license": "MIT",
                                                      "manifest": json.dumps(manifest)},
                  files={"model": ("iris.onnx", data)})
     assert r.status_code == 201, r.text
     slug = r.json()["slug"]
-    admin = _token(api, *ADMIN)
+    admin = login(api, *ADMIN)
     assert api.post(f"/v1/admin/models/{slug}/approve", headers=admin).status_code == 200
     assert api.post("/v1/accounts", json={"email": "mbuyer@example.com", "role": "buyer",
                                           "password": "buyer-pass"}).status_code == 201
-    buyer = _token(api, "mbuyer@example.com", "buyer-pass")
+    buyer = login(api, "mbuyer@example.com", "buyer-pass")
     assert api.post("/v1/admin/credits", headers=admin,
                     json={"account_email": "mbuyer@example.com", "amount": "1.00"}
                     ).status_code == 201
@@ -169,7 +147,7 @@ def test_a_buyer_buys_an_export_licence_builds_a_bundle_and_downloads_it(
     with httpx.Client(base_url=server, timeout=60) as api:
         assert api.post("/v1/accounts", json={"email": "xbuyer@example.com", "role": "buyer",
                                               "password": "buyer-pass"}).status_code == 201
-        assert api.post("/v1/admin/credits", headers=_token(api, *ADMIN),
+        assert api.post("/v1/admin/credits", headers=login(api, *ADMIN),
                         json={"account_email": "xbuyer@example.com", "amount": "10.00"}
                         ).status_code == 201
         pem = api.get("/v1/exports/public-key").json()["public_key_pem"]
