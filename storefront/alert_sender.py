@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from metering import utcnow
 
 from . import alerts
+from .db import rows_changed
 from .models import AlertDelivery, AlertRule
 from .webhook_signing import HEADER, sign
 
@@ -46,7 +47,7 @@ def _claim(svc: Services, now: datetime) -> list[tuple[int, str, str, str]]:
             .order_by(AlertDelivery.next_attempt_at).limit(BATCH)).scalars().all()
         mine = []
         for row_id in due:
-            won = alerts.rows_changed(db.execute(update(AlertDelivery).where(
+            won = rows_changed(db.execute(update(AlertDelivery).where(
                 AlertDelivery.id == row_id, AlertDelivery.status == "pending",
                 or_(AlertDelivery.claimed_until.is_(None), AlertDelivery.claimed_until < now))
                 .values(claimed_until=now + timedelta(seconds=CLAIM_S))))

@@ -30,6 +30,7 @@ from metering import format_usd, to_micro, utcnow
 from serving import Conflict, InvalidInput
 
 from .apikeys import own_key
+from .db import rows_changed
 from .limits import Figures, figures
 from .models import Account, AlertDelivery, AlertRule, AlertState, ApiKey
 
@@ -198,11 +199,6 @@ def _conditions(rule: AlertRule, key: ApiKey, f: Figures
                             f"the {total} free trial calls of {slug} are used up",
                             {"slug": slug, "trial_calls": total, "trial_used": used}))
     return out
-
-
-def rows_changed(result: Any) -> int:
-    """The rows an UPDATE changed (a CursorResult's rowcount; Result's type hides it)."""
-    return int(result.rowcount)
 
 
 def _transition(db: Session, rule_id: int, kind: str, scope: str, crossed: bool, detail: str,

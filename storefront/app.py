@@ -21,7 +21,7 @@ from starlette.responses import Response
 from billing import metrics as billing_metrics
 from metering.metrics import refresh
 
-from . import VERSION, demo, errors, filemodes, gateway, preload, web
+from . import VERSION, demo, errors, export_jobs, filemodes, gateway, preload, web
 from .alert_sender import alerts_loop
 from .config import Settings
 from .fastpath import PaidCallFastPath
@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await run_in_threadpool(seed_demo, settings, svc.sessions)
             # live listings answer their first call without waiting for a deployment
             await svc.registry.deploy_live()
+            await run_in_threadpool(export_jobs.resume, svc)  # builds a stop left queued
             if settings.run_flusher:
                 svc.start_flusher()
             preloader = asyncio.create_task(preload_models(svc))

@@ -48,3 +48,9 @@ def migrate(engine: Engine) -> None:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def rows_changed(result: Any) -> int:
+    """The rows an UPDATE or DELETE changed (a CursorResult's rowcount; Result's type hides
+    it): a conditional UPDATE's winner is the caller that changed one row."""
+    return int(result.rowcount)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from serving import AimarketError, Conflict, Forbidden, NotFound
 
+from .db import rows_changed
 from .models import Account, ExportJob
 from .purchases import build_export, licence_of, live_listing, parse_choice
 
@@ -67,6 +68,27 @@ def _set(svc: Services, job_id: str, **values: Any) -> None:
         db.commit()
 
 
+def resume(svc: Services) -> int:
+    """Queue again the builds a stopped process left queued (at start; several processes may
+    find the same job: ``run`` claims it atomically, so it is built once). How many."""
+    with svc.sessions() as db:
+        waiting = db.execute(select(ExportJob.id).where(
+            ExportJob.state == "queued", ExportJob.updated_at > _now() - STALE)).scalars().all()
+    for job_id in waiting:
+        _pool.submit(run, svc, job_id)
+    return len(waiting)
+
+
+def _claim(svc: Services, job_id: str) -> bool:
+    """queued -> building, for one process only."""
+    with svc.sessions() as db:
+        won = rows_changed(db.execute(update(ExportJob).where(
+            ExportJob.id == job_id, ExportJob.state == "queued")
+            .values(state="building", updated_at=_now())))
+        db.commit()
+    return won == 1
+
+
 def run(svc: Services, job_id: str) -> None:
     """Build one queued job's bundle; never raises (the job records how it ended)."""
     try:
@@ -77,7 +99,8 @@ def run(svc: Services, job_id: str) -> None:
                 return
             db.expunge(buyer)
             slug, target, precision = job.slug, job.target, job.precision
-        _set(svc, job_id, state="building")
+        if not _claim(svc, job_id):  # another process took it
+            return
         try:
             made = build_export(svc, buyer, slug, None, target, precision)
         except AimarketError as exc:

@@ -144,3 +144,38 @@ def test_a_buyer_buys_the_licence_on_the_model_page_and_builds_a_bundle(web: Any
     page = web.get(f"/models/{SLUG}").text
     assert "Log in</a> to buy it" in page and "Buy the export licence" not in page
 
+
+
+def test_a_build_left_queued_by_a_stopped_process_is_built_once_at_the_next_start(
+        client: Any) -> None:
+    """A job row still queued (its process stopped before a thread took it) is queued again
+    by ``resume`` at start; two processes resuming it at once build it once."""
+    import uuid
+
+    from sqlalchemy import select
+
+    from storefront import export_jobs
+    from storefront.models import Account, ExportJob
+
+    addr, token = signup(client, "buyer")
+    grant(client, addr, "5.00")
+    assert client.post(f"/v1/models/{SLUG}/purchase", headers=bearer(token)).status_code == 201
+    svc = client.app.state.services
+    with svc.sessions() as db:
+        buyer = db.execute(select(Account).where(Account.email == addr)).scalar_one()
+        job_id = uuid.uuid4().hex
+        db.add(ExportJob(id=job_id, buyer_id=buyer.id, slug=SLUG, target="onnx",
+                         precision=None, state="queued", error=""))
+        db.commit()
+
+    assert export_jobs.resume(svc) >= 1
+    export_jobs.resume(svc)  # a second gateway process starting at the same time
+
+    def finished() -> str | None:
+        with svc.sessions() as db:
+            job = db.get(ExportJob, job_id)
+            return job.state if job is not None and job.state in ("done", "failed") else None
+
+    assert until(finished, deadline_s=120, what="the resumed build") == "done"
+    exports = client.get("/v1/exports", headers=bearer(token)).json()["items"]
+    assert len(exports) == 1 and exports[0]["target"] == "onnx"
