@@ -212,8 +212,13 @@ async def test_reconcile_under_traffic_never_reports_a_drift_that_is_not_there(
 
     def operator() -> list[Any]:
         mine = flusher_for(stack, engine, ns)
-        seen = [reconcile(mine.redis, engine, mine, namespace=ns, repair=False)
-                for _ in range(10)]
+        seen: list[Any] = []
+        deadline = time.monotonic() + 60
+        # ten passes at least, and on until one found the account settled (a busy account is
+        # reported as busy, not compared: on a loaded machine ten passes can all be busy)
+        while len(seen) < 10 or (not any(r.checked for r in seen)
+                                 and time.monotonic() < deadline):
+            seen.append(reconcile(mine.redis, engine, mine, namespace=ns, repair=False))
         stop.set()
         return seen
 
