@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from serving import parse_manifest, postprocess, prepare_call
 from serving.runtime import new_session
 from serving.tasks.audio import wav_bytes
+from storefront.demo_built import archive
 from tests import task_models as tm
 from tests.helpers import admin_token, bearer, grant, new_key, signup
 
@@ -73,7 +74,7 @@ def people(client) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 def _upload(client, people, data: bytes, manifest: dict[str, Any], name: str) -> str:  # type: ignore[no-untyped-def]
     manifest = {**manifest, "title": f"{manifest['title']} {name}"}
     if manifest["task"] == "text-embedding":  # the tokenizer travels beside the model
-        files = {"model": ("bundle.zip", tm.archive({
+        files = {"model": ("bundle.zip", archive({
             "model.onnx": data, "tokenizer.json": tm.tokenizer_json(),
             "manifest.yaml": yaml.safe_dump(manifest)}), "application/zip")}
     else:
