@@ -104,7 +104,9 @@ def flush_rate(url: str, engine, events: int) -> float:
     now = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for i in range(events):
-        e = Event(id=uuid.uuid4().hex, account_id=1 + i % 50, api_key_id=1, listing_id=1,
+        # the gateway's request ids (storefront/gateway.py): time-ordered, so the ledger's
+        # id index grows at its end (uuid4 ids land all over it: ~3x slower on SQLite)
+        e = Event(id=f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}", account_id=1 + i % 50, api_key_id=1, listing_id=1,
                   listing_version_id=1, seller_id=2, kind="paid", price=2000,
                   seller_share=1600, platform_fee=400, latency_us=10, ts_ms=now)
         pipe.xadd(flusher.streams[e.account_id % len(flusher.streams)], e.fields())

@@ -4,9 +4,11 @@ in one transaction, exactly once.
 Events arrive as the stream's encoded text (``Event.encode``: twelve ``|``-separated fields)
 and go into a per-connection staging table without a Python object per event: COPY of the raw
 text on PostgreSQL, one ``executemany`` of the split fields on SQLite. From the staging table
-set-based statements insert the events (a duplicate event id is ignored), debit paid events
-once (a debit's reference is unique) and add the *new* calls to ``listing_counters`` per
-listing, so the counter equals the ledger's rows whatever is redelivered.
+set-based statements insert the events (a duplicate event id is ignored), debit each account
+once per write by the sum of its *new* paid events (one credit row per account, not per call:
+half the indexed inserts; its reference names the account's first new event, so it is unique)
+and add the *new* calls to ``listing_counters`` per listing, so the debits and the counter
+equal the ledger's event rows whatever is redelivered.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ WITH new AS (
   RETURNING id, account_id, listing_id, kind, price, created_at
 ), debits AS (
   INSERT INTO credit_entries (account_id, amount, reason, reference, note, created_at)
-  SELECT account_id, -price, 'usage', 'usage:' || id, '', created_at FROM new WHERE price > 0
-  ON CONFLICT (reference) DO NOTHING
+  SELECT account_id, -sum(price), 'usage', 'usage:' || min(id), '', max(created_at)
+  FROM new WHERE price > 0 GROUP BY account_id ORDER BY account_id
 ), counted AS (
   INSERT INTO listing_counters (listing_id, calls_served)
   SELECT listing_id, count(*) FROM new WHERE kind IN ({_KINDS_SQL})
@@ -127,9 +129,11 @@ SELECT id, account_id, NULLIF(api_key_id, ''), listing_id, listing_version_id, s
 FROM temp.usage_inbox
 """
 _LITE_DEBITS = f"""
-INSERT OR IGNORE INTO credit_entries (account_id, amount, reason, reference, note, created_at)
-SELECT account_id, -price, 'usage', 'usage:' || id, '', {_LITE_TS}
-FROM temp.usage_inbox WHERE price > 0
+INSERT INTO credit_entries (account_id, amount, reason, reference, note, created_at)
+SELECT account_id, -sum(price), 'usage', 'usage:' || min(id), '', max({_LITE_TS})
+FROM temp.usage_inbox AS i
+WHERE price > 0 AND NOT EXISTS (SELECT 1 FROM usage_events u WHERE u.id = i.id)
+GROUP BY account_id ORDER BY account_id
 """
 
 
@@ -146,9 +150,9 @@ def _sqlite(conn: Connection, payloads: Sequence[str]) -> int:
         raise ValueError("a usage event on the stream has a field that is not an integer")
     # Counted before the insert, in the same write transaction: exactly the new events.
     cur.execute(_LITE_COUNT)
+    cur.execute(_LITE_DEBITS)
     flushed = utcnow().strftime("%Y-%m-%d %H:%M:%S.%f")
     new = cur.execute(_LITE_EVENTS, (flushed,)).rowcount
-    cur.execute(_LITE_DEBITS)
     cur.execute("DELETE FROM temp.usage_inbox")
     return int(new)
 

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, text
 
 from metering import (
     CallSpec,
+    Event,
     Flusher,
     ListingCounter,
     Meter,
@@ -93,6 +94,17 @@ async def test_calls_served_equals_the_ledger_rows_after_flushes_and_redelivery(
         assert await meter.commit(await meter.reserve(spec()), latency_us=5)
     assert live.drain() == 4
     assert _counter(engine, listing) == _ledger_calls(engine, listing) == 32
+
+    # one write of old events and new ones debits the account once, by the new ones only
+    spent = balance(engine, acct)
+    fresh = [Event(id=uuid.uuid4().hex, account_id=acct, api_key_id=1, listing_id=listing,
+                   listing_version_id=1, seller_id=7, kind="paid", price=price,
+                   seller_share=price - price // 5, platform_fee=price // 5, latency_us=5,
+                   ts_ms=1_700_000_000_000).encode() for price in (2000, 3001)]
+    assert write_encoded(engine, payloads + fresh) == 2
+    assert write_encoded(engine, fresh + payloads[:3]) == 0
+    assert balance(engine, acct) == spent - 5001
+    assert _counter(engine, listing) == _ledger_calls(engine, listing) == 34
     await client.aclose()
 
 
