@@ -166,11 +166,15 @@ def _split(payloads: Iterable[str]) -> Iterable[list[str]]:
         yield fields
 
 
-def payloads(messages: Iterable[tuple[Any, dict[Any, Any]]]) -> list[str]:
+def payloads(messages: Iterable[tuple[Any, Any]]) -> list[str]:
     """The encoded events of stream messages: one ``e`` field each, or a leased group
-    commit's ``b`` field (lease.py), one encoded event per line."""
+    commit's ``b`` field (lease.py), one encoded event per line. ``fields`` is a dict, or the
+    flat list of names and values the server sent."""
     out: list[str] = []
     for _mid, fields in messages:
+        if not isinstance(fields, dict):
+            fields = {fields[0]: fields[1]} if len(fields) == 2 else dict(
+                zip(fields[::2], fields[1::2], strict=True))
         packed = fields.get(b"b", fields.get("b"))
         if packed is not None:
             out.extend((packed.decode() if isinstance(packed, bytes) else str(packed))

@@ -25,6 +25,7 @@ from .keys import Keys
 from .ledger import write_encoded
 
 log = logging.getLogger(__name__)
+Batch = dict[str, list[Any]]  # stream -> its messages read, each (id, fields)
 
 
 class Flusher:
@@ -42,6 +43,13 @@ class Flusher:
         names = Keys(namespace)
         self.streams = names.streams
         self.cluster = isinstance(client, RedisCluster)
+        # XREADGROUP replies as the server sent them (one server): redis-py's parser builds a
+        # dict per message, a third of a flush's time; payloads() reads the field list itself
+        self._read: redis.Redis | RedisCluster = client
+        if not isinstance(client, RedisCluster):
+            raw = redis.Redis(connection_pool=client.connection_pool)
+            raw.set_response_callback("XREADGROUP", _as_sent)
+            self._read = raw
         self.hold_sets = names.hold_sets + ([] if self.cluster else [names.legacy_holds])
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -97,7 +105,7 @@ class Flusher:
         """One server: each step reads every stream in one command."""
         for stream in self.streams:
             self._ensure_group(stream)
-        written = self._process(_messages(self.redis.xreadgroup(
+        written = self._process(_messages(self._read.xreadgroup(
             self.group, self.consumer, dict.fromkeys(self.streams, "0"), count=self.batch)))
         pipe = self.redis.pipeline(transaction=False)
         for stream in self.streams:
@@ -105,16 +113,15 @@ class Flusher:
                             count=self.batch)
         for stream, reply in zip(self.streams, pipe.execute(), strict=True):
             claimed = reply[1] if len(reply) > 1 else []
-            written += self._process([(stream, mid, f) for mid, f in claimed if f])
-        new = self.redis.xreadgroup(self.group, self.consumer, dict.fromkeys(self.streams, ">"),
+            written += self._process(_live(stream, claimed))
+        new = self._read.xreadgroup(self.group, self.consumer, dict.fromkeys(self.streams, ">"),
                                     count=self.batch, block=block_ms)
         return written + self._process(_messages(new))
 
-    def _claim(self, stream: str) -> list[tuple[Any, Any, dict[Any, Any]]]:
+    def _claim(self, stream: str) -> Batch:
         reply = self.redis.xautoclaim(stream, self.group, self.consumer, self.claim_idle_ms,
                                       "0-0", count=self.batch)
-        claimed = reply[1] if len(reply) > 1 else []
-        return [(stream, mid, f) for mid, f in claimed if f]
+        return _live(stream, reply[1] if len(reply) > 1 else [])
 
     def sweep(self) -> int:
         """Refund holds older than ``hold_timeout_s``: calls whose worker died mid-call."""
@@ -148,20 +155,18 @@ class Flusher:
             self._ensure_group(stream)
         return sum(int(self.redis.xlen(stream)) for stream in self.streams)
 
-    def _process(self, messages: list[tuple[Any, Any, dict[Any, Any]]]) -> int:
-        if not messages:
+    def _process(self, batch: Batch) -> int:
+        if not batch:
             return 0
-        new = write_encoded(self.engine, payloads((mid, f) for _, mid, f in messages))
-        by_stream: dict[Any, list[Any]] = {}
-        for stream, mid, _ in messages:
-            by_stream.setdefault(stream, []).append(mid)
+        new = write_encoded(self.engine, payloads(m for msgs in batch.values() for m in msgs))
         pipe = self.redis.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
+        for stream, msgs in batch.items():
+            ids = [m[0] for m in msgs]
             pipe.xack(stream, self.group, *ids)
             pipe.xdel(stream, *ids)
         pipe.incrby(self.flushed_key, new)
         pipe.execute()
-        return len(messages)
+        return sum(len(msgs) for msgs in batch.values())
 
     def run(self, stop: threading.Event, *, block_ms: int = 250, gather_ms: int = 0) -> None:
         """Flush until ``stop`` is set; errors are logged and retried with backoff. A batch
@@ -184,11 +189,22 @@ class Flusher:
                 backoff = min(backoff * 2, 1.0)
 
 
-def _messages(reply: Any) -> list[tuple[Any, Any, dict[Any, Any]]]:
-    """(stream, id, fields) of an XREADGROUP reply (RESP2 list or RESP3 map)."""
-    out: list[tuple[Any, Any, dict[Any, Any]]] = []
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response
+
+
+def _messages(reply: Any) -> Batch:
+    """The messages of an XREADGROUP reply (RESP2 list or RESP3 map) by stream, parsed (fields
+    a dict) or as sent (fields a flat list of names and values)."""
+    out: Batch = {}
     items = reply.items() if isinstance(reply, dict) else (reply or [])
     for stream, msgs in items:
         name = stream.decode() if isinstance(stream, bytes) else stream
-        out.extend((name, mid, fields) for mid, fields in msgs if fields)
+        out.update(_live(name, msgs))
     return out
+
+
+def _live(stream: str, msgs: list[Any]) -> Batch:
+    """``stream``'s messages that still have their fields (a deleted one has none)."""
+    live = [m for m in msgs if m[1]]
+    return {stream: live} if live else {}
