@@ -106,9 +106,10 @@ def flush_rate(url: str, engine, events: int) -> float:
     for i in range(events):
         # the gateway's request ids (storefront/gateway.py): time-ordered, so the ledger's
         # id index grows at its end (uuid4 ids land all over it: ~3x slower on SQLite)
-        e = Event(id=f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}", account_id=1 + i % 50, api_key_id=1, listing_id=1,
-                  listing_version_id=1, seller_id=2, kind="paid", price=2000,
-                  seller_share=1600, platform_fee=400, latency_us=10, ts_ms=now)
+        e = Event(id=f"{time.time_ns() // 1000:014x}{os.urandom(9).hex()}",
+                  account_id=1 + i % 50, api_key_id=1, listing_id=1, listing_version_id=1,
+                  seller_id=2, kind="paid", price=2000, seller_share=1600, platform_fee=400,
+                  latency_us=10, ts_ms=now)
         pipe.xadd(flusher.streams[e.account_id % len(flusher.streams)], e.fields())
         if i % 5000 == 4999:
             pipe.execute()

@@ -108,6 +108,41 @@ async def test_calls_served_equals_the_ledger_rows_after_flushes_and_redelivery(
     await client.aclose()
 
 
+def test_the_flusher_writes_per_call_events_group_commits_and_skips_deleted_entries(
+        engine, stack):
+    """One stream, three shapes of entry as the gateway leaves them: a per-call commit (one
+    ``e`` event), a leased group commit (``b``: three events, one per line) and an entry
+    deleted while pending (no fields). The flusher writes the four events once each."""
+    ns = stack["ns"] + f"f{uuid.uuid4().hex[:6]}:"
+    sync = redis.Redis.from_url(stack["redis"])
+    flusher = Flusher(sync, engine, namespace=ns, consumer="f")
+    acct, listing = random.randint(10**6, 10**9), random.randint(10**6, 10**9)
+    add_credit(engine, acct, 1_000_000, reason="grant", reference=f"grant:{uuid.uuid4().hex}")
+    stream = flusher.streams[0]
+    flusher.lag()  # the consumer groups
+    events = [Event(id=uuid.uuid4().hex, account_id=acct, api_key_id=1, listing_id=listing,
+                    listing_version_id=1, seller_id=7, kind="paid", price=1000 + i,
+                    seller_share=800, platform_fee=200 + i, latency_us=5,
+                    ts_ms=1_700_000_000_000) for i in range(5)]
+    sync.xadd(stream, events[0].fields())
+    sync.xadd(stream, {"b": "\n".join(e.encode() for e in events[1:4])})
+    gone = sync.xadd(stream, events[4].fields())
+    sync.xreadgroup(flusher.group, "f", {stream: ">"}, count=10)  # pending for this consumer
+    sync.xdel(stream, gone)  # its fields are gone: a pending entry with nothing to write
+
+    assert flusher.drain() == 2  # stream entries written (the deleted one is not counted)
+    with engine.connect() as conn:
+        ids = set(conn.execute(select(UsageEvent.id).where(UsageEvent.account_id == acct))
+                  .scalars())
+    assert ids == {e.id for e in events[:4]}
+    assert balance(engine, acct) == 1_000_000 - sum(e.price for e in events[:4])
+    assert _counter(engine, listing) == 4
+    assert sync.xlen(stream) == 0
+    # nothing is left pending: XAUTOCLAIM drops the deleted entry from the group's list
+    assert sync.xpending(stream, flusher.group)["pending"] == 0
+    sync.close()
+
+
 def _fresh_databases() -> list[str]:
     return ["sqlite"] + (["postgresql"] if HAVE_PG else [])
 
