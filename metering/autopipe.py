@@ -42,6 +42,15 @@ class AutoPipeline:
             loop.call_soon(self._flush)
         return await fut
 
+    def submit(self, *args: Any) -> asyncio.Future[Any]:
+        """Send one command now, with the commands queued so far in this tick: no coroutine
+        and no wait for the next tick (for a caller that is itself the end of a tick's
+        gathering: the leases' group commit). The future has its result or error."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((args, fut))
+        self._flush()
+        return fut
+
     def _flush(self) -> None:
         self._scheduled = False
         if not self._pending:

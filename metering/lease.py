@@ -30,6 +30,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .calls import PAID, CallSpec, Reservation
@@ -37,6 +38,7 @@ from .keys import Keys
 from .money import split
 
 Script = Callable[[str, list[str], list[object]], Awaitable[Any]]
+Submit = Callable[[str, list[str], list[object]], "asyncio.Future[Any]"]  # sent at once
 Slot = tuple[int, int, int, int]  # key id, listing id, price, account id
 COMMIT_RETRY_S = 10.0  # the same patience as a reservation's commit (hold.py)
 
@@ -64,13 +66,39 @@ class _Pending:
     done: asyncio.Future[bool] = field(repr=False)
 
 
+@dataclass(eq=False)
+class _Group:
+    """One shard's group commit: its calls by lease and the COMMIT_LEASED it sends."""
+
+    by_lease: dict[Lease, list[_Pending]]
+    keys: list[str]
+    args: list[object]
+    deadline: float
+
+    def settle(self, outcome: list[Any]) -> None:
+        for (lease, calls), ok in zip(self.by_lease.items(), outcome, strict=True):
+            if not int(ok):
+                lease.gone = True
+            for p in calls:
+                if not p.done.done():
+                    p.done.set_result(bool(int(ok)))
+
+    def fail(self, exc: BaseException) -> None:
+        for calls in self.by_lease.values():
+            for p in calls:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+
+
 class Leases:
     """The process's leases, keyed by (key, listing, price, account)."""
 
     def __init__(self, script: Script, names: Keys, *, fee_bps: int, day_month: Callable[
             [], tuple[str, str]], calls: int = 256, max_age_s: float = 2.0,
-            idle_s: float = 0.5) -> None:
+            idle_s: float = 0.5, submit: Submit | None = None) -> None:
         self._script = script
+        self._submit = submit  # a group commit's first try, sent in the tick that gathered it
+        self._sending: set[asyncio.Future[Any]] = set()
         self._names = names
         self._fee_bps = fee_bps
         self._day_month = day_month
@@ -221,43 +249,56 @@ class Leases:
         for p in batch:
             by_shard.setdefault(self._names.shard(p.lease.account_id), []).append(p)
         for shard, part in by_shard.items():
-            self._spawn(self._send(shard, part))
+            group = self._group(shard, part)
+            if self._submit is None:
+                self._spawn(self._commit(group))
+                continue
+            sent = self._submit("COMMIT_LEASED", group.keys, group.args)
+            self._sending.add(sent)
+            sent.add_done_callback(partial(self._sent, group))
 
     def _hold_keys(self, lease: Lease) -> list[str]:
         shard = self._names.shard(lease.account_id)
         return [self._names.holds(shard), self._names.holdq(shard)]
 
-    async def _send(self, shard: int, batch: list[_Pending]) -> None:
+    def _group(self, shard: int, batch: list[_Pending]) -> _Group:
         by_lease: dict[Lease, list[_Pending]] = {}
         for p in batch:
             by_lease.setdefault(p.lease, []).append(p)
-        leases = list(by_lease)
-        args: list[object] = [len(leases)]
-        for lease in leases:
-            group = by_lease[lease]
-            args += [lease.id, lease.price * len(group), "\n".join(p.line for p in group)]
+        args: list[object] = [len(by_lease)]
+        for lease, calls in by_lease.items():
+            args += [lease.id, lease.price * len(calls), "\n".join(p.line for p in calls)]
         self._seq += 1
         n = self._names
         marker = n.lease_batch(shard, f"{self._prefix}:{self._seq}")
         keys = [n.holds(shard), n.holdq(shard), n.stream(shard), marker]
-        deadline = time.monotonic() + COMMIT_RETRY_S
-        while True:  # the same batch (the same marker) until it is known to have run
-            try:
-                outcome = await self._script("COMMIT_LEASED", keys, args)
-                break
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    for p in batch:
-                        if not p.done.done():
-                            p.done.set_exception(exc)
+        return _Group(by_lease, keys, args, time.monotonic() + COMMIT_RETRY_S)
+
+    def _sent(self, group: _Group, sent: asyncio.Future[Any]) -> None:
+        self._sending.discard(sent)
+        failure = ConnectionError("group commit cancelled") if sent.cancelled() \
+            else sent.exception()
+        if failure is None:
+            group.settle(sent.result())
+        else:  # it may have run: the retries send the same batch (the same marker)
+            self._spawn(self._commit(group, failure))
+
+    async def _commit(self, group: _Group, failure: BaseException | None = None) -> None:
+        """COMMIT_LEASED until the batch is known to have run (a retry with the same marker
+        runs it once) or its deadline passes."""
+        while True:
+            if failure is not None:
+                if time.monotonic() > group.deadline:
+                    group.fail(failure)
                     return
                 await asyncio.sleep(0.05)
-        for lease, ok in zip(leases, outcome, strict=True):
-            if not int(ok):
-                lease.gone = True
-            for p in by_lease[lease]:
-                if not p.done.done():
-                    p.done.set_result(bool(int(ok)))
+            try:
+                outcome = await self._script("COMMIT_LEASED", group.keys, group.args)
+            except Exception as exc:
+                failure = exc
+                continue
+            group.settle(outcome)
+            return
 
     # -- giving back ---------------------------------------------------------------------------
     def _retire(self, slot: Slot, lease: Lease) -> None:
@@ -297,10 +338,9 @@ class Leases:
         """Give every lease back (the app stops)."""
         if self._reaper is not None:
             self._reaper.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        with contextlib.suppress(Exception):
+        while self._tasks or self._sending:  # group commits on their way (and retries)
+            await asyncio.wait([*self._tasks, *self._sending])
+        with contextlib.suppress(Exception):  # Redis away: the sweeper refunds them
             await self.reap(everything=True)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

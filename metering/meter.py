@@ -71,8 +71,8 @@ class Meter:
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
         self._throttle = client.register_script(scripts.THROTTLE)
-        self.leases = Leases(self._script, self.names, fee_bps=fee_bps,
-                             day_month=day_month) if leases else None
+        self.leases = Leases(self._script, self.names, fee_bps=fee_bps, day_month=day_month,
+                             submit=self._submit) if leases else None
 
     # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
@@ -97,6 +97,10 @@ class Meter:
         except NoScriptError:  # a restarted Redis (or a cluster's new primary) forgot them
             await self._load(name)
             return await self._pipe.execute("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
+    def _submit(self, name: str, keys: list[str], args: list[object]) -> asyncio.Future[Any]:
+        """The script sent at once (a missing script fails it: ``_script`` then loads it)."""
+        return self._pipe.submit("EVALSHA", self._sha[name], len(keys), *keys, *args)
 
     async def _load(self, name: str) -> None:
         """SCRIPT LOAD once for every call that found the script missing at the same time
