@@ -93,10 +93,10 @@ class _Group:
 class Leases:
     """The process's leases, keyed by (key, listing, price, account)."""
 
-    def __init__(self, script: Script, names: Keys, *, fee_bps: int, day_month: Callable[
-            [], tuple[str, str]], calls: int = 256, max_age_s: float = 2.0,
-            idle_s: float = 0.5, submit: Submit | None = None) -> None:
-        self._script = script
+    def __init__(self, script: Script, submit: Submit, names: Keys, *, fee_bps: int,
+                 day_month: Callable[[], tuple[str, str]], calls: int = 256,
+                 max_age_s: float = 2.0, idle_s: float = 0.5) -> None:
+        self._script = script  # a retried group commit, leases taken and given back
         self._submit = submit  # a group commit's first try, sent in the tick that gathered it
         self._sending: set[asyncio.Future[Any]] = set()
         self._names = names
@@ -250,9 +250,6 @@ class Leases:
             by_shard.setdefault(self._names.shard(p.lease.account_id), []).append(p)
         for shard, part in by_shard.items():
             group = self._group(shard, part)
-            if self._submit is None:
-                self._spawn(self._commit(group))
-                continue
             sent = self._submit("COMMIT_LEASED", group.keys, group.args)
             self._sending.add(sent)
             sent.add_done_callback(partial(self._sent, group))
@@ -283,15 +280,14 @@ class Leases:
         else:  # it may have run: the retries send the same batch (the same marker)
             self._spawn(self._commit(group, failure))
 
-    async def _commit(self, group: _Group, failure: BaseException | None = None) -> None:
-        """COMMIT_LEASED until the batch is known to have run (a retry with the same marker
-        runs it once) or its deadline passes."""
+    async def _commit(self, group: _Group, failure: BaseException) -> None:
+        """COMMIT_LEASED again until the batch is known to have run (a retry with the same
+        marker runs it once) or its deadline passes."""
         while True:
-            if failure is not None:
-                if time.monotonic() > group.deadline:
-                    group.fail(failure)
-                    return
-                await asyncio.sleep(0.05)
+            if time.monotonic() > group.deadline:
+                group.fail(failure)
+                return
+            await asyncio.sleep(0.05)
             try:
                 outcome = await self._script("COMMIT_LEASED", group.keys, group.args)
             except Exception as exc:

@@ -71,8 +71,8 @@ class Meter:
         self._hydrate = client.register_script(scripts.HYDRATE)
         self._add_credits = client.register_script(scripts.ADD_CREDITS)
         self._throttle = client.register_script(scripts.THROTTLE)
-        self.leases = Leases(self._script, self.names, fee_bps=fee_bps, day_month=day_month,
-                             submit=self._submit) if leases else None
+        self.leases = Leases(self._script, self._submit, self.names, fee_bps=fee_bps,
+                             day_month=day_month) if leases else None
 
     # -- key names ---------------------------------------------------------------------------
     def _keys(self, account_id: int) -> tuple[str, str]:
